@@ -1,0 +1,112 @@
+// CPU kernels for the decoder: GEMMs through OpenBLAS, everything else as
+// plain loops that the compiler vectorises, parallelised with OpenMP.
+//
+// Legend (as in llm.c): B batch, T time, C channels, V vocab, NH query heads,
+// KVH key/value heads, HD head dim, I MLP intermediate size, R lora rank,
+// N = B*T rows. All tensors are fp32, row-major, contiguous.
+//
+// Conventions
+//  - Outputs first, inputs next, plain dimensions last.
+//  - Every *Backward ADDS into its gradient outputs (d-inputs and d-weights),
+//    so callers zero gradient buffers once per step and gradients of shared
+//    inputs (residual stream, tied embeddings, accumulation over micro-batches)
+//    compose without extra copies. A null d-weight pointer means "frozen":
+//    that gradient is neither computed nor stored.
+//  - Forward functions overwrite their outputs unless stated otherwise.
+#ifndef SHEAF_OPS_CPU_OPS_H_
+#define SHEAF_OPS_CPU_OPS_H_
+
+#include <cstdint>
+
+namespace sheaf::ops {
+
+// Threads used by OpenBLAS and by our OpenMP loops. n <= 0 means "all cores".
+void SetNumThreads(int n);
+int NumThreads();
+
+// out[M,N] = alpha * op(a) @ op(b) + beta * out, op(a) is [M,K], op(b) [K,N].
+// trans_a: a is stored [K,M]; trans_b: b is stored [N,K].
+void Matmul(float* out, const float* a, const float* b, int M, int N, int K,
+            bool trans_a, bool trans_b, float alpha = 1.0f, float beta = 0.0f);
+
+// y[N,OUT] = x[N,IN] @ w[OUT,IN]^T + bias[OUT] (bias may be null).
+void LinearForward(float* y, const float* x, const float* w, const float* bias,
+                   int n, int in, int out);
+// dx += dy @ w; dw += dy^T @ x (if dw); dbias += sum_n dy (if dbias).
+// dx may be null (e.g. the first layer's input needs no gradient).
+void LinearBackward(float* dx, float* dw, float* dbias, const float* dy,
+                    const float* x, const float* w, int n, int in, int out);
+
+// LoRA on rows [0, n) of a frozen linear layer:
+//   xa[N,R] = x @ a^T;  y[N,OUT] += scale * xa @ b^T
+// a is [R,IN], b is [OUT,R]. xa is kept for backward. Callers that apply
+// different adapters to different rows of one batch call this per row range
+// with offset pointers; x is the (possibly dropout-masked) layer input.
+void LoraForward(float* y, float* xa, const float* x, const float* a,
+                 const float* b, float scale, int n, int in, int out, int r);
+// With g = dy @ b (scratch_dyb [N,R], overwritten):
+//   dx += scale * g @ a;  da += scale * g^T @ x;  db += scale * dy^T @ xa.
+// dx/da/db may each be null.
+void LoraBackward(float* dx, float* da, float* db, float* scratch_dyb,
+                  const float* dy, const float* x, const float* xa,
+                  const float* a, const float* b, float scale, int n, int in,
+                  int out, int r);
+
+// out[N,C] = wte[tokens[n], :]. Tokens must be in [0, V) (checked by callers).
+void EmbeddingForward(float* out, const int32_t* tokens, const float* wte,
+                      int n, int C);
+// dwte[tokens[n], :] += dout[n, :].
+void EmbeddingBackward(float* dwte, const float* dout, const int32_t* tokens,
+                       int n, int C);
+
+// RMSNorm (Llama): rstd = 1/sqrt(mean(x^2) + eps); out = x * rstd * w.
+void RmsNormForward(float* out, float* rstd, const float* x, const float* w,
+                    int n, int C, float eps);
+void RmsNormBackward(float* dx, float* dw, const float* dout, const float* x,
+                     const float* w, const float* rstd, int n, int C);
+
+// Rotary embedding in Hugging Face's rotate_half layout: for each head vector
+// v of length HD and half = HD/2, with angle(t, i) = t * theta^(-2i/HD):
+//   out[i]      = v[i] cos - v[i+half] sin
+//   out[i+half] = v[i+half] cos + v[i] sin        (i < half)
+// cos/sin tables are [T, HD/2] (see RopeTables). Position of row (b,t) is t.
+// x is [B,T,H*HD]; out may alias x.
+void RopeTables(float* cos, float* sin, int T, int HD, float theta);
+void RopeForward(float* out, const float* x, const float* cos,
+                 const float* sin, int B, int T, int H, int HD);
+void RopeBackward(float* dx, const float* dout, const float* cos,
+                  const float* sin, int B, int T, int H, int HD);
+
+// Causal grouped-query attention. q [B,T,NH*HD], k and v [B,T,KVH*HD],
+// query head h reads kv head h / (NH/KVH). probs [B,NH,T,T] holds the
+// softmax (kept for backward; entries above the diagonal are 0).
+// out [B,T,NH*HD] = softmax(q k^T / sqrt(HD) + causal mask) v.
+void AttentionForward(float* out, float* probs, const float* q, const float* k,
+                      const float* v, int B, int T, int NH, int KVH, int HD);
+void AttentionBackward(float* dq, float* dk, float* dv, const float* dout,
+                       const float* q, const float* k, const float* v,
+                       const float* probs, int B, int T, int NH, int KVH,
+                       int HD);
+
+// SwiGLU: h = silu(gate) * up, elementwise over n values.
+void SwiGluForward(float* h, const float* gate, const float* up, int64_t n);
+void SwiGluBackward(float* dgate, float* dup, const float* dh,
+                    const float* gate, const float* up, int64_t n);
+
+// out = a + b over n values (out may alias a or b).
+void Add(float* out, const float* a, const float* b, int64_t n);
+
+// Softmax cross-entropy over logits [N,V] with integer targets; rows whose
+// target == ignore_index are skipped. Adds the summed loss over valid rows to
+// *loss_sum and their count to *n_valid. When dlogits is non-null it is
+// OVERWRITTEN (not accumulated: logits feed nothing else) with
+// grad_scale * (softmax - onehot) on valid rows and 0 on ignored rows;
+// pass grad_scale = 1 / (valid tokens in the whole optimizer step) for a mean.
+// Targets outside [0,V) other than ignore_index are a programmer error.
+void CrossEntropy(float* dlogits, double* loss_sum, int64_t* n_valid,
+                  const float* logits, const int32_t* targets, int N, int V,
+                  int ignore_index, float grad_scale);
+
+}  // namespace sheaf::ops
+
+#endif  // SHEAF_OPS_CPU_OPS_H_

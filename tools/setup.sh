@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the Debian packages sheaf builds and tests with. Idempotent and
+# non-interactive: packages already present are not touched, and apt is only
+# asked for what is missing.
+set -euo pipefail
+
+PKGS=(
+  bazel-bootstrap bazel-rules-java bazel-platforms
+  build-essential
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev libgtest-dev libgmock-dev
+  libopenmpi-dev openmpi-bin
+  libopenblas-dev
+  libyaml-cpp-dev libsqlite3-dev
+  python3-torch python3-numpy
+  manpages
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
