@@ -1,0 +1,285 @@
+#include "core/lora.h"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/json.h"
+#include "core/safetensors.h"
+#include "core/status.h"
+
+namespace sheaf {
+namespace {
+
+constexpr const char* kProjNames[kNumProj] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                              "gate_proj", "up_proj", "down_proj"};
+
+}  // namespace
+
+const char* ProjName(Proj p) { return kProjNames[static_cast<int>(p)]; }
+
+const char* ProjBlock(Proj p) {
+  return static_cast<int>(p) <= static_cast<int>(Proj::kO) ? "self_attn" : "mlp";
+}
+
+int ProjIn(const ModelConfig& c, int layer, Proj p) {
+  const LayerShape& s = c.layers[static_cast<size_t>(layer)];
+  switch (p) {
+    case Proj::kO: return s.num_heads * c.head_dim;
+    case Proj::kDown: return s.intermediate;
+    default: return c.hidden_size;
+  }
+}
+
+int ProjOut(const ModelConfig& c, int layer, Proj p) {
+  const LayerShape& s = c.layers[static_cast<size_t>(layer)];
+  switch (p) {
+    case Proj::kQ: return s.num_heads * c.head_dim;
+    case Proj::kK:
+    case Proj::kV: return s.num_kv_heads * c.head_dim;
+    case Proj::kGate:
+    case Proj::kUp: return s.intermediate;
+    default: return c.hidden_size;
+  }
+}
+
+float LoraOptions::scale() const {
+  return rslora ? alpha / std::sqrt(static_cast<float>(rank)) : alpha / static_cast<float>(rank);
+}
+
+absl::Status LoraOptions::Validate(const ModelConfig& config) const {
+  if (rank < 1) return absl::InvalidArgumentError(absl::StrCat("adapter.rank: must be >= 1, got ", rank));
+  if (!(dropout >= 0.0f && dropout < 1.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat("adapter.dropout: must be in [0, 1), got ", dropout));
+  }
+  if (targets.empty()) return absl::InvalidArgumentError("adapter.targets: empty");
+  std::set<std::string> seen;
+  for (const std::string& t : targets) {
+    bool known = t == "lm_head";
+    for (const char* n : kProjNames) known = known || t == n;
+    if (!known) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "adapter.targets: unknown module \"", t, "\" (known: ", absl::StrJoin(kProjNames, " "),
+          " lm_head)"));
+    }
+    if (!seen.insert(t).second) {
+      return absl::InvalidArgumentError(absl::StrCat("adapter.targets: \"", t, "\" listed twice"));
+    }
+  }
+  std::set<int> seen_layers;
+  for (int l : layers) {
+    if (l < 0 || l >= config.num_layers) {
+      return absl::InvalidArgumentError(absl::StrCat("adapter.layers: layer ", l,
+                                                     " out of range [0, ", config.num_layers, ")"));
+    }
+    if (!seen_layers.insert(l).second) {
+      return absl::InvalidArgumentError(absl::StrCat("adapter.layers: layer ", l, " listed twice"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+LoraAdapter::LoraAdapter(const ModelConfig& config, const LoraOptions& options)
+    : config_(config), options_(options), scale_(options.scale()) {}
+
+absl::StatusOr<std::unique_ptr<LoraAdapter>> LoraAdapter::Create(const ModelConfig& config,
+                                                                 const LoraOptions& options) {
+  RETURN_IF_ERROR(config.Validate());
+  RETURN_IF_ERROR(options.Validate(config));
+  std::unique_ptr<LoraAdapter> a(new LoraAdapter(config, options));
+  const std::set<std::string> targets(options.targets.begin(), options.targets.end());
+  std::set<int> layers(options.layers.begin(), options.layers.end());
+  if (layers.empty()) {
+    for (int l = 0; l < config.num_layers; ++l) layers.insert(l);
+  }
+  const int R = options.rank;
+  struct Planned {
+    int layer;  // -1 = lm_head
+    int proj;
+    int slot_a, slot_b;
+  };
+  std::vector<Planned> planned;
+  // Fixed order: layer-major, projections in Proj order, lm_head last. The
+  // gradient reducer and checkpoints rely on this order being identical on
+  // every rank.
+  for (int l : layers) {
+    for (int p = 0; p < kNumProj; ++p) {
+      if (!targets.count(kProjNames[p])) continue;
+      const int in = ProjIn(config, l, static_cast<Proj>(p)), out = ProjOut(config, l, static_cast<Proj>(p));
+      const std::string a_name = PeftKey(l, static_cast<Proj>(p), false);
+      const std::string b_name = PeftKey(l, static_cast<Proj>(p), true);
+      int sa = a->params_.Add(a_name, {R, in});
+      a->grads_.Add(a_name, {R, in});
+      int sb = a->params_.Add(b_name, {out, R});
+      a->grads_.Add(b_name, {out, R});
+      planned.push_back({l, p, sa, sb});
+    }
+  }
+  if (targets.count("lm_head")) {
+    int sa = a->params_.Add(PeftLmHeadKey(false), {R, config.hidden_size});
+    a->grads_.Add(PeftLmHeadKey(false), {R, config.hidden_size});
+    int sb = a->params_.Add(PeftLmHeadKey(true), {config.vocab_size, R});
+    a->grads_.Add(PeftLmHeadKey(true), {config.vocab_size, R});
+    planned.push_back({-1, 0, sa, sb});
+  }
+  a->params_.Allocate();
+  a->grads_.Allocate();
+  a->storage_.resize(planned.size());
+  a->modules_.assign(static_cast<size_t>(config.num_layers), {});
+  for (size_t i = 0; i < planned.size(); ++i) {
+    LoraModule& m = a->storage_[i];
+    m.a = a->params_.view(planned[i].slot_a);
+    m.b = a->params_.view(planned[i].slot_b);
+    m.da = a->grads_.view(planned[i].slot_a);
+    m.db = a->grads_.view(planned[i].slot_b);
+    m.in = static_cast<int>(m.a.dim(1));
+    m.out = static_cast<int>(m.b.dim(0));
+    m.id = static_cast<int>(i);
+    if (planned[i].layer < 0) {
+      a->lm_head_ = &m;
+    } else {
+      a->modules_[static_cast<size_t>(planned[i].layer)][planned[i].proj] = &m;
+    }
+  }
+  a->Init();
+  return a;
+}
+
+void LoraAdapter::Init() {
+  // PEFT: A ~ kaiming_uniform(a=sqrt(5)) → U(-1/sqrt(in), 1/sqrt(in)); B = 0.
+  std::mt19937_64 rng(options_.seed);
+  for (LoraModule& m : storage_) {
+    const float bound = 1.0f / std::sqrt(static_cast<float>(m.in));
+    std::uniform_real_distribution<float> u(-bound, bound);
+    for (int64_t i = 0; i < m.a.numel(); ++i) m.a.data[i] = u(rng);
+    for (int64_t i = 0; i < m.b.numel(); ++i) m.b.data[i] = 0.0f;
+  }
+}
+
+std::vector<LoraModule*> LoraAdapter::all_modules() {
+  std::vector<LoraModule*> out;
+  for (LoraModule& m : storage_) out.push_back(&m);
+  return out;
+}
+
+int64_t LoraAdapter::num_params() const {
+  int64_t n = 0;
+  for (const LoraModule& m : storage_) n += m.a.numel() + m.b.numel();
+  return n;
+}
+
+std::string LoraAdapter::PeftKey(int layer, Proj p, bool is_b) {
+  return absl::StrCat("base_model.model.model.layers.", layer, ".", ProjBlock(p), ".",
+                      ProjName(p), is_b ? ".lora_B.weight" : ".lora_A.weight");
+}
+
+std::string LoraAdapter::PeftLmHeadKey(bool is_b) {
+  return absl::StrCat("base_model.model.lm_head", is_b ? ".lora_B.weight" : ".lora_A.weight");
+}
+
+absl::Status LoraAdapter::SavePeft(const std::string& dir, const std::string& base_model_name) const {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  SafetensorsWriter writer;
+  for (int i = 0; i < params_.num_slots(); ++i) {
+    const Tensor t = params_.view(i);
+    writer.Add(params_.name(i), t.shape, t.data);
+  }
+  RETURN_IF_ERROR(writer.Write(dir + "/adapter_model.safetensors", {{"format", "pt"}}));
+
+  Json cfg = Json::Object();
+  cfg.Set("peft_type", "LORA");
+  cfg.Set("task_type", "CAUSAL_LM");
+  cfg.Set("base_model_name_or_path", base_model_name);
+  cfg.Set("r", options_.rank);
+  cfg.Set("lora_alpha", static_cast<double>(options_.alpha));
+  cfg.Set("lora_dropout", static_cast<double>(options_.dropout));
+  cfg.Set("use_rslora", options_.rslora);
+  cfg.Set("bias", "none");
+  cfg.Set("fan_in_fan_out", false);
+  cfg.Set("inference_mode", true);
+  cfg.Set("init_lora_weights", true);
+  Json targets = Json::Array();
+  for (const std::string& t : options_.targets) targets.Push(t);
+  cfg.Set("target_modules", std::move(targets));
+  if (options_.layers.empty()) {
+    cfg.Set("layers_to_transform", nullptr);
+  } else {
+    Json layers = Json::Array();
+    for (int l : options_.layers) layers.Push(l);
+    cfg.Set("layers_to_transform", std::move(layers));
+  }
+  cfg.Set("layers_pattern", nullptr);
+  cfg.Set("modules_to_save", nullptr);
+  const std::string path = dir + "/adapter_config.json";
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << cfg.Dump(2) << "\n";
+    if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+  }
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<LoraAdapter>> LoraAdapter::LoadPeft(const std::string& dir,
+                                                                   const ModelConfig& config) {
+  const std::string cfg_path = dir + "/adapter_config.json";
+  std::ifstream in(cfg_path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", cfg_path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  absl::StatusOr<Json> cfg = Json::Parse(ss.str());
+  if (!cfg.ok()) return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": ", cfg.status().message()));
+  auto field = [&](absl::string_view key) -> absl::Status {
+    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": ", key, ": missing or wrong type"));
+  };
+  LoraOptions o;
+  const Json* v = cfg->Find("peft_type");
+  if (v == nullptr || !v->is_string() || v->as_string() != "LORA") {
+    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": peft_type: must be \"LORA\""));
+  }
+  if (v = cfg->Find("r"); v == nullptr || !v->is_int64()) return field("r");
+  o.rank = static_cast<int>(v->as_int64());
+  if (v = cfg->Find("lora_alpha"); v == nullptr || !v->is_number()) return field("lora_alpha");
+  o.alpha = static_cast<float>(v->as_double());
+  if (v = cfg->Find("lora_dropout"); v != nullptr && v->is_number()) o.dropout = static_cast<float>(v->as_double());
+  if (v = cfg->Find("use_rslora"); v != nullptr && v->is_bool()) o.rslora = v->as_bool();
+  if (v = cfg->Find("target_modules"); v == nullptr || !v->is_array()) return field("target_modules");
+  o.targets.clear();
+  for (const Json& t : v->elements()) {
+    if (!t.is_string()) return field("target_modules");
+    o.targets.push_back(t.as_string());
+  }
+  if (v = cfg->Find("layers_to_transform"); v != nullptr && !v->is_null()) {
+    if (v->is_int64()) {
+      o.layers.push_back(static_cast<int>(v->as_int64()));
+    } else if (v->is_array()) {
+      for (const Json& l : v->elements()) {
+        if (!l.is_int64()) return field("layers_to_transform");
+        o.layers.push_back(static_cast<int>(l.as_int64()));
+      }
+    } else {
+      return field("layers_to_transform");
+    }
+  }
+  absl::Status valid = o.Validate(config);
+  if (!valid.ok()) return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": ", valid.message()));
+  ASSIGN_OR_RETURN(std::unique_ptr<LoraAdapter> a, Create(config, o));
+  const std::string st_path = dir + "/adapter_model.safetensors";
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> st, SafetensorsFile::Open(st_path));
+  for (int i = 0; i < a->params_.num_slots(); ++i) {
+    Tensor t = a->params_.view(i);
+    RETURN_IF_ERROR(st->ReadF32(a->params_.name(i), t.shape, t.data));
+  }
+  return a;
+}
+
+}  // namespace sheaf

@@ -1,0 +1,119 @@
+// LoRA adapters over the frozen linear layers of a decoder.
+//
+// For a frozen W [out, in] the adapted layer computes
+//   y = x Wᵀ + s · (drop(x) Aᵀ) Bᵀ,   A [R, in], B [out, R],
+// with s = alpha / R, or alpha / sqrt(R) for rsLoRA. A is initialised
+// Kaiming-uniform (bound 1/sqrt(in), as nn.Linear's default that PEFT uses),
+// B zero, so a fresh adapter leaves the model unchanged.
+//
+// An adapter owns two arenas (params, grads) with the same layout, so the
+// optimizer and checkpoints see one contiguous block. The model applies an
+// adapter through ops::LoraForward on a row range; a later batch planner can
+// apply different adapters (or per-row mixtures of experts) to different rows
+// of one batch over the same frozen weights without changing this class.
+//
+// Not thread-safe; one trainer owns an adapter.
+#ifndef SHEAF_CORE_LORA_H_
+#define SHEAF_CORE_LORA_H_
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/model_config.h"
+#include "core/tensor.h"
+
+namespace sheaf {
+
+// The seven per-layer projections, in a fixed order used for buckets,
+// checkpoints and export.
+enum class Proj { kQ, kK, kV, kO, kGate, kUp, kDown };
+inline constexpr int kNumProj = 7;
+const char* ProjName(Proj p);  // "q_proj", ...
+// "self_attn" or "mlp".
+const char* ProjBlock(Proj p);
+// Input and output width of a projection in a layer.
+int ProjIn(const ModelConfig& config, int layer, Proj p);
+int ProjOut(const ModelConfig& config, int layer, Proj p);
+
+struct LoraOptions {
+  int rank = 8;  // R
+  float alpha = 16.0f;
+  float dropout = 0.0f;
+  bool rslora = false;
+  // Subset of q_proj k_proj v_proj o_proj gate_proj up_proj down_proj lm_head.
+  std::vector<std::string> targets = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                      "gate_proj", "up_proj", "down_proj"};
+  std::vector<int> layers;  // empty = all layers
+  uint64_t seed = 0;        // initialisation of A
+
+  float scale() const;
+  absl::Status Validate(const ModelConfig& config) const;
+};
+
+struct LoraModule {
+  Tensor a, b;    // A [R, in], B [out, R]
+  Tensor da, db;  // gradients, same shapes
+  int in = 0, out = 0;
+  int id = 0;  // dense index, used to derive dropout streams
+};
+
+class LoraAdapter {
+ public:
+  // Plans and allocates params and grads; initialises A and B.
+  static absl::StatusOr<std::unique_ptr<LoraAdapter>> Create(
+      const ModelConfig& config, const LoraOptions& options);
+
+  const LoraOptions& options() const { return options_; }
+  float scale() const { return scale_; }
+  // null when (layer, proj) is not adapted.
+  LoraModule* module(int layer, Proj p) {
+    return modules_[static_cast<size_t>(layer)][static_cast<int>(p)];
+  }
+  const LoraModule* module(int layer, Proj p) const {
+    return modules_[static_cast<size_t>(layer)][static_cast<int>(p)];
+  }
+  LoraModule* lm_head() { return lm_head_; }
+  const LoraModule* lm_head() const { return lm_head_; }
+  std::vector<LoraModule*> all_modules();
+
+  Arena& params() { return params_; }
+  Arena& grads() { return grads_; }
+  const Arena& params() const { return params_; }
+  int64_t num_params() const;
+
+  // Dropout stream for the next forward (set per micro-step by the trainer so
+  // that a resumed run draws the same masks).
+  void set_dropout_seed(uint64_t seed) { dropout_seed_ = seed; }
+  uint64_t dropout_seed() const { return dropout_seed_; }
+
+  // PEFT layout: adapter_config.json + adapter_model.safetensors in `dir`.
+  absl::Status SavePeft(const std::string& dir,
+                        const std::string& base_model_name) const;
+  static absl::StatusOr<std::unique_ptr<LoraAdapter>> LoadPeft(
+      const std::string& dir, const ModelConfig& config);
+  // PEFT tensor name of a module's A or B.
+  static std::string PeftKey(int layer, Proj p, bool is_b);
+  static std::string PeftLmHeadKey(bool is_b);
+
+ private:
+  LoraAdapter(const ModelConfig& config, const LoraOptions& options);
+  void Init();
+
+  ModelConfig config_;
+  LoraOptions options_;
+  float scale_ = 1.0f;
+  Arena params_{ArenaKind::kArenaParams};
+  Arena grads_{ArenaKind::kArenaGrads};
+  std::vector<LoraModule> storage_;
+  std::vector<std::array<LoraModule*, kNumProj>> modules_;
+  LoraModule* lm_head_ = nullptr;
+  uint64_t dropout_seed_ = 0;
+};
+
+}  // namespace sheaf
+
+#endif  // SHEAF_CORE_LORA_H_

@@ -1,0 +1,563 @@
+#include "core/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "core/safetensors.h"
+#include "core/status.h"
+#include "ops/cpu/ops.h"
+
+namespace sheaf {
+namespace {
+
+// Counter-based uniform [0,1) draws for dropout masks: the mask of element i
+// of module m depends only on (seed, m, i), so it is identical on resume and
+// independent of thread count.
+inline uint64_t SplitMix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+void FillDropoutMask(float* mask, int64_t n, float p, uint64_t seed, int module_id) {
+  const uint64_t base = SplitMix(seed ^ SplitMix(static_cast<uint64_t>(module_id) + 1));
+  const float keep_scale = 1.0f / (1.0f - p);
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) {
+    const float u = static_cast<float>(SplitMix(base + static_cast<uint64_t>(i)) >> 40) *
+                    (1.0f / 16777216.0f);
+    mask[i] = u < p ? 0.0f : keep_scale;
+  }
+}
+
+void Mul(float* out, const float* a, const float* b, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
+}
+
+void MulAdd(float* out, const float* a, const float* b, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) out[i] += a[i] * b[i];
+}
+
+void ZeroRows(const Tensor& t, int64_t n_elems) {
+  std::memset(t.data, 0, static_cast<size_t>(n_elems) * sizeof(float));
+}
+
+}  // namespace
+
+Param* LayerWeights::proj(Proj p) {
+  switch (p) {
+    case Proj::kQ: return &q;
+    case Proj::kK: return &k;
+    case Proj::kV: return &v;
+    case Proj::kO: return &o;
+    case Proj::kGate: return &gate;
+    case Proj::kUp: return &up;
+    case Proj::kDown: return &down;
+  }
+  return nullptr;
+}
+
+std::vector<Param*> ModelWeights::all() {
+  std::vector<Param*> out{&embed};
+  for (LayerWeights& l : layers) {
+    out.push_back(&l.input_norm);
+    for (Param* p : {&l.q, &l.k, &l.v}) out.push_back(p);
+    if (l.q_bias.value) {
+      for (Param* p : {&l.q_bias, &l.k_bias, &l.v_bias}) out.push_back(p);
+    }
+    out.push_back(&l.o);
+    out.push_back(&l.post_norm);
+    for (Param* p : {&l.gate, &l.up, &l.down}) out.push_back(p);
+  }
+  out.push_back(&norm);
+  if (lm_head.value.data != embed.value.data) out.push_back(&lm_head);
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Create(
+    const ModelConfig& config, const TrainablePredicate& trainable) {
+  RETURN_IF_ERROR(config.Validate());
+  std::unique_ptr<Model> m(new Model(config));
+  const int C = config.hidden_size, HD = config.head_dim, V = config.vocab_size;
+
+  // Plan every tensor into the frozen or the params arena (grads mirror
+  // params slot for slot), then resolve views after allocation.
+  struct Planned {
+    Param* param;
+    bool trainable;
+    int slot;
+  };
+  std::vector<Planned> planned;
+  auto plan = [&](Param* p, std::string name, std::vector<int64_t> shape) {
+    p->name = name;
+    const bool t = trainable(name);
+    int slot = t ? m->params_.Add(name, shape) : m->frozen_.Add(name, shape);
+    if (t) m->grads_.Add(name, shape);
+    planned.push_back({p, t, slot});
+  };
+  ModelWeights& w = m->weights_;
+  plan(&w.embed, "model.embed_tokens.weight", {V, C});
+  w.layers.resize(static_cast<size_t>(config.num_layers));
+  for (int l = 0; l < config.num_layers; ++l) {
+    const LayerShape& s = config.layers[static_cast<size_t>(l)];
+    LayerWeights& lw = w.layers[static_cast<size_t>(l)];
+    const std::string pre = absl::StrCat("model.layers.", l, ".");
+    const int64_t q_out = int64_t{s.num_heads} * HD, kv_out = int64_t{s.num_kv_heads} * HD;
+    plan(&lw.input_norm, pre + "input_layernorm.weight", {C});
+    plan(&lw.q, pre + "self_attn.q_proj.weight", {q_out, C});
+    plan(&lw.k, pre + "self_attn.k_proj.weight", {kv_out, C});
+    plan(&lw.v, pre + "self_attn.v_proj.weight", {kv_out, C});
+    if (config.attention_bias) {
+      plan(&lw.q_bias, pre + "self_attn.q_proj.bias", {q_out});
+      plan(&lw.k_bias, pre + "self_attn.k_proj.bias", {kv_out});
+      plan(&lw.v_bias, pre + "self_attn.v_proj.bias", {kv_out});
+    }
+    plan(&lw.o, pre + "self_attn.o_proj.weight", {C, q_out});
+    plan(&lw.post_norm, pre + "post_attention_layernorm.weight", {C});
+    plan(&lw.gate, pre + "mlp.gate_proj.weight", {s.intermediate, C});
+    plan(&lw.up, pre + "mlp.up_proj.weight", {s.intermediate, C});
+    plan(&lw.down, pre + "mlp.down_proj.weight", {C, s.intermediate});
+  }
+  plan(&w.norm, "model.norm.weight", {C});
+  if (!config.tie_word_embeddings) plan(&w.lm_head, "lm_head.weight", {V, C});
+
+  m->frozen_.Allocate();
+  m->params_.Allocate();
+  m->grads_.Allocate();
+  for (const Planned& p : planned) {
+    if (p.trainable) {
+      p.param->value = m->params_.view(p.slot);
+      p.param->grad = m->grads_.view(p.slot);
+    } else {
+      p.param->value = m->frozen_.view(p.slot);
+    }
+  }
+  if (config.tie_word_embeddings) {
+    w.lm_head.name = "lm_head.weight (tied to model.embed_tokens.weight)";
+    w.lm_head.value = w.embed.value;
+    w.lm_head.grad = w.embed.grad;
+  }
+  return m;
+}
+
+absl::Status Model::LoadWeights(const std::string& dir) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsModel> st, SafetensorsModel::Open(dir));
+  for (Param* p : weights_.all()) {
+    RETURN_IF_ERROR(st->ReadF32(p->name, p->value.shape, p->value.data));
+  }
+  return absl::OkStatus();
+}
+
+void Model::InitRandom(uint64_t seed, float std) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, std);
+  for (Param* p : weights_.all()) {
+    const bool is_norm = p->name.find("norm") != std::string::npos;
+    const bool is_bias = p->name.size() > 5 && p->name.ends_with(".bias");
+    for (int64_t i = 0; i < p->value.numel(); ++i) {
+      p->value.data[i] = is_norm ? 1.0f : is_bias ? 0.0f : normal(rng);
+    }
+  }
+}
+
+absl::Status Model::Save(const std::string& dir) const {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  {
+    const std::string tmp = dir + "/config.json.tmp";
+    FILE* f = std::fopen(tmp.c_str(), "w");
+    if (!f) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+    const std::string text = config_.ToJson();
+    const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+    if (std::fclose(f) != 0 || !ok) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+    std::filesystem::rename(tmp, dir + "/config.json", ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", ec.message()));
+  }
+  SafetensorsWriter writer;
+  for (Param* p : const_cast<ModelWeights&>(weights_).all()) {
+    writer.Add(p->name, p->value.shape, p->value.data);
+  }
+  return writer.Write(dir + "/model.safetensors", {{"format", "pt"}});
+}
+
+void Model::PlanActivations(int B, int T, const LoraAdapter* adapter) {
+  if (B <= planned_B_ && T == planned_T_ && adapter == planned_adapter_) return;
+  B = std::max(B, planned_B_);
+  acts_.Reset();
+  scratch_.Reset();
+  const ModelConfig& c = config_;
+  const int64_t N = int64_t{B} * T, C = c.hidden_size, HD = c.head_dim, V = c.vocab_size;
+  const int R = adapter ? adapter->options().rank : 0;
+  const bool dropout = adapter && adapter->options().dropout > 0;
+  int64_t max_q = 0, max_kv = 0, max_i = 0;
+
+  // Slot indices, resolved after Allocate().
+  struct LayerSlots {
+    int x, n1, rstd1, q, k, v, probs, att, h, n2, rstd2, gate, up, act;
+    std::array<int, kNumProj> xa, mask;
+  };
+  std::vector<LayerSlots> ls(static_cast<size_t>(c.num_layers));
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerShape& s = c.layers[static_cast<size_t>(l)];
+    const int64_t q_out = s.num_heads * HD, kv_out = s.num_kv_heads * HD, I = s.intermediate;
+    max_q = std::max(max_q, q_out);
+    max_kv = std::max(max_kv, kv_out);
+    max_i = std::max(max_i, I);
+    LayerSlots& sl = ls[static_cast<size_t>(l)];
+    sl.x = acts_.Add("x", {N, C});
+    sl.n1 = acts_.Add("n1", {N, C});
+    sl.rstd1 = acts_.Add("rstd1", {N});
+    sl.q = acts_.Add("q", {N, q_out});
+    sl.k = acts_.Add("k", {N, kv_out});
+    sl.v = acts_.Add("v", {N, kv_out});
+    sl.probs = acts_.Add("probs", {B, s.num_heads, T, T});
+    sl.att = acts_.Add("att", {N, q_out});
+    sl.h = acts_.Add("h", {N, C});
+    sl.n2 = acts_.Add("n2", {N, C});
+    sl.rstd2 = acts_.Add("rstd2", {N});
+    sl.gate = acts_.Add("gate", {N, I});
+    sl.up = acts_.Add("up", {N, I});
+    sl.act = acts_.Add("act", {N, I});
+    for (int p = 0; p < kNumProj; ++p) {
+      sl.xa[p] = sl.mask[p] = -1;
+      const LoraModule* m = adapter ? adapter->module(l, static_cast<Proj>(p)) : nullptr;
+      if (!m) continue;
+      sl.xa[p] = acts_.Add("lora_xa", {N, R});
+      if (dropout) sl.mask[p] = acts_.Add("lora_mask", {N, m->in});
+    }
+  }
+  const int x_final = acts_.Add("x_final", {N, C});
+  const int nf = acts_.Add("nf", {N, C});
+  const int rstdf = acts_.Add("rstdf", {N});
+  const int logits = acts_.Add("logits", {N, V});
+  const int cos = acts_.Add("cos", {T, HD / 2});
+  const int sin = acts_.Add("sin", {T, HD / 2});
+  int head_xa = -1, head_mask = -1;
+  if (adapter && adapter->lm_head()) {
+    head_xa = acts_.Add("head_xa", {N, R});
+    if (dropout) head_mask = acts_.Add("head_mask", {N, C});
+  }
+  const int64_t max_in = std::max({C, max_q, max_i});
+  const int dx = scratch_.Add("dx", {N, C});
+  const int dn = scratch_.Add("dn", {N, C});
+  const int dq = scratch_.Add("dq", {N, max_q});
+  // dq, dk and datt trade buffers during RoPE backward: all sized for q.
+  const int dk = scratch_.Add("dk", {N, max_q});
+  const int dv = scratch_.Add("dv", {N, max_kv});
+  const int datt = scratch_.Add("datt", {N, max_q});
+  const int dgate = scratch_.Add("dgate", {N, max_i});
+  const int dup = scratch_.Add("dup", {N, max_i});
+  const int dact = scratch_.Add("dact", {N, max_i});
+  const int dlogits = scratch_.Add("dlogits", {N, V});
+  const int dyb = scratch_.Add("lora_dyb", {N, std::max(R, 1)});
+  const int tmp = scratch_.Add("lora_tmp", {N, dropout ? 2 * max_in : 1});
+  acts_.Allocate();
+  scratch_.Allocate();
+
+  act_.layers.assign(static_cast<size_t>(c.num_layers), {});
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerSlots& sl = ls[static_cast<size_t>(l)];
+    LayerActs& a = act_.layers[static_cast<size_t>(l)];
+    a.x = acts_.view(sl.x);
+    a.n1 = acts_.view(sl.n1);
+    a.rstd1 = acts_.view(sl.rstd1);
+    a.q = acts_.view(sl.q);
+    a.k = acts_.view(sl.k);
+    a.v = acts_.view(sl.v);
+    a.probs = acts_.view(sl.probs);
+    a.att = acts_.view(sl.att);
+    a.h = acts_.view(sl.h);
+    a.n2 = acts_.view(sl.n2);
+    a.rstd2 = acts_.view(sl.rstd2);
+    a.gate = acts_.view(sl.gate);
+    a.up = acts_.view(sl.up);
+    a.act = acts_.view(sl.act);
+    for (int p = 0; p < kNumProj; ++p) {
+      a.lora_xa[p] = sl.xa[p] >= 0 ? acts_.view(sl.xa[p]) : Tensor{};
+      a.lora_mask[p] = sl.mask[p] >= 0 ? acts_.view(sl.mask[p]) : Tensor{};
+    }
+  }
+  act_.x_final = acts_.view(x_final);
+  act_.nf = acts_.view(nf);
+  act_.rstdf = acts_.view(rstdf);
+  act_.logits = acts_.view(logits);
+  act_.cos = acts_.view(cos);
+  act_.sin = acts_.view(sin);
+  act_.head_xa = head_xa >= 0 ? acts_.view(head_xa) : Tensor{};
+  act_.head_mask = head_mask >= 0 ? acts_.view(head_mask) : Tensor{};
+  ops::RopeTables(act_.cos.data, act_.sin.data, T, static_cast<int>(HD), c.rope_theta);
+  scr_.dx = scratch_.view(dx);
+  scr_.dn = scratch_.view(dn);
+  scr_.dq = scratch_.view(dq);
+  scr_.dk = scratch_.view(dk);
+  scr_.dv = scratch_.view(dv);
+  scr_.datt = scratch_.view(datt);
+  scr_.dgate = scratch_.view(dgate);
+  scr_.dup = scratch_.view(dup);
+  scr_.dact = scratch_.view(dact);
+  scr_.dlogits = scratch_.view(dlogits);
+  scr_.lora_dyb = scratch_.view(dyb);
+  scr_.lora_tmp = scratch_.view(tmp);
+  planned_B_ = B;
+  planned_T_ = T;
+  planned_adapter_ = adapter;
+}
+
+namespace {
+
+// One (possibly LoRA-adapted) linear layer's forward:
+//   y = x Wᵀ + b + s · (drop(x) Aᵀ) Bᵀ
+struct LinearCall {
+  const Param* w;
+  const Param* bias;     // may be null / empty
+  LoraModule* lora;      // may be null
+  Tensor xa, mask;       // LoRA saved activations
+};
+
+void LinearWithLoraForward(float* y, const float* x, const LinearCall& c, int64_t n,
+                           float scale, float dropout, uint64_t seed, bool training,
+                           float* tmp) {
+  const int out = static_cast<int>(c.w->value.dim(0)), in = static_cast<int>(c.w->value.dim(1));
+  ops::LinearForward(y, x, c.w->value.data, c.bias && c.bias->value ? c.bias->value.data : nullptr,
+                     static_cast<int>(n), in, out);
+  if (!c.lora) return;
+  const float* xin = x;
+  if (c.mask) {
+    if (training) {
+      FillDropoutMask(c.mask.data, n * in, dropout, seed, c.lora->id);
+      Mul(tmp, x, c.mask.data, n * in);
+      xin = tmp;
+    }
+  }
+  ops::LoraForward(y, c.xa.data, xin, c.lora->a.data, c.lora->b.data, scale,
+                   static_cast<int>(n), in, out, static_cast<int>(c.lora->a.dim(0)));
+}
+
+// Backward of LinearWithLoraForward: dx += ...; trainable grads accumulate.
+void LinearWithLoraBackward(float* dx, const float* dy, const float* x, const LinearCall& c,
+                            int64_t n, float scale, float* dyb, float* tmp) {
+  const int out = static_cast<int>(c.w->value.dim(0)), in = static_cast<int>(c.w->value.dim(1));
+  ops::LinearBackward(dx, c.w->grad.data,
+                      c.bias && c.bias->grad ? c.bias->grad.data : nullptr, dy, x,
+                      c.w->value.data, static_cast<int>(n), in, out);
+  if (!c.lora) return;
+  const int r = static_cast<int>(c.lora->a.dim(0));
+  if (c.mask) {
+    // Recompute the masked input, and route dx through the mask.
+    float* xd = tmp;
+    float* dxd = tmp + n * in;
+    Mul(xd, x, c.mask.data, n * in);
+    std::memset(dxd, 0, static_cast<size_t>(n * in) * sizeof(float));
+    ops::LoraBackward(dx ? dxd : nullptr, c.lora->da.data, c.lora->db.data, dyb, dy, xd,
+                      c.xa.data, c.lora->a.data, c.lora->b.data, scale, static_cast<int>(n),
+                      in, out, r);
+    if (dx) MulAdd(dx, dxd, c.mask.data, n * in);
+  } else {
+    ops::LoraBackward(dx, c.lora->da.data, c.lora->db.data, dyb, dy, x, c.xa.data,
+                      c.lora->a.data, c.lora->b.data, scale, static_cast<int>(n), in, out, r);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* targets, int B,
+                                         int T, LoraAdapter* adapter, bool training) {
+  const ModelConfig& c = config_;
+  if (B <= 0 || T <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("batch ", B, " x ", T, " is empty"));
+  }
+  if (T > c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("sequence length ", T,
+                                                   " exceeds max_position_embeddings ",
+                                                   c.max_position_embeddings));
+  }
+  const int64_t N = int64_t{B} * T;
+  for (int64_t i = 0; i < N; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token ", tokens[i], " at position ", i,
+                                                     " is outside the vocabulary [0, ",
+                                                     c.vocab_size, ")"));
+    }
+    if (targets && targets[i] != kIgnoreIndex && (targets[i] < 0 || targets[i] >= c.vocab_size)) {
+      return absl::InvalidArgumentError(absl::StrCat("target ", targets[i], " at position ", i,
+                                                     " is outside the vocabulary"));
+    }
+  }
+  PlanActivations(B, T, adapter);
+  const int C = c.hidden_size, HD = c.head_dim, V = c.vocab_size;
+  const float scale = adapter ? adapter->scale() : 0.0f;
+  const float dropout = adapter ? adapter->options().dropout : 0.0f;
+  const uint64_t seed = adapter ? adapter->dropout_seed() : 0;
+  float* tmp = scr_.lora_tmp.data;
+
+  ops::EmbeddingForward(act_.layers.empty() ? act_.x_final.data : act_.layers[0].x.data, tokens,
+                        weights_.embed.value.data, static_cast<int>(N), C);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerShape& s = c.layers[static_cast<size_t>(l)];
+    LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
+    LayerActs& a = act_.layers[static_cast<size_t>(l)];
+    float* out = l + 1 < c.num_layers ? act_.layers[static_cast<size_t>(l) + 1].x.data
+                                      : act_.x_final.data;
+    auto call = [&](Proj p, const Param* bias) {
+      return LinearCall{w.proj(p), bias,
+                        adapter ? adapter->module(l, p) : nullptr,
+                        a.lora_xa[static_cast<int>(p)], a.lora_mask[static_cast<int>(p)]};
+    };
+    ops::RmsNormForward(a.n1.data, a.rstd1.data, a.x.data, w.input_norm.value.data,
+                        static_cast<int>(N), C, c.rms_norm_eps);
+    LinearWithLoraForward(a.q.data, a.n1.data, call(Proj::kQ, &w.q_bias), N, scale, dropout, seed, training, tmp);
+    LinearWithLoraForward(a.k.data, a.n1.data, call(Proj::kK, &w.k_bias), N, scale, dropout, seed, training, tmp);
+    LinearWithLoraForward(a.v.data, a.n1.data, call(Proj::kV, &w.v_bias), N, scale, dropout, seed, training, tmp);
+    ops::RopeForward(a.q.data, a.q.data, act_.cos.data, act_.sin.data, B, T, s.num_heads, HD);
+    ops::RopeForward(a.k.data, a.k.data, act_.cos.data, act_.sin.data, B, T, s.num_kv_heads, HD);
+    ops::AttentionForward(a.att.data, a.probs.data, a.q.data, a.k.data, a.v.data, B, T,
+                          s.num_heads, s.num_kv_heads, HD);
+    LinearWithLoraForward(a.h.data, a.att.data, call(Proj::kO, nullptr), N, scale, dropout, seed, training, tmp);
+    ops::Add(a.h.data, a.h.data, a.x.data, N * C);
+    ops::RmsNormForward(a.n2.data, a.rstd2.data, a.h.data, w.post_norm.value.data,
+                        static_cast<int>(N), C, c.rms_norm_eps);
+    LinearWithLoraForward(a.gate.data, a.n2.data, call(Proj::kGate, nullptr), N, scale, dropout, seed, training, tmp);
+    LinearWithLoraForward(a.up.data, a.n2.data, call(Proj::kUp, nullptr), N, scale, dropout, seed, training, tmp);
+    ops::SwiGluForward(a.act.data, a.gate.data, a.up.data, N * s.intermediate);
+    LinearWithLoraForward(out, a.act.data, call(Proj::kDown, nullptr), N, scale, dropout, seed, training, tmp);
+    ops::Add(out, out, a.h.data, N * C);
+  }
+  ops::RmsNormForward(act_.nf.data, act_.rstdf.data, act_.x_final.data, weights_.norm.value.data,
+                      static_cast<int>(N), C, c.rms_norm_eps);
+  LinearCall head{&weights_.lm_head, nullptr, adapter ? adapter->lm_head() : nullptr,
+                  act_.head_xa, act_.head_mask};
+  LinearWithLoraForward(act_.logits.data, act_.nf.data, head, N, scale, dropout, seed, training, tmp);
+
+  LossStats stats;
+  if (targets) {
+    ops::CrossEntropy(nullptr, &stats.loss_sum, &stats.tokens, act_.logits.data, targets,
+                      static_cast<int>(N), V, kIgnoreIndex, 0.0f);
+  }
+  last_training_ = training && targets != nullptr;
+  if (last_training_) {
+    last_tokens_copy_.assign(tokens, tokens + N);
+    last_targets_copy_.assign(targets, targets + N);
+    last_B_ = B;
+    last_T_ = T;
+    last_adapter_ = adapter;
+  }
+  return stats;
+}
+
+absl::Status Model::Backward(float grad_scale) {
+  if (!last_training_) {
+    return absl::FailedPreconditionError("Backward needs a training Forward with targets first");
+  }
+  last_training_ = false;
+  const ModelConfig& c = config_;
+  const int B = last_B_, T = last_T_, C = c.hidden_size, HD = c.head_dim, V = c.vocab_size;
+  const int64_t N = int64_t{B} * T;
+  LoraAdapter* adapter = last_adapter_;
+  const float scale = adapter ? adapter->scale() : 0.0f;
+  float* dyb = scr_.lora_dyb.data;
+  float* tmp = scr_.lora_tmp.data;
+  float* dx = scr_.dx.data;
+  float* dn = scr_.dn.data;
+
+  double unused_sum = 0;
+  int64_t unused_n = 0;
+  ops::CrossEntropy(scr_.dlogits.data, &unused_sum, &unused_n, act_.logits.data,
+                    last_targets_copy_.data(), static_cast<int>(N), V, kIgnoreIndex, grad_scale);
+  ZeroRows(scr_.dn, N * C);
+  LinearCall head{&weights_.lm_head, nullptr, adapter ? adapter->lm_head() : nullptr,
+                  act_.head_xa, act_.head_mask};
+  LinearWithLoraBackward(dn, scr_.dlogits.data, act_.nf.data, head, N, scale, dyb, tmp);
+  ZeroRows(scr_.dx, N * C);
+  ops::RmsNormBackward(dx, weights_.norm.grad.data, dn, act_.x_final.data,
+                       weights_.norm.value.data, act_.rstdf.data, static_cast<int>(N), C);
+
+  for (int l = c.num_layers - 1; l >= 0; --l) {
+    const LayerShape& s = c.layers[static_cast<size_t>(l)];
+    LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
+    LayerActs& a = act_.layers[static_cast<size_t>(l)];
+    const int64_t I = s.intermediate, q_out = int64_t{s.num_heads} * HD,
+                  kv_out = int64_t{s.num_kv_heads} * HD;
+    auto call = [&](Proj p, const Param* bias) {
+      return LinearCall{w.proj(p), bias, adapter ? adapter->module(l, p) : nullptr,
+                        a.lora_xa[static_cast<int>(p)], a.lora_mask[static_cast<int>(p)]};
+    };
+    // dx holds d(layer output). out = h + down(act).
+    ZeroRows(scr_.dact, N * I);
+    LinearWithLoraBackward(scr_.dact.data, dx, a.act.data, call(Proj::kDown, nullptr), N, scale, dyb, tmp);
+    ZeroRows(scr_.dgate, N * I);
+    ZeroRows(scr_.dup, N * I);
+    ops::SwiGluBackward(scr_.dgate.data, scr_.dup.data, scr_.dact.data, a.gate.data, a.up.data, N * I);
+    ZeroRows(scr_.dn, N * C);
+    LinearWithLoraBackward(dn, scr_.dgate.data, a.n2.data, call(Proj::kGate, nullptr), N, scale, dyb, tmp);
+    LinearWithLoraBackward(dn, scr_.dup.data, a.n2.data, call(Proj::kUp, nullptr), N, scale, dyb, tmp);
+    // dh = d(out) (residual) + rmsnorm backward.
+    ops::RmsNormBackward(dx, w.post_norm.grad.data, dn, a.h.data, w.post_norm.value.data,
+                         a.rstd2.data, static_cast<int>(N), C);
+    // h = x + o(att).
+    ZeroRows(scr_.datt, N * q_out);
+    LinearWithLoraBackward(scr_.datt.data, dx, a.att.data, call(Proj::kO, nullptr), N, scale, dyb, tmp);
+    ZeroRows(scr_.dq, N * q_out);
+    ZeroRows(scr_.dk, N * kv_out);
+    ZeroRows(scr_.dv, N * kv_out);
+    ops::AttentionBackward(scr_.dq.data, scr_.dk.data, scr_.dv.data, scr_.datt.data, a.q.data,
+                           a.k.data, a.v.data, a.probs.data, B, T, s.num_heads, s.num_kv_heads, HD);
+    // RoPE is a rotation: un-rotate dq and dk (datt is free scratch now).
+    ZeroRows(scr_.datt, N * q_out);
+    ops::RopeBackward(scr_.datt.data, scr_.dq.data, act_.cos.data, act_.sin.data, B, T, s.num_heads, HD);
+    std::swap(scr_.dq.data, scr_.datt.data);
+    ZeroRows(scr_.datt, N * kv_out);
+    ops::RopeBackward(scr_.datt.data, scr_.dk.data, act_.cos.data, act_.sin.data, B, T, s.num_kv_heads, HD);
+    std::swap(scr_.dk.data, scr_.datt.data);
+    // Below layer 0 the input gradient only matters for a trainable embedding.
+    const bool need_dx = l > 0 || weights_.embed.trainable();
+    float* dn_or_null = need_dx || w.input_norm.trainable() ? dn : nullptr;
+    if (dn_or_null) ZeroRows(scr_.dn, N * C);
+    LinearWithLoraBackward(dn_or_null, scr_.dq.data, a.n1.data, call(Proj::kQ, &w.q_bias), N, scale, dyb, tmp);
+    LinearWithLoraBackward(dn_or_null, scr_.dk.data, a.n1.data, call(Proj::kK, &w.k_bias), N, scale, dyb, tmp);
+    LinearWithLoraBackward(dn_or_null, scr_.dv.data, a.n1.data, call(Proj::kV, &w.v_bias), N, scale, dyb, tmp);
+    if (dn_or_null) {
+      ops::RmsNormBackward(dx, w.input_norm.grad.data, dn, a.x.data, w.input_norm.value.data,
+                           a.rstd1.data, static_cast<int>(N), C);
+    }
+  }
+  if (weights_.embed.trainable()) {
+    ops::EmbeddingBackward(weights_.embed.grad.data, dx, last_tokens_copy_.data(),
+                           static_cast<int>(N), C);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Model::ApplyAdapter(const LoraAdapter& adapter, float sign) {
+  const float s = sign * adapter.scale();
+  if (adapter.lm_head() && config_.tie_word_embeddings) {
+    return absl::FailedPreconditionError(
+        "cannot merge a LoRA on lm_head into tied word embeddings: it would change the input "
+        "embeddings too (untie them first)");
+  }
+  auto merge = [&](Param* w, const LoraModule& m) {
+    // W[out,in] += s * B[out,R] @ A[R,in]
+    ops::Matmul(w->value.data, m.b.data, m.a.data, m.out, m.in, static_cast<int>(m.a.dim(0)),
+                false, false, s, 1.0f);
+  };
+  for (int l = 0; l < config_.num_layers; ++l) {
+    for (int p = 0; p < kNumProj; ++p) {
+      const LoraModule* m = adapter.module(l, static_cast<Proj>(p));
+      if (m) merge(weights_.layers[static_cast<size_t>(l)].proj(static_cast<Proj>(p)), *m);
+    }
+  }
+  if (adapter.lm_head()) merge(&weights_.lm_head, *adapter.lm_head());
+  return absl::OkStatus();
+}
+
+absl::Status Model::MergeAdapter(const LoraAdapter& adapter) { return ApplyAdapter(adapter, 1.0f); }
+absl::Status Model::UnmergeAdapter(const LoraAdapter& adapter) { return ApplyAdapter(adapter, -1.0f); }
+
+}  // namespace sheaf

@@ -1,0 +1,174 @@
+// The Llama-family decoder with hand-written forward and backward (fp32, CPU).
+//
+//   x0 = embed[tokens]
+//   per layer l:  h = x + o_proj(attn(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1)))
+//                 x' = h + down_proj(silu(gate_proj(n2)) * up_proj(n2))
+//                 with n1 = rmsnorm(x), n2 = rmsnorm(h)
+//   logits = lm_head(rmsnorm(x_L))   (lm_head = embedᵀ when tied)
+//   loss = mean cross-entropy over targets != kIgnoreIndex
+//
+// Which base tensors are trainable is decided per tensor at creation (by HF
+// tensor name): trainable ones live in the params arena with a same-layout
+// grads arena; the rest live in the frozen arena and never get a gradient
+// buffer, so no dW is ever computed for them. LoRA-only training is "nothing
+// trainable + an adapter"; all-weights training is "everything trainable".
+//
+// Lifecycle: Create → load or init weights → Forward(training) → Backward →
+// (optimizer) → ... Activations are planned for the largest (B, T) seen and
+// reused. Not thread-safe: one model per training thread (kernels use OpenMP
+// internally).
+#ifndef SHEAF_CORE_MODEL_H_
+#define SHEAF_CORE_MODEL_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/lora.h"
+#include "core/model_config.h"
+#include "core/tensor.h"
+
+namespace sheaf {
+
+inline constexpr int kIgnoreIndex = -100;
+
+// A base weight and, when trainable, its gradient.
+struct Param {
+  std::string name;  // Hugging Face name, e.g. model.layers.0.mlp.up_proj.weight
+  Tensor value;
+  Tensor grad;  // empty when frozen
+  bool trainable() const { return static_cast<bool>(grad); }
+};
+
+struct LayerWeights {
+  Param input_norm;           // (C)
+  Param q, k, v, o;           // (NH*HD, C) (KVH*HD, C) (KVH*HD, C) (C, NH*HD)
+  Param q_bias, k_bias, v_bias;  // (NH*HD) (KVH*HD) (KVH*HD), attention_bias only
+  Param post_norm;            // (C)
+  Param gate, up, down;       // (I, C) (I, C) (C, I)
+  Param* proj(Proj p);
+};
+
+struct ModelWeights {
+  Param embed;  // (V, C)
+  std::vector<LayerWeights> layers;
+  Param norm;     // (C)
+  Param lm_head;  // (V, C); shares embed's storage (and grad) when tied
+  // Every distinct tensor (tied lm_head listed once, as embed).
+  std::vector<Param*> all();
+};
+
+struct LossStats {
+  double loss_sum = 0;  // summed token cross-entropy
+  int64_t tokens = 0;   // targets != kIgnoreIndex
+  double mean() const { return tokens ? loss_sum / static_cast<double>(tokens) : 0.0; }
+};
+
+using TrainablePredicate = std::function<bool(const std::string& hf_name)>;
+inline bool NothingTrainable(const std::string&) { return false; }
+inline bool EverythingTrainable(const std::string&) { return true; }
+
+class Model {
+ public:
+  static absl::StatusOr<std::unique_ptr<Model>> Create(
+      const ModelConfig& config, const TrainablePredicate& trainable);
+
+  // Reads every base tensor from a model dir (model.safetensors or index).
+  // Missing tensors and shape mismatches are errors naming the tensor.
+  absl::Status LoadWeights(const std::string& dir);
+  // Normal(0, std) for matrices, ones for norms, zeros for biases.
+  void InitRandom(uint64_t seed, float std);
+  // Writes config.json + model.safetensors into dir (created if missing).
+  absl::Status Save(const std::string& dir) const;
+
+  // Runs the model on tokens [B*T]. With targets (may be null for logits
+  // only) returns the loss. training = true keeps what Backward needs and
+  // applies LoRA dropout. The adapter may be null.
+  absl::StatusOr<LossStats> Forward(const int32_t* tokens,
+                                    const int32_t* targets, int B, int T,
+                                    LoraAdapter* adapter, bool training);
+  // Accumulates gradients of (grad_scale * summed loss of the last training
+  // Forward) into the trainable base grads and the adapter's grads. Use
+  // grad_scale = 1 / (valid target tokens in the whole optimizer step).
+  absl::Status Backward(float grad_scale);
+
+  // logits [B*T, V] of the last Forward.
+  const float* logits() const { return act_.logits.data; }
+
+  // W += s·B·A for every adapted module (and -= to unmerge). Merging a LoRA on
+  // lm_head into tied embeddings is refused (it would change the input
+  // embeddings as well).
+  absl::Status MergeAdapter(const LoraAdapter& adapter);
+  absl::Status UnmergeAdapter(const LoraAdapter& adapter);
+
+  const ModelConfig& config() const { return config_; }
+  ModelWeights& weights() { return weights_; }
+  const ModelWeights& weights() const { return weights_; }
+  Arena& frozen_arena() { return frozen_; }
+  Arena& params_arena() { return params_; }
+  Arena& grads_arena() { return grads_; }
+  void ZeroGrads() { grads_.Zero(); }
+  int64_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
+
+ private:
+  explicit Model(const ModelConfig& config) : config_(config) {}
+  absl::Status ApplyAdapter(const LoraAdapter& adapter, float sign);
+  void PlanActivations(int B, int T, const LoraAdapter* adapter);
+
+  struct LayerActs {
+    Tensor x;          // (B*T, C) layer input (residual stream)
+    Tensor n1, rstd1;  // (B*T, C), (B*T)
+    Tensor q, k, v;    // (B*T, NH*HD) (B*T, KVH*HD) (B*T, KVH*HD), q/k after RoPE
+    Tensor probs;      // (B, NH, T, T)
+    Tensor att;        // (B*T, NH*HD)
+    Tensor h;          // (B*T, C) residual after attention
+    Tensor n2, rstd2;  // (B*T, C), (B*T)
+    Tensor gate, up, act;  // (B*T, I) each; act = silu(gate)*up
+    // Per adapted projection: x·Aᵀ (B*T, R) and, with dropout, the mask
+    // (B*T, in) holding 0 or 1/(1-p).
+    std::array<Tensor, kNumProj> lora_xa, lora_mask;
+  };
+  struct Acts {
+    std::vector<LayerActs> layers;
+    Tensor x_final;            // (B*T, C) output of the last layer
+    Tensor nf, rstdf;          // (B*T, C), (B*T)
+    Tensor logits;             // (B*T, V)
+    Tensor head_xa, head_mask;  // lm_head LoRA
+    Tensor cos, sin;           // (T, HD/2)
+  };
+  // Backward scratch: gradients of activations, reused across layers.
+  struct Scratch {
+    Tensor dx, dn;        // (B*T, C)
+    Tensor dq, dk, dv, datt;  // (B*T, maxNH*HD) / (B*T, maxKVH*HD)
+    Tensor dgate, dup, dact;  // (B*T, maxI)
+    Tensor dlogits;       // (B*T, V)
+    Tensor lora_dyb;      // (B*T, maxR)
+    Tensor lora_tmp;      // (B*T, max(in)) dropout path / masked input
+  };
+
+  ModelConfig config_;
+  Arena frozen_{ArenaKind::kArenaFrozen};
+  Arena params_{ArenaKind::kArenaParams};
+  Arena grads_{ArenaKind::kArenaGrads};
+  Arena acts_{ArenaKind::kArenaActivations};
+  Arena scratch_{ArenaKind::kArenaActivations};
+  ModelWeights weights_;
+  Acts act_;
+  Scratch scr_;
+  int planned_B_ = 0, planned_T_ = 0;
+  const LoraAdapter* planned_adapter_ = nullptr;
+  // State of the last Forward, for Backward.
+  const int32_t* last_tokens_ = nullptr;
+  const int32_t* last_targets_ = nullptr;
+  std::vector<int32_t> last_tokens_copy_, last_targets_copy_;
+  int last_B_ = 0, last_T_ = 0;
+  LoraAdapter* last_adapter_ = nullptr;
+  bool last_training_ = false;
+};
+
+}  // namespace sheaf
+
+#endif  // SHEAF_CORE_MODEL_H_

@@ -1,0 +1,584 @@
+// CPU reference kernels. See ops.h for the contract of each function.
+//
+// Threading model
+//  - GEMMs (Matmul, Linear*, Lora*) are issued from the calling thread, outside
+//    any OpenMP region, and OpenBLAS parallelises them itself.
+//  - Everything else is a plain loop parallelised with OpenMP. No OpenBLAS call
+//    is made inside an OpenMP region: Debian's OpenBLAS is the pthreads build,
+//    and nesting its thread pool under ours would oversubscribe the cores (and
+//    concurrent calls serialise on its internal lock anyway). Attention's
+//    per-head products are therefore explicit loops.
+//  - Inner loops carry `#pragma omp simd`: at -O2 GCC's "very cheap" cost
+//    model refuses to vectorise loops whose trip count is not a known multiple
+//    of the vector width, and never reassociates float reductions; the pragma
+//    overrides both where we know it is safe.
+//  - Every kernel is deterministic and independent of the thread count: each
+//    output element is produced by one thread in a fixed order (gradients
+//    that several rows contribute to are reduced by column blocks, and
+//    attention's shared KV-head gradients through per-query-head scratch
+//    summed in head order).
+#include "ops/cpu/ops.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace sheaf::ops {
+namespace {
+
+// Below this many elements of work a parallel region costs more than it saves.
+constexpr int64_t kMinParallelWork = int64_t{1} << 15;
+
+// Width of the column blocks used for race-free reductions over rows (dw of
+// RMSNorm, dbias, embedding gradients): 64 floats = 4 cache lines, wide enough
+// to vectorise and to keep false sharing to the block edges.
+constexpr int kColumnBlock = 64;
+
+// Programmer-error check that survives NDEBUG (these kernels index memory with
+// the checked values, so a silent pass would corrupt the heap).
+#define SHEAF_OPS_CHECK(cond)                                               \
+  do {                                                                      \
+    if (!(cond)) {                                                          \
+      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
+                   #cond);                                                  \
+      std::abort();                                                         \
+    }                                                                       \
+  } while (0)
+
+inline float Dot(const float* a, const float* b, int n) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// y += alpha * x; x and y must not overlap.
+inline void Axpy(float alpha, const float* x, float* y, int n) {
+#pragma omp simd
+  for (int i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// Row-major C[M,N] = alpha * op(A) op(B) + beta * C with explicit leading
+// dimensions. Guards the degenerate shapes that BLAS rejects as illegal
+// leading dimensions (ld must be >= 1) instead of treating as no-ops.
+void Gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+          const float* a, int lda, const float* b, int ldb, float beta,
+          float* c, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (int i = 0; i < M; ++i) {
+      float* row = c + static_cast<int64_t>(i) * ldc;
+      for (int j = 0; j < N; ++j) row[j] = beta == 0.0f ? 0.0f : beta * row[j];
+    }
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, a,
+              std::max(1, lda), b, std::max(1, ldb), beta, c, std::max(1, ldc));
+}
+
+// dst[c] += sum_i value(i, c) for c < C, i < n, accumulated in double.
+// Parallel over column blocks so that no two threads write the same element
+// and the summation order does not depend on the thread count.
+template <typename ValueFn>
+void AddColumnSums(float* dst, int n, int C, ValueFn value) {
+  const int num_blocks = (C + kColumnBlock - 1) / kColumnBlock;
+  const bool use_threads = static_cast<int64_t>(n) * C >= kMinParallelWork;
+#pragma omp parallel for schedule(static) if (use_threads)
+  for (int blk = 0; blk < num_blocks; ++blk) {
+    const int c0 = blk * kColumnBlock;
+    const int width = std::min(kColumnBlock, C - c0);
+    double acc[kColumnBlock] = {};
+    for (int i = 0; i < n; ++i) {
+#pragma omp simd
+      for (int j = 0; j < width; ++j) acc[j] += value(i, c0 + j);
+    }
+    for (int j = 0; j < width; ++j) dst[c0 + j] += static_cast<float>(acc[j]);
+  }
+}
+
+}  // namespace
+
+void SetNumThreads(int n) {
+  if (n <= 0) n = omp_get_num_procs();
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+int NumThreads() { return omp_get_max_threads(); }
+
+void Matmul(float* out, const float* a, const float* b, int M, int N, int K,
+            bool trans_a, bool trans_b, float alpha, float beta) {
+  Gemm(trans_a, trans_b, M, N, K, alpha, a, trans_a ? M : K, b, trans_b ? K : N,
+       beta, out, N);
+}
+
+// ----------------------------------------------------------------------------
+// Linear: y = x @ w^T + bias
+
+void LinearForward(float* y, const float* x, const float* w, const float* bias,
+                   int n, int in, int out) {
+  float beta = 0.0f;
+  if (bias != nullptr) {
+    // Seed y with the bias so that the GEMM adds onto it (beta = 1).
+    const bool use_threads = static_cast<int64_t>(n) * out >= kMinParallelWork;
+#pragma omp parallel for schedule(static) if (use_threads)
+    for (int i = 0; i < n; ++i) {
+      std::memcpy(y + static_cast<int64_t>(i) * out, bias, sizeof(float) * out);
+    }
+    beta = 1.0f;
+  }
+  Gemm(false, true, n, out, in, 1.0f, x, in, w, in, beta, y, out);
+}
+
+// dx += dy @ w; dw += dy^T @ x; dbias += sum_rows dy.
+void LinearBackward(float* dx, float* dw, float* dbias, const float* dy,
+                    const float* x, const float* w, int n, int in, int out) {
+  if (dx != nullptr) {
+    Gemm(false, false, n, in, out, 1.0f, dy, out, w, in, 1.0f, dx, in);
+  }
+  if (dw != nullptr) {
+    Gemm(true, false, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
+  }
+  if (dbias != nullptr) {
+    AddColumnSums(dbias, n, out, [=](int i, int c) {
+      return static_cast<double>(dy[static_cast<int64_t>(i) * out + c]);
+    });
+  }
+}
+
+// ----------------------------------------------------------------------------
+// LoRA: xa = x @ a^T; y += scale * xa @ b^T
+
+void LoraForward(float* y, float* xa, const float* x, const float* a,
+                 const float* b, float scale, int n, int in, int out, int r) {
+  Gemm(false, true, n, r, in, 1.0f, x, in, a, in, 0.0f, xa, r);
+  Gemm(false, true, n, out, r, scale, xa, r, b, r, 1.0f, y, out);
+}
+
+// g = dy @ b; dx += scale * g @ a; da += scale * g^T @ x;
+// db += scale * dy^T @ xa.
+void LoraBackward(float* dx, float* da, float* db, float* scratch_dyb,
+                  const float* dy, const float* x, const float* xa,
+                  const float* a, const float* b, float scale, int n, int in,
+                  int out, int r) {
+  if (dx != nullptr || da != nullptr) {
+    Gemm(false, false, n, r, out, 1.0f, dy, out, b, r, 0.0f, scratch_dyb, r);
+    if (dx != nullptr) {
+      Gemm(false, false, n, in, r, scale, scratch_dyb, r, a, in, 1.0f, dx, in);
+    }
+    if (da != nullptr) {
+      Gemm(true, false, r, in, n, scale, scratch_dyb, r, x, in, 1.0f, da, in);
+    }
+  }
+  if (db != nullptr) {
+    Gemm(true, false, out, r, n, scale, dy, out, xa, r, 1.0f, db, r);
+  }
+}
+
+// ----------------------------------------------------------------------------
+// Embedding: out[n] = wte[tokens[n]]
+
+void EmbeddingForward(float* out, const int32_t* tokens, const float* wte,
+                      int n, int C) {
+  const bool use_threads = static_cast<int64_t>(n) * C >= kMinParallelWork;
+#pragma omp parallel for schedule(static) if (use_threads)
+  for (int i = 0; i < n; ++i) {
+    std::memcpy(out + static_cast<int64_t>(i) * C,
+                wte + static_cast<int64_t>(tokens[i]) * C, sizeof(float) * C);
+  }
+}
+
+// dwte[tokens[n]] += dout[n]. Repeated tokens hit the same row, so threads
+// split the columns, not the rows.
+void EmbeddingBackward(float* dwte, const float* dout, const int32_t* tokens,
+                       int n, int C) {
+  const int num_blocks = (C + kColumnBlock - 1) / kColumnBlock;
+  const bool use_threads = static_cast<int64_t>(n) * C >= kMinParallelWork;
+#pragma omp parallel for schedule(static) if (use_threads)
+  for (int blk = 0; blk < num_blocks; ++blk) {
+    const int c0 = blk * kColumnBlock;
+    const int width = std::min(kColumnBlock, C - c0);
+    for (int i = 0; i < n; ++i) {
+      Axpy(1.0f, dout + static_cast<int64_t>(i) * C + c0,
+           dwte + static_cast<int64_t>(tokens[i]) * C + c0, width);
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------
+// RMSNorm: rstd = 1/sqrt(mean(x^2) + eps); out = x * rstd * w
+
+void RmsNormForward(float* out, float* rstd, const float* x, const float* w,
+                    int n, int C, float eps) {
+  const bool use_threads = static_cast<int64_t>(n) * C >= kMinParallelWork;
+#pragma omp parallel for schedule(static) if (use_threads)
+  for (int i = 0; i < n; ++i) {
+    const float* xi = x + static_cast<int64_t>(i) * C;
+    float* oi = out + static_cast<int64_t>(i) * C;
+    double sum_sq = 0.0;
+#pragma omp simd reduction(+ : sum_sq)
+    for (int c = 0; c < C; ++c) sum_sq += static_cast<double>(xi[c]) * xi[c];
+    const float r = static_cast<float>(1.0 / std::sqrt(sum_sq / C + eps));
+    rstd[i] = r;
+#pragma omp simd
+    for (int c = 0; c < C; ++c) oi[c] = xi[c] * r * w[c];
+  }
+}
+
+// With r = rstd and m = mean(dout * w * x) over the row:
+//   dx += r * (dout * w - x * r^2 * m);  dw += sum_rows dout * x * r.
+void RmsNormBackward(float* dx, float* dw, const float* dout, const float* x,
+                     const float* w, const float* rstd, int n, int C) {
+  if (dx != nullptr) {
+    const bool use_threads = static_cast<int64_t>(n) * C >= kMinParallelWork;
+#pragma omp parallel for schedule(static) if (use_threads)
+    for (int i = 0; i < n; ++i) {
+      const int64_t off = static_cast<int64_t>(i) * C;
+      const float* xi = x + off;
+      const float* di = dout + off;
+      float* dxi = dx + off;
+      double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
+      for (int c = 0; c < C; ++c) {
+        dot += static_cast<double>(di[c]) * w[c] * xi[c];
+      }
+      const float r = rstd[i];
+      const float k = static_cast<float>(dot / C) * r * r;
+#pragma omp simd
+      for (int c = 0; c < C; ++c) dxi[c] += r * (di[c] * w[c] - xi[c] * k);
+    }
+  }
+  if (dw != nullptr) {
+    AddColumnSums(dw, n, C, [=](int i, int c) {
+      const int64_t idx = static_cast<int64_t>(i) * C + c;
+      return static_cast<double>(dout[idx] * x[idx] * rstd[i]);
+    });
+  }
+}
+
+// ----------------------------------------------------------------------------
+// RoPE (rotate_half layout)
+
+// Mirrors Hugging Face's fp32 arithmetic (inv_freq = 1 / theta^(2i/HD) in
+// float, angle = float(t) * inv_freq rounded to float) rather than computing
+// the angle in double: at t in the thousands the fp32 angle is off by ~1e-4
+// rad, and a checkpoint was trained with exactly those angles.
+void RopeTables(float* cos, float* sin, int T, int HD, float theta) {
+  const int half = HD / 2;
+  std::vector<float> inv_freq(half);
+  for (int i = 0; i < half; ++i) {
+    inv_freq[i] = 1.0f / std::pow(theta, static_cast<float>(2 * i) /
+                                             static_cast<float>(HD));
+  }
+  for (int t = 0; t < T; ++t) {
+    for (int i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(t) * inv_freq[i];
+      cos[static_cast<int64_t>(t) * half + i] =
+          static_cast<float>(std::cos(static_cast<double>(angle)));
+      sin[static_cast<int64_t>(t) * half + i] =
+          static_cast<float>(std::sin(static_cast<double>(angle)));
+    }
+  }
+}
+
+// out[i] = v[i] c - v[i+half] s;  out[i+half] = v[i+half] c + v[i] s.
+// Iteration i touches only elements i and i+half, and reads both before
+// writing, so out may alias x and the loop has no cross-iteration dependence.
+void RopeForward(float* out, const float* x, const float* cos, const float* sin,
+                 int B, int T, int H, int HD) {
+  const int half = HD / 2;
+  const int64_t row = static_cast<int64_t>(H) * HD;
+  const bool use_threads =
+      static_cast<int64_t>(B) * T * row >= kMinParallelWork;
+#pragma omp parallel for collapse(2) schedule(static) if (use_threads)
+  for (int b = 0; b < B; ++b) {
+    for (int t = 0; t < T; ++t) {
+      const float* ct = cos + static_cast<int64_t>(t) * half;
+      const float* st = sin + static_cast<int64_t>(t) * half;
+      const int64_t base = (static_cast<int64_t>(b) * T + t) * row;
+      for (int h = 0; h < H; ++h) {
+        const float* v = x + base + static_cast<int64_t>(h) * HD;
+        float* o = out + base + static_cast<int64_t>(h) * HD;
+#pragma omp simd
+        for (int i = 0; i < half; ++i) {
+          const float x1 = v[i];
+          const float x2 = v[i + half];
+          o[i] = x1 * ct[i] - x2 * st[i];
+          o[i + half] = x2 * ct[i] + x1 * st[i];
+        }
+      }
+    }
+  }
+}
+
+// The rotation is orthogonal, so dx += R^T dout:
+//   dx[i] += d[i] c + d[i+half] s;  dx[i+half] += d[i+half] c - d[i] s.
+void RopeBackward(float* dx, const float* dout, const float* cos,
+                  const float* sin, int B, int T, int H, int HD) {
+  const int half = HD / 2;
+  const int64_t row = static_cast<int64_t>(H) * HD;
+  const bool use_threads =
+      static_cast<int64_t>(B) * T * row >= kMinParallelWork;
+#pragma omp parallel for collapse(2) schedule(static) if (use_threads)
+  for (int b = 0; b < B; ++b) {
+    for (int t = 0; t < T; ++t) {
+      const float* ct = cos + static_cast<int64_t>(t) * half;
+      const float* st = sin + static_cast<int64_t>(t) * half;
+      const int64_t base = (static_cast<int64_t>(b) * T + t) * row;
+      for (int h = 0; h < H; ++h) {
+        const float* d = dout + base + static_cast<int64_t>(h) * HD;
+        float* g = dx + base + static_cast<int64_t>(h) * HD;
+#pragma omp simd
+        for (int i = 0; i < half; ++i) {
+          const float d1 = d[i];
+          const float d2 = d[i + half];
+          g[i] += d1 * ct[i] + d2 * st[i];
+          g[i + half] += d2 * ct[i] - d1 * st[i];
+        }
+      }
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------
+// Causal grouped-query attention
+//
+// Forward, per (b, h) with S = q k^T / sqrt(HD) over t' <= t:
+//   P = softmax(S) (max-subtracted), O = P V.
+
+void AttentionForward(float* out, float* probs, const float* q, const float* k,
+                      const float* v, int B, int T, int NH, int KVH, int HD) {
+  SHEAF_OPS_CHECK(KVH > 0 && NH % KVH == 0);
+  const int group = NH / KVH;
+  const int64_t q_stride = static_cast<int64_t>(NH) * HD;
+  const int64_t kv_stride = static_cast<int64_t>(KVH) * HD;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
+  const int64_t num_rows = static_cast<int64_t>(B) * NH * T;
+  // One task per query row (b, h, t). Row t costs O(t), so rows are dealt out
+  // round-robin to balance the causal triangle across threads.
+  const bool use_threads = num_rows * T * HD >= kMinParallelWork;
+#pragma omp parallel for schedule(static, 1) if (use_threads)
+  for (int64_t row = 0; row < num_rows; ++row) {
+    const int t = static_cast<int>(row % T);
+    const int h = static_cast<int>((row / T) % NH);
+    const int b = static_cast<int>(row / (static_cast<int64_t>(T) * NH));
+    const int kvh = h / group;
+    const float* qt = q + (static_cast<int64_t>(b) * T + t) * q_stride +
+                      static_cast<int64_t>(h) * HD;
+    const float* kb = k + static_cast<int64_t>(b) * T * kv_stride +
+                      static_cast<int64_t>(kvh) * HD;
+    const float* vb = v + static_cast<int64_t>(b) * T * kv_stride +
+                      static_cast<int64_t>(kvh) * HD;
+    float* p = probs + row * T;
+    float* ot = out + (static_cast<int64_t>(b) * T + t) * q_stride +
+                static_cast<int64_t>(h) * HD;
+
+    float max_score = -std::numeric_limits<float>::infinity();
+    for (int tk = 0; tk <= t; ++tk) {
+      p[tk] = scale * Dot(qt, kb + tk * kv_stride, HD);
+      max_score = std::max(max_score, p[tk]);
+    }
+    double sum = 0.0;
+    for (int tk = 0; tk <= t; ++tk) {
+      p[tk] = std::exp(p[tk] - max_score);
+      sum += p[tk];
+    }
+    const float inv_sum = static_cast<float>(1.0 / sum);
+#pragma omp simd
+    for (int tk = 0; tk <= t; ++tk) p[tk] *= inv_sum;
+    std::fill(p + t + 1, p + T, 0.0f);
+
+    std::fill(ot, ot + HD, 0.0f);
+    for (int tk = 0; tk <= t; ++tk) Axpy(p[tk], vb + tk * kv_stride, ot, HD);
+  }
+}
+
+// Backward, per (b, h) with P = probs and scale = 1/sqrt(HD):
+//   dP = dO V^T;  dS = P o (dP - rowsum(dP o P)) * scale;
+//   dQ += dS K;   dK += dS^T Q;   dV += P^T dO.
+// A KV head is shared by `group` query heads. To parallelise over all (b, h)
+// without races, each query head writes its dK/dV contribution to its own
+// scratch slice [B, NH, T, HD] (2x the size of q; allocated only when
+// group > 1), which is then summed into dk/dv in head order.
+void AttentionBackward(float* dq, float* dk, float* dv, const float* dout,
+                       const float* q, const float* k, const float* v,
+                       const float* probs, int B, int T, int NH, int KVH,
+                       int HD) {
+  SHEAF_OPS_CHECK(KVH > 0 && NH % KVH == 0);
+  const int group = NH / KVH;
+  const int64_t q_stride = static_cast<int64_t>(NH) * HD;
+  const int64_t kv_stride = static_cast<int64_t>(KVH) * HD;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
+  const int64_t work = static_cast<int64_t>(B) * NH * T * T * HD;
+
+  std::vector<float> scratch_k;
+  std::vector<float> scratch_v;
+  if (group > 1) {
+    scratch_k.assign(static_cast<size_t>(B) * NH * T * HD, 0.0f);
+    scratch_v.assign(static_cast<size_t>(B) * NH * T * HD, 0.0f);
+  }
+
+#pragma omp parallel if (work >= kMinParallelWork)
+  {
+    std::vector<float> dp(T);
+#pragma omp for collapse(2) schedule(static)
+    for (int b = 0; b < B; ++b) {
+      for (int h = 0; h < NH; ++h) {
+        const int kvh = h / group;
+        const int64_t kv_off = static_cast<int64_t>(b) * T * kv_stride +
+                               static_cast<int64_t>(kvh) * HD;
+        const float* kb = k + kv_off;
+        const float* vb = v + kv_off;
+        // Where this head's dK/dV rows go, and their row stride.
+        float* dkh;
+        float* dvh;
+        int64_t dkv_stride;
+        if (group == 1) {
+          dkh = dk + kv_off;
+          dvh = dv + kv_off;
+          dkv_stride = kv_stride;
+        } else {
+          const int64_t s_off = (static_cast<int64_t>(b) * NH + h) * T * HD;
+          dkh = scratch_k.data() + s_off;
+          dvh = scratch_v.data() + s_off;
+          dkv_stride = HD;
+        }
+        for (int t = 0; t < T; ++t) {
+          const int64_t q_off = (static_cast<int64_t>(b) * T + t) * q_stride +
+                                static_cast<int64_t>(h) * HD;
+          const float* qt = q + q_off;
+          const float* dot = dout + q_off;
+          float* dqt = dq + q_off;
+          const float* p =
+              probs + ((static_cast<int64_t>(b) * NH + h) * T + t) * T;
+
+          double rowsum = 0.0;
+          for (int tk = 0; tk <= t; ++tk) {
+            dp[tk] = Dot(dot, vb + tk * kv_stride, HD);
+            rowsum += static_cast<double>(p[tk]) * dp[tk];
+          }
+          const float rs = static_cast<float>(rowsum);
+          for (int tk = 0; tk <= t; ++tk) {
+            const float ds = p[tk] * (dp[tk] - rs) * scale;
+            Axpy(ds, kb + tk * kv_stride, dqt, HD);
+            Axpy(ds, qt, dkh + tk * dkv_stride, HD);
+            Axpy(p[tk], dot, dvh + tk * dkv_stride, HD);
+          }
+        }
+      }
+    }
+  }
+
+  if (group > 1) {
+    const bool use_threads =
+        static_cast<int64_t>(B) * T * q_stride >= kMinParallelWork;
+#pragma omp parallel for collapse(2) schedule(static) if (use_threads)
+    for (int b = 0; b < B; ++b) {
+      for (int t = 0; t < T; ++t) {
+        for (int h = 0; h < NH; ++h) {
+          const int64_t s_off =
+              ((static_cast<int64_t>(b) * NH + h) * T + t) * HD;
+          const int64_t d_off = (static_cast<int64_t>(b) * T + t) * kv_stride +
+                                static_cast<int64_t>(h / group) * HD;
+          Axpy(1.0f, scratch_k.data() + s_off, dk + d_off, HD);
+          Axpy(1.0f, scratch_v.data() + s_off, dv + d_off, HD);
+        }
+      }
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------
+// SwiGLU: h = silu(gate) * up = gate * sigmoid(gate) * up
+
+void SwiGluForward(float* h, const float* gate, const float* up, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    const float s = 1.0f / (1.0f + std::exp(-g));
+    h[i] = g * s * up[i];
+  }
+}
+
+// With s = sigmoid(g): d silu(g)/dg = s * (1 + g * (1 - s)), so
+//   dgate += dh * up * s * (1 + g * (1 - s));  dup += dh * g * s.
+void SwiGluBackward(float* dgate, float* dup, const float* dh,
+                    const float* gate, const float* up, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    const float s = 1.0f / (1.0f + std::exp(-g));
+    dgate[i] += dh[i] * up[i] * s * (1.0f + g * (1.0f - s));
+    dup[i] += dh[i] * g * s;
+  }
+}
+
+void Add(float* out, const float* a, const float* b, int64_t n) {
+  // Element i reads a[i], b[i] then writes out[i]: aliasing is harmless.
+  const bool use_threads = n >= kMinParallelWork;
+#pragma omp parallel for simd schedule(static) if (parallel : use_threads)
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+// ----------------------------------------------------------------------------
+// Cross-entropy: loss = logsumexp(x) - x[target]
+
+void CrossEntropy(float* dlogits, double* loss_sum, int64_t* n_valid,
+                  const float* logits, const int32_t* targets, int N, int V,
+                  int ignore_index, float grad_scale) {
+  // Per-row losses are summed serially afterwards so that loss_sum does not
+  // depend on the thread count or on reduction arrival order.
+  std::vector<double> row_loss(N, 0.0);
+  const bool use_threads = static_cast<int64_t>(N) * V >= kMinParallelWork;
+#pragma omp parallel for schedule(static) if (use_threads)
+  for (int i = 0; i < N; ++i) {
+    const int32_t target = targets[i];
+    float* di =
+        dlogits != nullptr ? dlogits + static_cast<int64_t>(i) * V : nullptr;
+    if (target == ignore_index) {
+      if (di != nullptr) std::fill(di, di + V, 0.0f);
+      continue;
+    }
+    SHEAF_OPS_CHECK(target >= 0 && target < V);
+    const float* xi = logits + static_cast<int64_t>(i) * V;
+    float max_logit = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : max_logit)
+    for (int j = 0; j < V; ++j) {
+      max_logit = xi[j] > max_logit ? xi[j] : max_logit;
+    }
+    double sum = 0.0;
+    if (di != nullptr) {
+      // Keep exp(x - max) in dlogits so the gradient pass needs no second exp.
+      for (int j = 0; j < V; ++j) {
+        di[j] = std::exp(xi[j] - max_logit);
+        sum += di[j];
+      }
+      const float factor = static_cast<float>(grad_scale / sum);
+#pragma omp simd
+      for (int j = 0; j < V; ++j) di[j] *= factor;
+      di[target] -= grad_scale;
+    } else {
+      for (int j = 0; j < V; ++j) sum += std::exp(xi[j] - max_logit);
+    }
+    row_loss[i] = static_cast<double>(max_logit) + std::log(sum) - xi[target];
+  }
+  double total = 0.0;
+  int64_t count = 0;
+  for (int i = 0; i < N; ++i) {
+    if (targets[i] == ignore_index) continue;
+    total += row_loss[i];
+    ++count;
+  }
+  *loss_sum += total;
+  *n_valid += count;
+}
+
+}  // namespace sheaf::ops
