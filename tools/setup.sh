@@ -14,6 +14,7 @@ PKGS=(
   libyaml-cpp-dev libsqlite3-dev
   python3-torch python3-numpy
   manpages
+  man-db groff-base bsdextrautils
 )
 
 missing=()

@@ -1,0 +1,238 @@
+// The `sheaf` command. Local subcommands (this file): train, pretrain, eval,
+// merge, data tokenize. Exit codes: 0 success, 1 the work failed, 2 bad usage
+// or a bad spec, 130 stopped by a signal before finishing (a checkpoint was
+// written; resume with --resume).
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/data/dataset.h"
+#include "core/data/document_source.h"
+#include "core/data/token_corpus.h"
+#include "core/data/token_file.h"
+#include "core/data/tokenizer.h"
+#include "core/lora.h"
+#include "core/model.h"
+#include "core/spec/yaml.h"
+#include "core/status.h"
+#include "jobs/trainer.h"
+#include "ops/cpu/ops.h"
+
+namespace sheaf {
+namespace {
+
+constexpr const char* kUsage = R"(usage: sheaf <command> [args]
+
+Local commands:
+  train [--set key=value]... [--quiet] JOB.yaml
+                          run a job spec on this machine (lora or pretrain)
+  train --resume OUTDIR   continue a run from its newest valid checkpoint
+  pretrain ...            same as train, for all-weights (pretrain) specs
+  eval --model DIR [--adapter DIR] --data PATH [--seq-len N] [--max-seqs N]
+                          mean loss and perplexity of a model (+ adapter)
+  merge BASE_DIR ADAPTER_DIR OUT_DIR
+                          write BASE with the PEFT adapter merged into it
+  data tokenize --out FILE.tok [--format text|paragraphs|jsonl] PATH...
+                          tokenise a corpus once (byte tokenizer) for mmap reads
+
+Exit codes: 0 ok, 1 failed, 2 bad usage or spec, 130 stopped by a signal
+(checkpoint written; continue with `sheaf train --resume OUTDIR`).
+)";
+
+int Fail(const absl::Status& s, int code = 1) {
+  std::fprintf(stderr, "sheaf: error: %s\n", std::string(s.message()).c_str());
+  return code;
+}
+
+int Usage(const std::string& why) {
+  std::fprintf(stderr, "sheaf: %s\n\n%s", why.c_str(), kUsage);
+  return 2;
+}
+
+Trainer* g_trainer = nullptr;
+void OnSignal(int) {
+  if (g_trainer) g_trainer->RequestStop();
+}
+
+int Train(const std::vector<std::string>& args, bool pretrain_only) {
+  std::vector<std::string> overrides;
+  std::string spec_path, resume;
+  bool quiet = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--set" && i + 1 < args.size()) {
+      overrides.push_back(args[++i]);
+    } else if (args[i].rfind("--set=", 0) == 0) {
+      overrides.push_back(args[i].substr(6));
+    } else if (args[i] == "--resume" && i + 1 < args.size()) {
+      resume = args[++i];
+    } else if (args[i] == "--quiet") {
+      quiet = true;
+    } else if (args[i].rfind("--", 0) == 0) {
+      return Usage("unknown flag " + args[i]);
+    } else if (spec_path.empty()) {
+      spec_path = args[i];
+    } else {
+      return Usage("more than one job spec given");
+    }
+  }
+  if (!resume.empty()) {
+    if (!spec_path.empty()) return Usage("--resume takes the run's output dir; it reads OUTDIR/spec.yaml");
+    spec_path = resume + "/spec.yaml";
+  }
+  if (spec_path.empty()) return Usage("no job spec given");
+  absl::StatusOr<proto::JobSpec> spec = ParseJobSpecFile(spec_path, overrides);
+  if (!spec.ok()) return Fail(spec.status(), 2);
+  if (pretrain_only && !spec->has_pretrain()) {
+    return Fail(absl::InvalidArgumentError(spec_path + ": `sheaf pretrain` needs a `pretrain:` job"), 2);
+  }
+  TrainerOptions opts;
+  opts.resume = !resume.empty();
+  opts.quiet = quiet;
+  absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(*spec, opts);
+  if (!trainer.ok()) {
+    const bool user_error = trainer.status().code() == absl::StatusCode::kInvalidArgument ||
+                            trainer.status().code() == absl::StatusCode::kNotFound ||
+                            trainer.status().code() == absl::StatusCode::kAlreadyExists;
+    return Fail(trainer.status(), user_error ? 2 : 1);
+  }
+  g_trainer = trainer->get();
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+  absl::StatusOr<TrainResult> result = (*trainer)->Run();
+  g_trainer = nullptr;
+  if (!result.ok()) return Fail(result.status());
+  if (result->steps < (*trainer)->total_steps()) return 130;
+  std::printf("val_loss %.4f -> %.4f (ppl %.2f -> %.2f); wrote %s\n", result->first_val_loss,
+              result->final_val_loss, std::exp(result->first_val_loss),
+              std::exp(result->final_val_loss), result->export_dir.c_str());
+  return 0;
+}
+
+int Eval(const std::vector<std::string>& args) {
+  std::string model_dir, adapter_dir;
+  std::vector<std::string> data;
+  int seq_len = 256;
+  int64_t max_seqs = 0;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const bool has = i + 1 < args.size();
+    if (args[i] == "--model" && has) model_dir = args[++i];
+    else if (args[i] == "--adapter" && has) adapter_dir = args[++i];
+    else if (args[i] == "--data" && has) data.push_back(args[++i]);
+    else if (args[i] == "--seq-len" && has) seq_len = std::atoi(args[++i].c_str());
+    else if (args[i] == "--max-seqs" && has) max_seqs = std::atoll(args[++i].c_str());
+    else return Usage("eval: unexpected argument " + args[i]);
+  }
+  if (model_dir.empty() || data.empty()) return Usage("eval needs --model and --data");
+  if (seq_len < 2) return Usage("eval: --seq-len must be >= 2");
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(model_dir);
+  if (!config.ok()) return Fail(config.status(), 2);
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::Create(*config, NothingTrainable);
+  if (!model.ok()) return Fail(model.status());
+  if (absl::Status s = (*model)->LoadWeights(model_dir); !s.ok()) return Fail(s);
+  std::unique_ptr<LoraAdapter> adapter;
+  if (!adapter_dir.empty()) {
+    absl::StatusOr<std::unique_ptr<LoraAdapter>> a = LoraAdapter::LoadPeft(adapter_dir, *config);
+    if (!a.ok()) return Fail(a.status(), 2);
+    adapter = std::move(*a);
+  }
+  ByteTokenizer tok;
+  std::vector<DocumentSource> sources;
+  for (const std::string& d : data) sources.push_back(DocumentSource{d});
+  absl::StatusOr<std::vector<Document>> docs = LoadDocuments(sources);
+  if (!docs.ok()) return Fail(docs.status(), 2);
+  absl::StatusOr<std::unique_ptr<InMemoryCorpus>> corpus = InMemoryCorpus::FromDocuments(*docs, tok);
+  if (!corpus.ok()) return Fail(corpus.status(), 2);
+  std::shared_ptr<const TokenCorpus> c(std::move(*corpus));
+  DatasetOptions dopt;
+  dopt.seq_len = seq_len;
+  absl::StatusOr<std::unique_ptr<Dataset>> ds = Dataset::Create(dopt, c, c);
+  if (!ds.ok()) return Fail(ds.status(), 2);
+  const int B = 8;
+  int64_t n = (*ds)->num_validation_sequences();
+  if (max_seqs > 0) n = std::min(n, max_seqs);
+  std::vector<int32_t> in(static_cast<size_t>(B) * seq_len), tg(in.size());
+  LossStats total;
+  for (int64_t first = 0; first < n; first += B) {
+    auto rows = (*ds)->GetValidationBatch(first, B, absl::MakeSpan(in), absl::MakeSpan(tg));
+    if (!rows.ok()) return Fail(rows.status());
+    // Rows past n (when --max-seqs cuts a batch) are ignored.
+    for (int64_t r = std::max<int64_t>(0, n - first); r < B; ++r) {
+      std::fill(tg.begin() + r * seq_len, tg.begin() + (r + 1) * seq_len, kIgnoreIndex);
+    }
+    auto s = (*model)->Forward(in.data(), tg.data(), B, seq_len, adapter.get(), false);
+    if (!s.ok()) return Fail(s.status());
+    total.loss_sum += s->loss_sum;
+    total.tokens += s->tokens;
+  }
+  std::printf("loss %.4f ppl %.3f tokens %lld\n", total.mean(), std::exp(total.mean()),
+              static_cast<long long>(total.tokens));
+  return 0;
+}
+
+int Merge(const std::vector<std::string>& args) {
+  if (args.size() != 3) return Usage("merge takes BASE_DIR ADAPTER_DIR OUT_DIR");
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(args[0]);
+  if (!config.ok()) return Fail(config.status(), 2);
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::Create(*config, NothingTrainable);
+  if (!model.ok()) return Fail(model.status());
+  if (absl::Status s = (*model)->LoadWeights(args[0]); !s.ok()) return Fail(s);
+  absl::StatusOr<std::unique_ptr<LoraAdapter>> a = LoraAdapter::LoadPeft(args[1], *config);
+  if (!a.ok()) return Fail(a.status(), 2);
+  if (absl::Status s = (*model)->MergeAdapter(**a); !s.ok()) return Fail(s, 2);
+  if (absl::Status s = (*model)->Save(args[2]); !s.ok()) return Fail(s);
+  std::printf("merged %s into %s -> %s\n", args[1].c_str(), args[0].c_str(), args[2].c_str());
+  return 0;
+}
+
+int Tokenize(const std::vector<std::string>& args) {
+  std::string out;
+  std::string format = "text";
+  std::vector<std::string> paths;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--out" && i + 1 < args.size()) out = args[++i];
+    else if (args[i] == "--format" && i + 1 < args.size()) format = args[++i];
+    else if (args[i].rfind("--", 0) == 0) return Usage("data tokenize: unknown flag " + args[i]);
+    else paths.push_back(args[i]);
+  }
+  if (out.empty() || paths.empty()) return Usage("data tokenize needs --out FILE and at least one PATH");
+  std::vector<DocumentSource> sources;
+  for (const std::string& p : paths) {
+    DocumentSource s{p};
+    if (format == "paragraphs") s.split_blank_lines = true;
+    else if (format == "jsonl") s.format = SourceFormat::kSourceFormatJsonl;
+    else if (format != "text") return Usage("data tokenize: --format must be text, paragraphs or jsonl");
+    sources.push_back(s);
+  }
+  ByteTokenizer tok;
+  absl::StatusOr<TokenizeStats> st = TokenizeToFile(sources, tok, out);
+  if (!st.ok()) return Fail(st.status(), 2);
+  std::printf("wrote %s: %lld documents, %lld tokens, %lld bytes\n", out.c_str(),
+              static_cast<long long>(st->num_docs), static_cast<long long>(st->num_tokens),
+              static_cast<long long>(st->file_bytes));
+  return 0;
+}
+
+}  // namespace
+}  // namespace sheaf
+
+int main(int argc, char** argv) {
+  using namespace sheaf;
+  if (argc < 2 || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "--help") ||
+      !std::strcmp(argv[1], "help")) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  if (cmd == "train") return Train(args, false);
+  if (cmd == "pretrain") return Train(args, true);
+  if (cmd == "eval") return Eval(args);
+  if (cmd == "merge") return Merge(args);
+  if (cmd == "data" && !args.empty() && args[0] == "tokenize") {
+    return Tokenize(std::vector<std::string>(args.begin() + 1, args.end()));
+  }
+  return Usage("unknown command " + cmd);
+}

@@ -1,0 +1,51 @@
+// Defaults and checks for a JobSpec, shared by the CLI (before submitting),
+// the coordinator (which never trusts the client) and the worker.
+#ifndef SHEAF_CORE_SPEC_VALIDATE_H_
+#define SHEAF_CORE_SPEC_VALIDATE_H_
+
+#include <array>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "proto/job_spec.pb.h"
+
+namespace sheaf {
+
+// Every module name AdapterSpec.targets may hold, in the order of a Llama
+// layer's weights, lm_head last.
+inline constexpr std::array<std::string_view, 8> kAdapterTargetNames = {
+    "q_proj",    "k_proj",  "v_proj",    "o_proj",
+    "gate_proj", "up_proj", "down_proj", "lm_head"};
+
+// The targets when none are given: every attention and MLP projection.
+inline constexpr std::array<std::string_view, 7> kDefaultAdapterTargets = {
+    "q_proj",    "k_proj",  "v_proj",   "o_proj",
+    "gate_proj", "up_proj", "down_proj"};
+
+// Fills every unset field that has a default (documented on the field in
+// proto/job_spec.proto). Fields already set, even to 0, are kept; running it
+// twice changes nothing. Sections are created as needed, except that
+// pretrain.model is only filled in for a from-scratch job (empty
+// base_model).
+void ApplyDefaults(proto::JobSpec* spec);
+
+// Range and consistency checks that need no file system: the spec is judged
+// as ApplyDefaults would leave it (an unset field with a default is fine), so
+// it may be called before or after ApplyDefaults. Every problem found is
+// reported, each as `key.path: reason` (`optimizer.lr: must be > 0, got
+// -0.001`), joined by "; ".
+//
+// Returns kInvalidArgument when a problem is found.
+absl::Status ValidateJobSpec(const proto::JobSpec& spec);
+
+// Checks that the files the spec names exist, relative paths from the
+// current directory: base_model (a directory), every data.train and data.val
+// path (file or directory) and data.tokenizer unless it is "byte" (a file).
+// Every missing path is reported as `key.path: no such ...: PATH`.
+//
+// Returns kNotFound when a path is missing or of the wrong kind.
+absl::Status CheckSpecPaths(const proto::JobSpec& spec);
+
+}  // namespace sheaf
+
+#endif  // SHEAF_CORE_SPEC_VALIDATE_H_

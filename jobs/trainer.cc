@@ -1,0 +1,484 @@
+#include "jobs/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/checkpoint.h"
+#include "core/data/document_source.h"
+#include "core/data/token_corpus.h"
+#include "core/data/token_file.h"
+#include "core/data/tokenizer.h"
+#include "core/json.h"
+#include "core/spec/validate.h"
+#include "core/spec/yaml.h"
+#include "core/status.h"
+#include "ops/cpu/ops.h"
+
+namespace sheaf {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+uint64_t Mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+absl::StatusOr<std::shared_ptr<const TokenCorpus>> LoadCorpus(
+    const google::protobuf::RepeatedPtrField<std::string>& paths, proto::DataSpec::Format format,
+    const Tokenizer& tokenizer, const char* key) {
+  if (format == proto::DataSpec::FORMAT_TOKENS) {
+    if (paths.size() != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(key, ": format tokens takes exactly one .tok file, got ", paths.size()));
+    }
+    ASSIGN_OR_RETURN(std::unique_ptr<TokenFile> f, TokenFile::Open(paths[0]));
+    if (f->vocab_size() != tokenizer.vocab_size()) {
+      return absl::InvalidArgumentError(absl::StrCat(key, ": ", paths[0], " has vocab ",
+                                                     f->vocab_size(), ", the tokenizer ",
+                                                     tokenizer.vocab_size()));
+    }
+    return std::shared_ptr<const TokenCorpus>(std::move(f));
+  }
+  std::vector<DocumentSource> sources;
+  for (const std::string& p : paths) {
+    DocumentSource s;
+    s.path = p;
+    s.split_blank_lines = format == proto::DataSpec::FORMAT_TEXT_PARAGRAPHS;
+    if (format == proto::DataSpec::FORMAT_JSONL) s.format = SourceFormat::kSourceFormatJsonl;
+    sources.push_back(std::move(s));
+  }
+  ASSIGN_OR_RETURN(std::vector<Document> docs, LoadDocuments(sources));
+  ASSIGN_OR_RETURN(std::unique_ptr<InMemoryCorpus> c, InMemoryCorpus::FromDocuments(docs, tokenizer));
+  return std::shared_ptr<const TokenCorpus>(std::move(c));
+}
+
+absl::StatusOr<ModelConfig> ConfigFromShape(const proto::ModelShape& s) {
+  ModelConfig c;
+  c.hidden_size = s.hidden_size();
+  c.num_layers = s.num_hidden_layers();
+  c.vocab_size = s.vocab_size();
+  const int heads = s.num_attention_heads();
+  const int kv = s.has_num_key_value_heads() ? s.num_key_value_heads() : heads;
+  c.head_dim = s.has_head_dim() ? s.head_dim() : (heads > 0 ? c.hidden_size / heads : 0);
+  c.max_position_embeddings = s.has_max_position_embeddings() ? s.max_position_embeddings() : 2048;
+  c.rope_theta = s.has_rope_theta() ? static_cast<float>(s.rope_theta()) : 10000.0f;
+  c.rms_norm_eps = s.has_rms_norm_eps() ? static_cast<float>(s.rms_norm_eps()) : 1e-5f;
+  c.tie_word_embeddings = s.has_tie_word_embeddings() ? s.tie_word_embeddings() : false;
+  c.layers.assign(static_cast<size_t>(std::max(c.num_layers, 0)),
+                  LayerShape{heads, kv, s.intermediate_size()});
+  absl::Status st = c.Validate();
+  if (!st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("pretrain.model: ", st.message()));
+  }
+  return c;
+}
+
+std::string FormatDuration(double s) {
+  if (!(s >= 0) || s > 1e7) return "?";
+  const int64_t t = static_cast<int64_t>(s);
+  if (t >= 3600) return absl::StrFormat("%dh%02dm", t / 3600, (t / 60) % 60);
+  if (t >= 60) return absl::StrFormat("%dm%02ds", t / 60, t % 60);
+  return absl::StrFormat("%ds", t);
+}
+
+void PrintProgress(const TrainProgress& p, bool tty) {
+  const double frac = p.total_steps ? static_cast<double>(p.step) / p.total_steps : 1.0;
+  if (tty) {
+    constexpr int kWidth = 24;
+    const int filled = static_cast<int>(frac * kWidth);
+    std::string bar(static_cast<size_t>(filled), '=');
+    if (filled < kWidth) bar += '>';
+    bar.resize(kWidth, ' ');
+    std::fprintf(stderr, "\r\033[Kstep %lld/%lld [%s] loss %.4f%s | %.0f tok/s | ETA %s",
+                 static_cast<long long>(p.step), static_cast<long long>(p.total_steps),
+                 bar.c_str(), p.loss,
+                 p.val_loss >= 0 ? absl::StrFormat(" val %.4f", p.val_loss).c_str() : "",
+                 p.tokens_per_s, FormatDuration(p.eta_s).c_str());
+    if (p.step == p.total_steps) std::fprintf(stderr, "\n");
+  } else {
+    std::fprintf(stderr, "step %lld/%lld loss %.4f%s lr %.3g grad_norm %.3f %.0f tok/s ETA %s\n",
+                 static_cast<long long>(p.step), static_cast<long long>(p.total_steps), p.loss,
+                 p.val_loss >= 0 ? absl::StrFormat(" val_loss %.4f", p.val_loss).c_str() : "",
+                 p.lr, p.grad_norm, p.tokens_per_s, FormatDuration(p.eta_s).c_str());
+  }
+  std::fflush(stderr);
+}
+
+bool IsNormOrBias(const std::string& name) {
+  return name.find("norm") != std::string::npos || name.ends_with(".bias");
+}
+
+}  // namespace
+
+Trainer::~Trainer() = default;
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const proto::JobSpec& spec_in,
+                                                         const TrainerOptions& options) {
+  std::unique_ptr<Trainer> t(new Trainer());
+  t->spec_ = spec_in;
+  t->options_ = options;
+  proto::JobSpec& spec = t->spec_;
+  ApplyDefaults(&spec);
+  RETURN_IF_ERROR(ValidateJobSpec(spec));
+  RETURN_IF_ERROR(CheckSpecPaths(spec));
+  if (!spec.has_lora() && !spec.has_pretrain()) {
+    return absl::UnimplementedError("this trainer runs `lora` and `pretrain` jobs");
+  }
+  ops::SetNumThreads(spec.train().threads());
+
+  // Model shape.
+  ModelConfig config;
+  if (!spec.base_model().empty()) {
+    ASSIGN_OR_RETURN(config, LoadModelConfig(spec.base_model()));
+  } else {
+    ASSIGN_OR_RETURN(config, ConfigFromShape(spec.pretrain().model()));
+  }
+  const int T = spec.data().seq_len();
+  if (T > config.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("data.seq_len: ", T,
+                                                   " exceeds the model's max_position_embeddings ",
+                                                   config.max_position_embeddings));
+  }
+
+  // Data: everything is read and split before any output is written.
+  if (!spec.data().tokenizer().empty() && spec.data().tokenizer() != "byte") {
+    return absl::InvalidArgumentError(absl::StrCat("data.tokenizer: \"", spec.data().tokenizer(),
+                                                   "\" is not available yet (use byte)"));
+  }
+  ByteTokenizer tokenizer;
+  if (config.vocab_size < tokenizer.vocab_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("base_model: vocab_size ", config.vocab_size,
+                                                   " is smaller than the byte tokenizer's ",
+                                                   tokenizer.vocab_size()));
+  }
+  ASSIGN_OR_RETURN(t->corpus_, LoadCorpus(spec.data().train(), spec.data().format(), tokenizer, "data.train"));
+  if (spec.data().val_size() > 0) {
+    ASSIGN_OR_RETURN(t->val_corpus_, LoadCorpus(spec.data().val(), spec.data().format(), tokenizer, "data.val"));
+  }
+  DatasetOptions dopt;
+  dopt.seq_len = T;
+  dopt.seed = spec.seed();
+  dopt.val_fraction = spec.data().val_size() > 0 ? 0.0 : spec.data().val_fraction();
+  ASSIGN_OR_RETURN(t->dataset_, Dataset::Create(dopt, t->corpus_, t->val_corpus_));
+
+  const int64_t B = spec.train().batch_size(), accum = spec.train().grad_accum();
+  if (spec.train().max_steps() > 0) {
+    t->total_steps_ = spec.train().max_steps();
+  } else {
+    t->total_steps_ = std::max<int64_t>(
+        1, spec.train().epochs() * t->dataset_->num_train_sequences() / (B * accum));
+  }
+
+  // Model and trainable parameters.
+  const bool all_weights = spec.has_pretrain();
+  ASSIGN_OR_RETURN(t->model_, Model::Create(config, all_weights ? TrainablePredicate(EverythingTrainable)
+                                                                : TrainablePredicate(NothingTrainable)));
+  if (!spec.base_model().empty()) {
+    RETURN_IF_ERROR(t->model_->LoadWeights(spec.base_model()));
+  } else {
+    const proto::ModelShape& s = spec.pretrain().model();
+    t->model_->InitRandom(spec.seed(), s.has_init_std() ? static_cast<float>(s.init_std()) : 0.02f);
+  }
+  if (spec.has_lora()) {
+    const proto::AdapterSpec& a = spec.lora().adapter();
+    LoraOptions lo;
+    lo.rank = a.rank();
+    lo.alpha = static_cast<float>(a.alpha());
+    lo.dropout = static_cast<float>(a.dropout());
+    lo.rslora = a.rslora();
+    lo.targets.assign(a.targets().begin(), a.targets().end());
+    lo.layers.assign(a.layers().begin(), a.layers().end());
+    lo.seed = Mix(spec.seed() ^ 0x10a);
+    ASSIGN_OR_RETURN(t->adapter_, LoraAdapter::Create(config, lo));
+    t->trainable_params_ = &t->adapter_->params();
+    t->trainable_grads_ = &t->adapter_->grads();
+  } else {
+    t->trainable_params_ = &t->model_->params_arena();
+    t->trainable_grads_ = &t->model_->grads_arena();
+  }
+  AdamWOptions aopt;
+  aopt.lr = static_cast<float>(spec.optimizer().lr());
+  aopt.beta1 = static_cast<float>(spec.optimizer().beta1());
+  aopt.beta2 = static_cast<float>(spec.optimizer().beta2());
+  aopt.eps = static_cast<float>(spec.optimizer().eps());
+  aopt.weight_decay = static_cast<float>(spec.optimizer().weight_decay());
+  ASSIGN_OR_RETURN(AdamW adam, AdamW::Create(t->TrainableParams(), aopt));
+  t->optimizer_ = std::make_unique<AdamW>(std::move(adam));
+  t->inputs_.resize(static_cast<size_t>(accum * B * T));
+  t->targets_.resize(t->inputs_.size());
+
+  // Only now touch the output dir.
+  const std::string& out = spec.output_dir();
+  const std::string ckpt_dir = out + "/checkpoints";
+  if (!options.resume && fs::exists(ckpt_dir) && !fs::is_empty(ckpt_dir)) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "output_dir: ", out, " already holds checkpoints of a run; resume it with "
+        "`sheaf train --resume ", out, "` or choose another output_dir"));
+  }
+  std::error_code ec;
+  fs::create_directories(ckpt_dir, ec);
+  if (ec) return absl::PermissionDeniedError(absl::StrCat("output_dir: cannot create ", ckpt_dir, ": ", ec.message()));
+  if (!options.resume) {
+    std::ofstream f(out + "/spec.yaml", std::ios::trunc);
+    f << "# Resolved job spec (defaults applied); `sheaf train --resume " << out << "` reads it.\n"
+      << JobSpecToYaml(spec);
+    if (!f) return absl::InternalError(absl::StrCat("cannot write ", out, "/spec.yaml"));
+  }
+  return t;
+}
+
+std::vector<ParamRef> Trainer::TrainableParams() {
+  std::vector<ParamRef> refs;
+  if (adapter_) {
+    for (LoraModule* m : adapter_->all_modules()) {
+      refs.push_back({"lora_A", m->a.data, m->da.data, m->a.numel(), true});
+      refs.push_back({"lora_B", m->b.data, m->db.data, m->b.numel(), true});
+    }
+  } else {
+    for (Param* p : model_->weights().all()) {
+      if (p->trainable()) {
+        refs.push_back({p->name, p->value.data, p->grad.data, p->value.numel(), !IsNormOrBias(p->name)});
+      }
+    }
+  }
+  return refs;
+}
+
+absl::StatusOr<double> Trainer::Evaluate() {
+  const int64_t B = spec_.train().batch_size(), T = spec_.data().seq_len();
+  const int64_t n_seq = dataset_->num_validation_sequences();
+  int64_t max_seq = n_seq;
+  if (spec_.train().eval_batches() > 0) max_seq = std::min(n_seq, spec_.train().eval_batches() * B);
+  std::vector<int32_t> in(static_cast<size_t>(B * T)), tg(in.size());
+  LossStats total;
+  for (int64_t first = 0; first < max_seq; first += B) {
+    ASSIGN_OR_RETURN(int64_t rows, dataset_->GetValidationBatch(first, B, absl::MakeSpan(in), absl::MakeSpan(tg)));
+    (void)rows;
+    ASSIGN_OR_RETURN(LossStats s, model_->Forward(in.data(), tg.data(), static_cast<int>(B),
+                                                  static_cast<int>(T), adapter_.get(), false));
+    total.loss_sum += s.loss_sum;
+    total.tokens += s.tokens;
+  }
+  if (total.tokens == 0) return absl::FailedPreconditionError("validation split is empty");
+  return total.mean();
+}
+
+absl::Status Trainer::SaveCheckpoint(int64_t step) {
+  CheckpointWriter w;
+  RETURN_IF_ERROR(w.AddTensor("trainable", {trainable_params_->size()}, trainable_params_->data()));
+  RETURN_IF_ERROR(w.AddTensor("optimizer", {static_cast<int64_t>(optimizer_->state().size())},
+                              optimizer_->state().data()));
+  const int64_t meta[2] = {step, optimizer_->step_count()};
+  RETURN_IF_ERROR(w.AddBytes("step", std::string_view(reinterpret_cast<const char*>(meta), sizeof(meta))));
+  RETURN_IF_ERROR(w.AddBytes("optimizer_layout", optimizer_->StateLayout()));
+  RETURN_IF_ERROR(w.AddBytes("cursor", dataset_->EncodeCursor(cursor_)));
+  RETURN_IF_ERROR(w.AddBytes("spec", JobSpecToYaml(spec_)));
+  CheckpointDir dir(spec_.output_dir() + "/checkpoints", spec_.train().keep_checkpoints());
+  return dir.Save(step, w);
+}
+
+absl::StatusOr<int64_t> Trainer::RestoreCheckpoint() {
+  CheckpointDir dir(spec_.output_dir() + "/checkpoints", spec_.train().keep_checkpoints());
+  std::vector<std::string> warnings;
+  ASSIGN_OR_RETURN(auto latest, dir.LoadLatest(&warnings));
+  for (const std::string& w : warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+  if (!latest) {
+    std::fprintf(stderr, "no valid checkpoint in %s/checkpoints: starting from step 0\n",
+                 spec_.output_dir().c_str());
+    return 0;
+  }
+  const Checkpoint& c = latest->second;
+  ASSIGN_OR_RETURN(std::span<const float> params, c.Tensor("trainable", {trainable_params_->size()}));
+  std::copy(params.begin(), params.end(), trainable_params_->data());
+  ASSIGN_OR_RETURN(std::span<const float> opt, c.Tensor("optimizer", {static_cast<int64_t>(optimizer_->state().size())}));
+  ASSIGN_OR_RETURN(std::string_view meta_bytes, c.Bytes("step"));
+  if (meta_bytes.size() != 2 * sizeof(int64_t)) {
+    return absl::DataLossError(absl::StrCat(c.path(), ": malformed step entry"));
+  }
+  int64_t meta[2];
+  std::memcpy(meta, meta_bytes.data(), sizeof(meta));
+  ASSIGN_OR_RETURN(std::string_view layout, c.Bytes("optimizer_layout"));
+  if (layout != optimizer_->StateLayout()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        c.path(), ": the checkpoint's parameters differ from this job's (was the spec changed?)"));
+  }
+  RETURN_IF_ERROR(optimizer_->Restore(meta[1], opt));
+  ASSIGN_OR_RETURN(std::string_view cursor, c.Bytes("cursor"));
+  ASSIGN_OR_RETURN(cursor_, dataset_->DecodeCursor(cursor));
+  std::fprintf(stderr, "resumed from %s (step %lld)\n", c.path().c_str(), static_cast<long long>(meta[0]));
+  return meta[0];
+}
+
+absl::Status Trainer::AppendMetrics(const std::string& line) {
+  std::ofstream f(spec_.output_dir() + "/metrics.jsonl", std::ios::app);
+  f << line << "\n";
+  if (!f) return absl::InternalError(absl::StrCat("cannot append to ", spec_.output_dir(), "/metrics.jsonl"));
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::Export(TrainResult* result) {
+  const std::string base_name = spec_.base_model().empty() ? spec_.name() : spec_.base_model();
+  if (adapter_) {
+    result->export_dir = spec_.output_dir() + "/adapter";
+    return adapter_->SavePeft(result->export_dir, base_name);
+  }
+  result->export_dir = spec_.output_dir() + "/model";
+  return model_->Save(result->export_dir);
+}
+
+absl::StatusOr<TrainResult> Trainer::Run() {
+  TrainResult result;
+  const int64_t B = spec_.train().batch_size(), T = spec_.data().seq_len(),
+                accum = spec_.train().grad_accum();
+  const std::string metrics_path = spec_.output_dir() + "/metrics.jsonl";
+  int64_t step = 0;
+  if (options_.resume) {
+    ASSIGN_OR_RETURN(step, RestoreCheckpoint());
+  }
+  // Keep metrics consistent with the restored state: drop lines past `step`.
+  {
+    std::vector<std::string> kept;
+    std::ifstream in(metrics_path);
+    for (std::string line; std::getline(in, line);) {
+      absl::StatusOr<Json> j = Json::Parse(line);
+      if (j.ok() && j->Find("step") && j->Find("step")->is_int64() &&
+          j->Find("step")->as_int64() <= step && step > 0) {
+        kept.push_back(line);
+      }
+    }
+    std::ofstream out(metrics_path, std::ios::trunc);
+    for (const std::string& l : kept) out << l << "\n";
+  }
+  const bool tty = !options_.quiet && isatty(STDERR_FILENO);
+  if (!options_.quiet) {
+    std::fprintf(stderr,
+                 "%s: %lld steps x %lld sequences x %lld tokens; %lld train / %lld validation "
+                 "sequences; %lld trainable parameters%s\n",
+                 spec_.has_lora() ? "lora" : "pretrain", static_cast<long long>(total_steps_),
+                 static_cast<long long>(B * accum), static_cast<long long>(T),
+                 static_cast<long long>(dataset_->num_train_sequences()),
+                 static_cast<long long>(dataset_->num_validation_sequences()),
+                 static_cast<long long>(trainable_params_->size()),
+                 step > 0 ? absl::StrCat(", resuming at step ", step).c_str() : "");
+  }
+  TrainProgress progress;
+  progress.total_steps = total_steps_;
+  progress.step = step;
+  if (step == 0) {
+    ASSIGN_OR_RETURN(result.first_val_loss, Evaluate());
+    progress.val_loss = result.first_val_loss;
+    RETURN_IF_ERROR(AppendMetrics(absl::StrFormat("{\"step\": 0, \"val_loss\": %.6f, \"val_ppl\": %.4f}",
+                                                  result.first_val_loss, std::exp(result.first_val_loss))));
+  }
+  LrSchedule sched;
+  sched.peak = static_cast<float>(spec_.optimizer().lr());
+  sched.warmup_steps = spec_.schedule().warmup_steps();
+  sched.total_steps = total_steps_;
+  sched.min_ratio = static_cast<float>(spec_.schedule().min_lr_ratio());
+  const std::vector<ParamRef> params = optimizer_->params();
+  const auto run_start = Clock::now();
+  double tok_rate = 0;
+  int64_t steps_this_run = 0;
+
+  while (step < total_steps_ && !stop_.load()) {
+    const auto t0 = Clock::now();
+    // Fetch the whole step first: the loss is a mean over every valid target
+    // of the step, so each micro-batch's gradient is scaled by 1/total.
+    int64_t valid = 0;
+    for (int64_t m = 0; m < accum; ++m) {
+      const size_t off = static_cast<size_t>(m * B * T);
+      ASSIGN_OR_RETURN(cursor_, dataset_->GetBatch(cursor_, B, RankSlice{},
+                                                   absl::MakeSpan(inputs_.data() + off, B * T),
+                                                   absl::MakeSpan(targets_.data() + off, B * T)));
+      for (size_t i = off; i < off + static_cast<size_t>(B * T); ++i) valid += targets_[i] != kIgnoreIndex;
+    }
+    if (valid == 0) return absl::InternalError("a training step has no valid target token");
+    trainable_grads_->Zero();
+    double loss_sum = 0;
+    for (int64_t m = 0; m < accum; ++m) {
+      const size_t off = static_cast<size_t>(m * B * T);
+      if (adapter_) adapter_->set_dropout_seed(Mix(Mix(spec_.seed()) ^ Mix(static_cast<uint64_t>(step * accum + m))));
+      ASSIGN_OR_RETURN(LossStats s, model_->Forward(inputs_.data() + off, targets_.data() + off,
+                                                    static_cast<int>(B), static_cast<int>(T),
+                                                    adapter_.get(), true));
+      RETURN_IF_ERROR(model_->Backward(1.0f / static_cast<float>(valid)));
+      loss_sum += s.loss_sum;
+    }
+    const double loss = loss_sum / static_cast<double>(valid);
+    if (!std::isfinite(loss)) {
+      return absl::InternalError(absl::StrCat("loss is ", loss, " at step ", step,
+                                              " (diverged: lower optimizer.lr or set train.grad_clip)"));
+    }
+    const float grad_norm = ClipGradNorm(params, static_cast<float>(spec_.train().grad_clip()));
+    const float lr = sched.At(step);
+    optimizer_->Step(lr);
+    ++step;
+    ++steps_this_run;
+    result.step_losses.push_back(loss);
+
+    const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double rate = static_cast<double>(B * T * accum) / std::max(dt, 1e-9);
+    tok_rate = steps_this_run == 1 ? rate : 0.9 * tok_rate + 0.1 * rate;
+    progress.step = step;
+    progress.loss = loss;
+    progress.lr = lr;
+    progress.grad_norm = grad_norm;
+    progress.tokens_per_s = tok_rate;
+    const double elapsed = std::chrono::duration<double>(Clock::now() - run_start).count();
+    progress.eta_s = elapsed / static_cast<double>(steps_this_run) * static_cast<double>(total_steps_ - step);
+
+    std::string val_field;
+    // eval_every / checkpoint_every of 0 mean "only at the end".
+    const int64_t eval_every = spec_.train().eval_every(), ckpt_every = spec_.train().checkpoint_every();
+    if ((eval_every > 0 && step % eval_every == 0) || step == total_steps_) {
+      ASSIGN_OR_RETURN(double val, Evaluate());
+      progress.val_loss = val;
+      result.final_val_loss = val;
+      val_field = absl::StrFormat(", \"val_loss\": %.6f, \"val_ppl\": %.4f", val, std::exp(val));
+    }
+    RETURN_IF_ERROR(AppendMetrics(absl::StrFormat(
+        "{\"step\": %d, \"loss\": %.6f%s, \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f}",
+        step, loss, val_field, lr, grad_norm, rate)));
+    if (!options_.quiet && (tty || step % std::max(1, spec_.train().log_every()) == 0 || step == total_steps_ ||
+                            !val_field.empty())) {
+      PrintProgress(progress, tty);
+    }
+    if (options_.on_progress) options_.on_progress(progress);
+    if ((ckpt_every > 0 && step % ckpt_every == 0) || step == total_steps_ || stop_.load()) {
+      RETURN_IF_ERROR(SaveCheckpoint(step));
+    }
+  }
+  if (tty && stop_.load()) std::fprintf(stderr, "\n");
+  result.steps = step;
+  result.final_train_loss = progress.loss;
+  if (step < total_steps_) {
+    std::fprintf(stderr, "stopped at step %lld (checkpoint saved; resume with --resume)\n",
+                 static_cast<long long>(step));
+    return result;
+  }
+  if (result.final_val_loss < 0) {
+    ASSIGN_OR_RETURN(result.final_val_loss, Evaluate());
+  }
+  RETURN_IF_ERROR(Export(&result));
+  std::ofstream summary(spec_.output_dir() + "/summary.json", std::ios::trunc);
+  summary << absl::StrFormat(
+      "{\"steps\": %d, \"final_val_loss\": %.6f, \"final_val_ppl\": %.4f, \"final_train_loss\": %.6f, "
+      "\"export\": \"%s\"}\n",
+      step, result.final_val_loss, std::exp(result.final_val_loss), result.final_train_loss,
+      result.export_dir);
+  return result;
+}
+
+}  // namespace sheaf
