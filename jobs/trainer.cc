@@ -242,9 +242,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const proto::JobSpec& s
 std::vector<ParamRef> Trainer::TrainableParams() {
   std::vector<ParamRef> refs;
   if (adapter_) {
-    for (LoraModule* m : adapter_->all_modules()) {
-      refs.push_back({"lora_A", m->a.data, m->da.data, m->a.numel(), true});
-      refs.push_back({"lora_B", m->b.data, m->db.data, m->b.numel(), true});
+    // Params and grads arenas share one layout, slot for slot.
+    for (int i = 0; i < adapter_->params().num_slots(); ++i) {
+      const Tensor v = adapter_->params().view(i), g = adapter_->grads().view(i);
+      refs.push_back({adapter_->params().name(i), v.data, g.data, v.numel(), true});
     }
   } else {
     for (Param* p : model_->weights().all()) {
