@@ -82,7 +82,7 @@ std::vector<Param*> ModelWeights::all() {
 }
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Create(
-    const ModelConfig& config, const TrainablePredicate& trainable) {
+    const ModelConfig& config, const TrainablePredicate& trainable, const ModelOptions& options) {
   RETURN_IF_ERROR(config.Validate());
   std::unique_ptr<Model> m(new Model(config));
   const int C = config.hidden_size, HD = config.head_dim, V = config.vocab_size;
@@ -128,7 +128,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(
   plan(&w.norm, "model.norm.weight", {C});
   if (!config.tie_word_embeddings) plan(&w.lm_head, "lm_head.weight", {V, C});
 
-  m->frozen_.Allocate();
+  if (!options.external_frozen) m->frozen_.Allocate();
   m->params_.Allocate();
   m->grads_.Allocate();
   for (const Planned& p : planned) {
@@ -136,7 +136,10 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(
       p.param->value = m->params_.view(p.slot);
       p.param->grad = m->grads_.view(p.slot);
     } else {
-      p.param->value = m->frozen_.view(p.slot);
+      // External frozen storage: the shape is known, the data comes from
+      // the FrozenWeightSource on Acquire.
+      p.param->value = options.external_frozen ? Tensor{nullptr, m->frozen_.view(p.slot).shape}
+                                               : m->frozen_.view(p.slot);
     }
   }
   if (config.tie_word_embeddings) {
@@ -147,7 +150,40 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(
   return m;
 }
 
+std::vector<Param*> Model::GroupParams(int group) {
+  std::vector<Param*> out;
+  if (group == kEdgeGroup) {
+    out.push_back(&weights_.embed);
+    out.push_back(&weights_.norm);
+    if (!config_.tie_word_embeddings) out.push_back(&weights_.lm_head);
+    return out;
+  }
+  LayerWeights& l = weights_.layers[static_cast<size_t>(group - 1)];
+  out = {&l.input_norm, &l.q, &l.k, &l.v};
+  if (config_.attention_bias) {
+    for (Param* p : {&l.q_bias, &l.k_bias, &l.v_bias}) out.push_back(p);
+  }
+  for (Param* p : {&l.o, &l.post_norm, &l.gate, &l.up, &l.down}) out.push_back(p);
+  return out;
+}
+
+absl::Status Model::AcquireGroup(int group) {
+  return frozen_source_ ? frozen_source_->Acquire(group) : absl::OkStatus();
+}
+void Model::ReleaseGroup(int group) {
+  if (frozen_source_) frozen_source_->Release(group);
+}
+void Model::PrefetchGroup(int group) {
+  if (frozen_source_) frozen_source_->Prefetch(group);
+}
+absl::Status Model::GradsReady(int group) {
+  return grad_listener_ ? grad_listener_->OnGradsReady(group) : absl::OkStatus();
+}
+
 absl::Status Model::LoadWeights(const std::string& dir) {
+  if (frozen_.data() == nullptr && frozen_.num_slots() > 0) {
+    return absl::FailedPreconditionError("frozen weights are external (sharded): load them through the FrozenWeightSource");
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsModel> st, SafetensorsModel::Open(dir));
   for (Param* p : weights_.all()) {
     RETURN_IF_ERROR(st->ReadF32(p->name, p->value.shape, p->value.data));
@@ -168,6 +204,9 @@ void Model::InitRandom(uint64_t seed, float std) {
 }
 
 absl::Status Model::Save(const std::string& dir) const {
+  if (frozen_.data() == nullptr && frozen_.num_slots() > 0) {
+    return absl::FailedPreconditionError("cannot save a model whose frozen weights are sharded");
+  }
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
@@ -398,9 +437,18 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
   const uint64_t seed = adapter ? adapter->dropout_seed() : 0;
   float* tmp = scr_.lora_tmp.data;
 
+  if (edges_held_) {  // a training Forward that was never followed by Backward
+    ReleaseGroup(kEdgeGroup);
+    edges_held_ = false;
+  }
+  RETURN_IF_ERROR(AcquireGroup(kEdgeGroup));
+  PrefetchGroup(LayerGroup(0));
   ops::EmbeddingForward(act_.layers.empty() ? act_.x_final.data : act_.layers[0].x.data, tokens,
                         weights_.embed.value.data, static_cast<int>(N), C);
+  ReleaseGroup(kEdgeGroup);
   for (int l = 0; l < c.num_layers; ++l) {
+    RETURN_IF_ERROR(AcquireGroup(LayerGroup(l)));
+    PrefetchGroup(l + 1 < c.num_layers ? LayerGroup(l + 1) : kEdgeGroup);
     const LayerShape& s = c.layers[static_cast<size_t>(l)];
     LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
     LayerActs& a = act_.layers[static_cast<size_t>(l)];
@@ -429,7 +477,13 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
     ops::SwiGluForward(a.act.data, a.gate.data, a.up.data, N * s.intermediate);
     LinearWithLoraForward(out, a.act.data, call(Proj::kDown, nullptr), N, scale, dropout, seed, training, tmp);
     ops::Add(out, out, a.h.data, N * C);
+    ReleaseGroup(LayerGroup(l));
   }
+  RETURN_IF_ERROR(AcquireGroup(kEdgeGroup));
+  // With external frozen storage the embedding view moves; a tied head follows.
+  if (c.tie_word_embeddings) weights_.lm_head.value.data = weights_.embed.value.data;
+  const bool will_backward = training && targets != nullptr;
+  if (will_backward && c.num_layers > 0) PrefetchGroup(LayerGroup(c.num_layers - 1));
   ops::RmsNormForward(act_.nf.data, act_.rstdf.data, act_.x_final.data, weights_.norm.value.data,
                       static_cast<int>(N), C, c.rms_norm_eps);
   LinearCall head{&weights_.lm_head, nullptr, adapter ? adapter->lm_head() : nullptr,
@@ -441,7 +495,12 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
     ops::CrossEntropy(nullptr, &stats.loss_sum, &stats.tokens, act_.logits.data, targets,
                       static_cast<int>(N), V, kIgnoreIndex, 0.0f);
   }
-  last_training_ = training && targets != nullptr;
+  last_training_ = will_backward;
+  if (last_training_) {
+    edges_held_ = true;  // Backward starts with the head
+  } else {
+    ReleaseGroup(kEdgeGroup);
+  }
   if (last_training_) {
     last_tokens_copy_.assign(tokens, tokens + N);
     last_targets_copy_.assign(targets, targets + N);
@@ -478,8 +537,14 @@ absl::Status Model::Backward(float grad_scale) {
   ZeroRows(scr_.dx, N * C);
   ops::RmsNormBackward(dx, weights_.norm.grad.data, dn, act_.x_final.data,
                        weights_.norm.value.data, act_.rstdf.data, static_cast<int>(N), C);
+  ReleaseGroup(kEdgeGroup);
+  edges_held_ = false;
+  // A trainable embedding's gradient is only final after the embedding
+  // backward at the very end, so the edge group is reported last.
 
   for (int l = c.num_layers - 1; l >= 0; --l) {
+    RETURN_IF_ERROR(AcquireGroup(LayerGroup(l)));
+    if (l > 0) PrefetchGroup(LayerGroup(l - 1));
     const LayerShape& s = c.layers[static_cast<size_t>(l)];
     LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
     LayerActs& a = act_.layers[static_cast<size_t>(l)];
@@ -527,15 +592,20 @@ absl::Status Model::Backward(float grad_scale) {
       ops::RmsNormBackward(dx, w.input_norm.grad.data, dn, a.x.data, w.input_norm.value.data,
                            a.rstd1.data, static_cast<int>(N), C);
     }
+    ReleaseGroup(LayerGroup(l));
+    RETURN_IF_ERROR(GradsReady(LayerGroup(l)));
   }
   if (weights_.embed.trainable()) {
     ops::EmbeddingBackward(weights_.embed.grad.data, dx, last_tokens_copy_.data(),
                            static_cast<int>(N), C);
   }
-  return absl::OkStatus();
+  return GradsReady(kEdgeGroup);
 }
 
 absl::Status Model::ApplyAdapter(const LoraAdapter& adapter, float sign) {
+  if (frozen_source_ != nullptr) {
+    return absl::FailedPreconditionError("cannot merge into sharded frozen weights");
+  }
   const float s = sign * adapter.scale();
   if (adapter.lm_head() && config_.tie_word_embeddings) {
     return absl::FailedPreconditionError(

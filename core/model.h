@@ -68,13 +68,54 @@ struct LossStats {
 };
 
 using TrainablePredicate = std::function<bool(const std::string& hf_name)>;
+
+// Groups of base tensors that are used together: group 0 holds the "edges"
+// (embedding, final norm, untied lm_head), group l+1 the tensors of layer l.
+inline int LayerGroup(int layer) { return layer + 1; }
+inline constexpr int kEdgeGroup = 0;
+
+// Supplies the frozen base tensors of a group on demand, for worlds where
+// each rank stores only a shard of them (dist::ShardedWeights). Acquire
+// makes the group's frozen Param views valid until Release; Prefetch is a
+// hint that `group` will be acquired next, so its gather can overlap the
+// current computation. The model calls these in the same order on every rank.
+class FrozenWeightSource {
+ public:
+  virtual ~FrozenWeightSource() = default;
+  virtual absl::Status Acquire(int group) = 0;
+  virtual void Prefetch(int group) = 0;
+  virtual void Release(int group) = 0;
+};
+
+// Told during Backward when every trainable gradient of a group (the LoRA
+// modules and trainable base tensors of a layer, or of the edges) is final,
+// so a gradient reducer can start communicating it while backward goes on.
+class GradReadyListener {
+ public:
+  virtual ~GradReadyListener() = default;
+  virtual absl::Status OnGradsReady(int group) = 0;
+};
+
+struct ModelOptions {
+  // When true the frozen tensors get no storage here: a FrozenWeightSource
+  // provides them (sharded worlds). Trainable tensors always live here.
+  bool external_frozen = false;
+};
 inline bool NothingTrainable(const std::string&) { return false; }
 inline bool EverythingTrainable(const std::string&) { return true; }
 
 class Model {
  public:
   static absl::StatusOr<std::unique_ptr<Model>> Create(
-      const ModelConfig& config, const TrainablePredicate& trainable);
+      const ModelConfig& config, const TrainablePredicate& trainable,
+      const ModelOptions& options = {});
+
+  // Optional hooks (not owned; null = none). See the interfaces above.
+  void set_frozen_source(FrozenWeightSource* source) { frozen_source_ = source; }
+  void set_grad_listener(GradReadyListener* listener) { grad_listener_ = listener; }
+  // The base tensors of a group (frozen and trainable), in a fixed order.
+  std::vector<Param*> GroupParams(int group);
+  int num_groups() const { return config_.num_layers + 1; }
 
   // Reads every base tensor from a model dir (model.safetensors or index).
   // Missing tensors and shape mismatches are errors naming the tensor.
@@ -158,6 +199,14 @@ class Model {
   ModelWeights weights_;
   Acts act_;
   Scratch scr_;
+  absl::Status AcquireGroup(int group);
+  void ReleaseGroup(int group);
+  void PrefetchGroup(int group);
+  absl::Status GradsReady(int group);
+
+  FrozenWeightSource* frozen_source_ = nullptr;
+  GradReadyListener* grad_listener_ = nullptr;
+  bool edges_held_ = false;  // training Forward keeps group 0 for Backward
   int planned_B_ = 0, planned_T_ = 0;
   const LoraAdapter* planned_adapter_ = nullptr;
   // State of the last Forward, for Backward.
