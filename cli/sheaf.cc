@@ -18,6 +18,8 @@
 #include "core/model.h"
 #include "core/spec/yaml.h"
 #include "core/status.h"
+#include "dist/communicator.h"
+#include "dist/mpi_communicator.h"
 #include "jobs/trainer.h"
 #include "ops/cpu/ops.h"
 
@@ -91,6 +93,17 @@ int Train(const std::vector<std::string>& args, bool pretrain_only) {
   TrainerOptions opts;
   opts.resume = !resume.empty();
   opts.quiet = quiet;
+  // Under mpirun / srun every rank runs this same command; a world of more
+  // than one rank shards the frozen weights and all-reduces gradients.
+  absl::StatusOr<dist::RankInfo> rank = dist::DiscoverRank();
+  if (!rank.ok()) return Fail(rank.status(), 2);
+  std::unique_ptr<dist::MpiCommunicator> comm;
+  if (rank->world_size > 1) {
+    absl::StatusOr<std::unique_ptr<dist::MpiCommunicator>> c = dist::MpiCommunicator::Create();
+    if (!c.ok()) return Fail(c.status());
+    comm = std::move(*c);
+    opts.comm = comm.get();
+  }
   absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(*spec, opts);
   if (!trainer.ok()) {
     const bool user_error = trainer.status().code() == absl::StatusCode::kInvalidArgument ||
@@ -105,6 +118,7 @@ int Train(const std::vector<std::string>& args, bool pretrain_only) {
   g_trainer = nullptr;
   if (!result.ok()) return Fail(result.status());
   if (result->steps < (*trainer)->total_steps()) return 130;
+  if (rank->world_rank != 0) return 0;
   std::printf("val_loss %.4f -> %.4f (ppl %.2f -> %.2f); wrote %s\n", result->first_val_loss,
               result->final_val_loss, std::exp(result->first_val_loss),
               std::exp(result->final_val_loss), result->export_dir.c_str());

@@ -137,6 +137,16 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const proto::JobSpec& s
     return absl::UnimplementedError("this trainer runs `lora` and `pretrain` jobs");
   }
   ops::SetNumThreads(spec.train().threads());
+  if (options.comm != nullptr) {
+    t->world_rank_ = options.comm->world_rank();
+    t->world_size_ = options.comm->world_size();
+  }
+  if (t->world_rank_ != 0) t->options_.quiet = true;
+  if (spec.train().batch_size() % t->world_size_ != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "train.batch_size: ", spec.train().batch_size(), " sequences cannot be split evenly over ",
+        t->world_size_, " ranks (batch_size is the global batch)"));
+  }
 
   // Model shape.
   ModelConfig config;
@@ -173,19 +183,29 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const proto::JobSpec& s
   dopt.val_fraction = spec.data().val_size() > 0 ? 0.0 : spec.data().val_fraction();
   ASSIGN_OR_RETURN(t->dataset_, Dataset::Create(dopt, t->corpus_, t->val_corpus_));
 
-  const int64_t B = spec.train().batch_size(), accum = spec.train().grad_accum();
+  const int64_t B_global = spec.train().batch_size(), accum = spec.train().grad_accum();
+  const int64_t B = B_global / t->world_size_;  // this rank's rows
   if (spec.train().max_steps() > 0) {
     t->total_steps_ = spec.train().max_steps();
   } else {
     t->total_steps_ = std::max<int64_t>(
-        1, spec.train().epochs() * t->dataset_->num_train_sequences() / (B * accum));
+        1, spec.train().epochs() * t->dataset_->num_train_sequences() / (B_global * accum));
   }
 
   // Model and trainable parameters.
   const bool all_weights = spec.has_pretrain();
+  // Frozen weights are sharded across a world of more than one rank.
+  ModelOptions mopt;
+  mopt.external_frozen = !all_weights && t->world_size_ > 1;
   ASSIGN_OR_RETURN(t->model_, Model::Create(config, all_weights ? TrainablePredicate(EverythingTrainable)
-                                                                : TrainablePredicate(NothingTrainable)));
-  if (!spec.base_model().empty()) {
+                                                                : TrainablePredicate(NothingTrainable),
+                                            mopt));
+  if (mopt.external_frozen) {
+    dist::ShardedWeights::Options so;
+    so.gather_budget_bytes = options.gather_budget_bytes;
+    ASSIGN_OR_RETURN(t->sharded_, dist::ShardedWeights::Create(t->model_.get(), options.comm,
+                                                               spec.base_model(), so));
+  } else if (!spec.base_model().empty()) {
     RETURN_IF_ERROR(t->model_->LoadWeights(spec.base_model()));
   } else {
     const proto::ModelShape& s = spec.pretrain().model();
@@ -214,18 +234,28 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const proto::JobSpec& s
   aopt.beta2 = static_cast<float>(spec.optimizer().beta2());
   aopt.eps = static_cast<float>(spec.optimizer().eps());
   aopt.weight_decay = static_cast<float>(spec.optimizer().weight_decay());
+  if (t->world_size_ > 1) {
+    dist::GradReducer::Options ro;
+    ro.bucket_cap_bytes = options.bucket_cap_bytes;
+    ASSIGN_OR_RETURN(t->reducer_, dist::GradReducer::Create(t->model_.get(), t->adapter_.get(),
+                                                            options.comm, ro));
+  }
   ASSIGN_OR_RETURN(AdamW adam, AdamW::Create(t->TrainableParams(), aopt));
   t->optimizer_ = std::make_unique<AdamW>(std::move(adam));
   t->inputs_.resize(static_cast<size_t>(accum * B * T));
   t->targets_.resize(t->inputs_.size());
 
-  // Only now touch the output dir.
+  // Only now touch the output dir (rank 0 writes; the others wait).
   const std::string& out = spec.output_dir();
   const std::string ckpt_dir = out + "/checkpoints";
   if (!options.resume && fs::exists(ckpt_dir) && !fs::is_empty(ckpt_dir)) {
     return absl::AlreadyExistsError(absl::StrCat(
         "output_dir: ", out, " already holds checkpoints of a run; resume it with "
         "`sheaf train --resume ", out, "` or choose another output_dir"));
+  }
+  if (t->world_rank_ != 0) {
+    RETURN_IF_ERROR(t->Barrier());
+    return t;
   }
   std::error_code ec;
   fs::create_directories(ckpt_dir, ec);
@@ -236,7 +266,38 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const proto::JobSpec& s
       << JobSpecToYaml(spec);
     if (!f) return absl::InternalError(absl::StrCat("cannot write ", out, "/spec.yaml"));
   }
+  RETURN_IF_ERROR(t->Barrier());
   return t;
+}
+
+absl::Status Trainer::SumAcrossRanks(double* values, int n) {
+  if (world_size_ == 1) return absl::OkStatus();
+  // Sent as pairs of floats (high + low part) so that sums of token counts
+  // and losses keep ~48 bits.
+  std::vector<float> buf(static_cast<size_t>(2 * n));
+  for (int i = 0; i < n; ++i) {
+    buf[2 * i] = static_cast<float>(values[i]);
+    buf[2 * i + 1] = static_cast<float>(values[i] - static_cast<double>(buf[2 * i]));
+  }
+  auto work = options_.comm->AllReduce(buf.data(), 2 * n, dist::ReduceOp::kReduceSum,
+                                       dist::Purpose::kPurposeControl);
+  RETURN_IF_ERROR(work->Wait(std::chrono::minutes(5)));
+  for (int i = 0; i < n; ++i) values[i] = static_cast<double>(buf[2 * i]) + buf[2 * i + 1];
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::Barrier() {
+  if (world_size_ == 1) return absl::OkStatus();
+  return options_.comm->Barrier()->Wait(std::chrono::minutes(5));
+}
+
+std::string Trainer::CommJson() const {
+  if (world_size_ == 1) return "";
+  const dist::Communicator& c = *options_.comm;
+  return absl::StrFormat(", \"frozen_gather_bytes\": %d, \"adapter_grad_bytes\": %d, \"control_bytes\": %d",
+                         c.bytes_sent(dist::Purpose::kPurposeFrozenGather),
+                         c.bytes_sent(dist::Purpose::kPurposeAdapterGrad),
+                         c.bytes_sent(dist::Purpose::kPurposeControl));
 }
 
 std::vector<ParamRef> Trainer::TrainableParams() {
@@ -258,25 +319,43 @@ std::vector<ParamRef> Trainer::TrainableParams() {
 }
 
 absl::StatusOr<double> Trainer::Evaluate() {
-  const int64_t B = spec_.train().batch_size(), T = spec_.data().seq_len();
+  // Batches of the global batch size, each split over the ranks like a
+  // training batch. Every rank runs the same number of forwards (sharded
+  // weights issue collectives), padding a short last batch with ignored rows.
+  const int64_t B_global = spec_.train().batch_size(), T = spec_.data().seq_len();
+  const int64_t B = B_global / world_size_;
   const int64_t n_seq = dataset_->num_validation_sequences();
   int64_t max_seq = n_seq;
-  if (spec_.train().eval_batches() > 0) max_seq = std::min(n_seq, spec_.train().eval_batches() * B);
+  if (spec_.train().eval_batches() > 0) max_seq = std::min(n_seq, spec_.train().eval_batches() * B_global);
   std::vector<int32_t> in(static_cast<size_t>(B * T)), tg(in.size());
-  LossStats total;
-  for (int64_t first = 0; first < max_seq; first += B) {
-    ASSIGN_OR_RETURN(int64_t rows, dataset_->GetValidationBatch(first, B, absl::MakeSpan(in), absl::MakeSpan(tg)));
-    (void)rows;
+  double sums[2] = {0, 0};  // loss, tokens
+  for (int64_t first = 0; first < max_seq; first += B_global) {
+    const int64_t mine = first + world_rank_ * B;
+    if (mine < n_seq) {
+      ASSIGN_OR_RETURN(int64_t rows, dataset_->GetValidationBatch(mine, B, absl::MakeSpan(in), absl::MakeSpan(tg)));
+      // Rows past max_seq (an eval_batches cut) do not count.
+      for (int64_t r = std::max<int64_t>(0, std::min(rows, max_seq - mine)); r < B; ++r) {
+        std::fill(tg.begin() + r * T, tg.begin() + (r + 1) * T, kIgnoreIndex);
+      }
+    } else {
+      std::fill(in.begin(), in.end(), 0);
+      std::fill(tg.begin(), tg.end(), kIgnoreIndex);
+    }
     ASSIGN_OR_RETURN(LossStats s, model_->Forward(in.data(), tg.data(), static_cast<int>(B),
                                                   static_cast<int>(T), adapter_.get(), false));
-    total.loss_sum += s.loss_sum;
-    total.tokens += s.tokens;
+    sums[0] += s.loss_sum;
+    sums[1] += static_cast<double>(s.tokens);
   }
-  if (total.tokens == 0) return absl::FailedPreconditionError("validation split is empty");
-  return total.mean();
+  RETURN_IF_ERROR(SumAcrossRanks(sums, 2));
+  if (sums[1] == 0) return absl::FailedPreconditionError("validation split is empty");
+  return sums[0] / sums[1];
 }
 
 absl::Status Trainer::SaveCheckpoint(int64_t step) {
+  // One consistent checkpoint: every rank holds the same trainable state,
+  // rank 0 writes it while the others wait.
+  RETURN_IF_ERROR(Barrier());
+  if (!is_root()) return Barrier();
   CheckpointWriter w;
   RETURN_IF_ERROR(w.AddTensor("trainable", {trainable_params_->size()}, trainable_params_->data()));
   RETURN_IF_ERROR(w.AddTensor("optimizer", {static_cast<int64_t>(optimizer_->state().size())},
@@ -287,16 +366,20 @@ absl::Status Trainer::SaveCheckpoint(int64_t step) {
   RETURN_IF_ERROR(w.AddBytes("cursor", dataset_->EncodeCursor(cursor_)));
   RETURN_IF_ERROR(w.AddBytes("spec", JobSpecToYaml(spec_)));
   CheckpointDir dir(spec_.output_dir() + "/checkpoints", spec_.train().keep_checkpoints());
-  return dir.Save(step, w);
+  absl::Status saved = dir.Save(step, w);
+  RETURN_IF_ERROR(Barrier());
+  return saved;
 }
 
 absl::StatusOr<int64_t> Trainer::RestoreCheckpoint() {
   CheckpointDir dir(spec_.output_dir() + "/checkpoints", spec_.train().keep_checkpoints());
   std::vector<std::string> warnings;
   ASSIGN_OR_RETURN(auto latest, dir.LoadLatest(&warnings));
-  for (const std::string& w : warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+  if (is_root()) {
+    for (const std::string& w : warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+  }
   if (!latest) {
-    std::fprintf(stderr, "no valid checkpoint in %s/checkpoints: starting from step 0\n",
+    if (is_root()) std::fprintf(stderr, "no valid checkpoint in %s/checkpoints: starting from step 0\n",
                  spec_.output_dir().c_str());
     return 0;
   }
@@ -318,11 +401,14 @@ absl::StatusOr<int64_t> Trainer::RestoreCheckpoint() {
   RETURN_IF_ERROR(optimizer_->Restore(meta[1], opt));
   ASSIGN_OR_RETURN(std::string_view cursor, c.Bytes("cursor"));
   ASSIGN_OR_RETURN(cursor_, dataset_->DecodeCursor(cursor));
-  std::fprintf(stderr, "resumed from %s (step %lld)\n", c.path().c_str(), static_cast<long long>(meta[0]));
+  if (is_root()) {
+    std::fprintf(stderr, "resumed from %s (step %lld)\n", c.path().c_str(), static_cast<long long>(meta[0]));
+  }
   return meta[0];
 }
 
 absl::Status Trainer::AppendMetrics(const std::string& line) {
+  if (!is_root()) return absl::OkStatus();
   std::ofstream f(spec_.output_dir() + "/metrics.jsonl", std::ios::app);
   f << line << "\n";
   if (!f) return absl::InternalError(absl::StrCat("cannot append to ", spec_.output_dir(), "/metrics.jsonl"));
@@ -330,6 +416,7 @@ absl::Status Trainer::AppendMetrics(const std::string& line) {
 }
 
 absl::Status Trainer::Export(TrainResult* result) {
+  if (!is_root()) return absl::OkStatus();
   const std::string base_name = spec_.base_model().empty() ? spec_.name() : spec_.base_model();
   if (adapter_) {
     result->export_dir = spec_.output_dir() + "/adapter";
@@ -341,7 +428,7 @@ absl::Status Trainer::Export(TrainResult* result) {
 
 absl::StatusOr<TrainResult> Trainer::Run() {
   TrainResult result;
-  const int64_t B = spec_.train().batch_size(), T = spec_.data().seq_len(),
+  const int64_t B = spec_.train().batch_size() / world_size_, T = spec_.data().seq_len(),
                 accum = spec_.train().grad_accum();
   const std::string metrics_path = spec_.output_dir() + "/metrics.jsonl";
   int64_t step = 0;
@@ -349,7 +436,7 @@ absl::StatusOr<TrainResult> Trainer::Run() {
     ASSIGN_OR_RETURN(step, RestoreCheckpoint());
   }
   // Keep metrics consistent with the restored state: drop lines past `step`.
-  {
+  if (is_root()) {
     std::vector<std::string> kept;
     std::ifstream in(metrics_path);
     for (std::string line; std::getline(in, line);) {
@@ -368,7 +455,7 @@ absl::StatusOr<TrainResult> Trainer::Run() {
                  "%s: %lld steps x %lld sequences x %lld tokens; %lld train / %lld validation "
                  "sequences; %lld trainable parameters%s\n",
                  spec_.has_lora() ? "lora" : "pretrain", static_cast<long long>(total_steps_),
-                 static_cast<long long>(B * accum), static_cast<long long>(T),
+                 static_cast<long long>(B * world_size_ * accum), static_cast<long long>(T),
                  static_cast<long long>(dataset_->num_train_sequences()),
                  static_cast<long long>(dataset_->num_validation_sequences()),
                  static_cast<long long>(trainable_params_->size()),
@@ -393,22 +480,28 @@ absl::StatusOr<TrainResult> Trainer::Run() {
   double tok_rate = 0;
   int64_t steps_this_run = 0;
 
-  while (step < total_steps_ && !stop_.load()) {
+  bool stop = false;
+  while (step < total_steps_ && !stop) {
     const auto t0 = Clock::now();
     // Fetch the whole step first: the loss is a mean over every valid target
     // of the step, so each micro-batch's gradient is scaled by 1/total.
     int64_t valid = 0;
     for (int64_t m = 0; m < accum; ++m) {
       const size_t off = static_cast<size_t>(m * B * T);
-      ASSIGN_OR_RETURN(cursor_, dataset_->GetBatch(cursor_, B, RankSlice{},
+      ASSIGN_OR_RETURN(cursor_, dataset_->GetBatch(cursor_, B, RankSlice{world_rank_, world_size_},
                                                    absl::MakeSpan(inputs_.data() + off, B * T),
                                                    absl::MakeSpan(targets_.data() + off, B * T)));
       for (size_t i = off; i < off + static_cast<size_t>(B * T); ++i) valid += targets_[i] != kIgnoreIndex;
     }
+    // The mean is over the valid targets of the whole global batch.
+    double global_valid = static_cast<double>(valid);
+    RETURN_IF_ERROR(SumAcrossRanks(&global_valid, 1));
+    valid = static_cast<int64_t>(global_valid);
     if (valid == 0) return absl::InternalError("a training step has no valid target token");
     trainable_grads_->Zero();
     double loss_sum = 0;
     for (int64_t m = 0; m < accum; ++m) {
+      if (reducer_) reducer_->set_enabled(m == accum - 1);
       const size_t off = static_cast<size_t>(m * B * T);
       if (adapter_) adapter_->set_dropout_seed(Mix(Mix(spec_.seed()) ^ Mix(static_cast<uint64_t>(step * accum + m))));
       ASSIGN_OR_RETURN(LossStats s, model_->Forward(inputs_.data() + off, targets_.data() + off,
@@ -417,6 +510,8 @@ absl::StatusOr<TrainResult> Trainer::Run() {
       RETURN_IF_ERROR(model_->Backward(1.0f / static_cast<float>(valid)));
       loss_sum += s.loss_sum;
     }
+    if (reducer_) RETURN_IF_ERROR(reducer_->Finish());
+    RETURN_IF_ERROR(SumAcrossRanks(&loss_sum, 1));
     const double loss = loss_sum / static_cast<double>(valid);
     if (!std::isfinite(loss)) {
       return absl::InternalError(absl::StrCat("loss is ", loss, " at step ", step,
@@ -430,7 +525,7 @@ absl::StatusOr<TrainResult> Trainer::Run() {
     result.step_losses.push_back(loss);
 
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
-    const double rate = static_cast<double>(B * T * accum) / std::max(dt, 1e-9);
+    const double rate = static_cast<double>(B * world_size_ * T * accum) / std::max(dt, 1e-9);
     tok_rate = steps_this_run == 1 ? rate : 0.9 * tok_rate + 0.1 * rate;
     progress.step = step;
     progress.loss = loss;
@@ -450,22 +545,27 @@ absl::StatusOr<TrainResult> Trainer::Run() {
       val_field = absl::StrFormat(", \"val_loss\": %.6f, \"val_ppl\": %.4f", val, std::exp(val));
     }
     RETURN_IF_ERROR(AppendMetrics(absl::StrFormat(
-        "{\"step\": %d, \"loss\": %.6f%s, \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f}",
-        step, loss, val_field, lr, grad_norm, rate)));
+        "{\"step\": %d, \"loss\": %.6f%s, \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f%s}",
+        step, loss, val_field, lr, grad_norm, rate, CommJson())));
     if (!options_.quiet && (tty || step % std::max(1, spec_.train().log_every()) == 0 || step == total_steps_ ||
                             !val_field.empty())) {
       PrintProgress(progress, tty);
     }
-    if (options_.on_progress) options_.on_progress(progress);
-    if ((ckpt_every > 0 && step % ckpt_every == 0) || step == total_steps_ || stop_.load()) {
+    if (options_.on_progress && is_root()) options_.on_progress(progress);
+    // A stop request on any rank (SIGTERM reaches ranks at different
+    // moments) stops all of them after this step, so collectives stay matched.
+    double stop_votes = stop_.load() ? 1.0 : 0.0;
+    RETURN_IF_ERROR(SumAcrossRanks(&stop_votes, 1));
+    stop = stop_votes > 0;
+    if ((ckpt_every > 0 && step % ckpt_every == 0) || step == total_steps_ || stop) {
       RETURN_IF_ERROR(SaveCheckpoint(step));
     }
   }
-  if (tty && stop_.load()) std::fprintf(stderr, "\n");
+  if (tty && stop) std::fprintf(stderr, "\n");
   result.steps = step;
   result.final_train_loss = progress.loss;
   if (step < total_steps_) {
-    std::fprintf(stderr, "stopped at step %lld (checkpoint saved; resume with --resume)\n",
+    if (is_root()) std::fprintf(stderr, "stopped at step %lld (checkpoint saved; resume with --resume)\n",
                  static_cast<long long>(step));
     return result;
   }
@@ -473,6 +573,17 @@ absl::StatusOr<TrainResult> Trainer::Run() {
     ASSIGN_OR_RETURN(result.final_val_loss, Evaluate());
   }
   RETURN_IF_ERROR(Export(&result));
+  if (!is_root()) return result;
+  if (world_size_ > 1 && !options_.quiet) {
+    const dist::Communicator& c = *options_.comm;
+    std::fprintf(stderr,
+                 "traffic per rank: frozen_gather %.1f MB, adapter_grad %.1f MB, control %.3f MB "
+                 "over %lld steps on %d ranks\n",
+                 c.bytes_sent(dist::Purpose::kPurposeFrozenGather) / 1e6,
+                 c.bytes_sent(dist::Purpose::kPurposeAdapterGrad) / 1e6,
+                 c.bytes_sent(dist::Purpose::kPurposeControl) / 1e6,
+                 static_cast<long long>(steps_this_run), world_size_);
+  }
   std::ofstream summary(spec_.output_dir() + "/summary.json", std::ios::trunc);
   summary << absl::StrFormat(
       "{\"steps\": %d, \"final_val_loss\": %.6f, \"final_val_ppl\": %.4f, \"final_train_loss\": %.6f, "

@@ -33,6 +33,9 @@
 #include "core/lora.h"
 #include "core/model.h"
 #include "core/optimizer.h"
+#include "dist/communicator.h"
+#include "dist/grad_reducer.h"
+#include "dist/sharded_weights.h"
 #include "proto/job_spec.pb.h"
 
 namespace sheaf {
@@ -51,7 +54,15 @@ struct TrainProgress {
 struct TrainerOptions {
   bool resume = false;  // continue from the newest valid checkpoint in output_dir
   bool quiet = false;   // no progress output on stderr
-  std::function<void(const TrainProgress&)> on_progress;  // after every step
+  std::function<void(const TrainProgress&)> on_progress;  // after every step (rank 0)
+  // The world this rank belongs to (not owned); null = a world of one. With
+  // N > 1 ranks, frozen base weights are sharded (dist::ShardedWeights),
+  // trainable gradients all-reduced (dist::GradReducer), each rank reads
+  // 1/N of every global batch (train.batch_size is global), and only rank 0
+  // writes to output_dir.
+  dist::Communicator* comm = nullptr;
+  int64_t gather_budget_bytes = 0;        // ShardedWeights::Options
+  int64_t bucket_cap_bytes = 4 << 20;     // GradReducer::Options
 };
 
 struct TrainResult {
@@ -102,6 +113,14 @@ class Trainer {
   int64_t total_steps_ = 0;
   std::atomic<bool> stop_{false};
   std::vector<int32_t> inputs_, targets_;
+  // Distribution (world_size_ == 1: all null).
+  int world_rank_ = 0, world_size_ = 1;
+  std::unique_ptr<dist::ShardedWeights> sharded_;
+  std::unique_ptr<dist::GradReducer> reducer_;
+  absl::Status SumAcrossRanks(double* values, int n);
+  absl::Status Barrier();
+  bool is_root() const { return world_rank_ == 0; }
+  std::string CommJson() const;
 };
 
 }  // namespace sheaf

@@ -1,0 +1,40 @@
+// A world of N ranks as N threads of one process, for tests of code above the
+// communicator (sharded weights, gradient reducer, trainer) without mpirun.
+// Every collective is a synchronous rendezvous: it returns an already
+// completed Work once all N ranks have issued it. Byte counters use the same
+// algorithm factors as the MPI backend, so traffic tests carry over.
+#ifndef SHEAF_DIST_THREAD_COMMUNICATOR_H_
+#define SHEAF_DIST_THREAD_COMMUNICATOR_H_
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "dist/communicator.h"
+
+namespace sheaf::dist {
+
+class ThreadWorld {
+ public:
+  explicit ThreadWorld(int world_size);
+  // The communicator of rank r (owned by the world).
+  Communicator* rank(int r) { return comms_[static_cast<size_t>(r)].get(); }
+  int world_size() const { return n_; }
+
+ private:
+  friend class ThreadCommunicator;
+  // Blocks until all ranks arrived at this generation.
+  void Arrive();
+  int n_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int arrived_ = 0;
+  int64_t generation_ = 0;
+  std::vector<const void*> inputs_;  // per rank, valid between two Arrive()s
+  std::vector<std::unique_ptr<Communicator>> comms_;
+};
+
+}  // namespace sheaf::dist
+
+#endif  // SHEAF_DIST_THREAD_COMMUNICATOR_H_
