@@ -149,8 +149,8 @@ std::string ModelConfig::ToJson() const {
   j.Set("head_dim", head_dim);
   j.Set("vocab_size", vocab_size);
   j.Set("max_position_embeddings", max_position_embeddings);
-  j.Set("rms_norm_eps", static_cast<double>(rms_norm_eps));
-  j.Set("rope_theta", static_cast<double>(rope_theta));
+  j.Set("rms_norm_eps", rms_norm_eps);  // float: prints as 1e-05
+  j.Set("rope_theta", rope_theta);
   j.Set("tie_word_embeddings", tie_word_embeddings);
   j.Set("attention_bias", attention_bias);
   j.Set("hidden_act", "silu");
