@@ -1,51 +1,127 @@
-// CPU LoRA training-step benchmark on a fixed configuration: hidden 256,
-// 4 layers, 8 heads / 4 KV heads, intermediate 688, byte vocab (258),
-// sequence 256, batch 8, LoRA rank 8 (alpha 16) on all seven projections,
-// frozen fp32 base, AdamW on the adapter.
+// LoRA training-step benchmark.
 //
-// Prints machine-readable lines `name value unit`:
-//   sheaf_tokens_per_s, sheaf_step_ms, sheaf_peak_rss_mb
-// Usage: train_step [--threads N] [--steps S] [--warmup W]
+// Default: a fixed configuration (hidden 256, 4 layers, 8 heads / 4 KV heads,
+// intermediate 688, byte vocab, sequence 256, batch 8, LoRA rank 8 / alpha 16
+// on all seven projections, frozen fp32 base, AdamW on the adapter) on one
+// rank. Under mpirun (world size > 1, or --ranks to state the expectation)
+// the frozen weights are sharded across the ranks and gathered per layer,
+// adapter gradients all-reduced, and the global batch is split over the
+// ranks; --hidden/--layers/--intermediate make the model big enough that the
+// frozen weights dominate memory.
+//
+// Prints machine-readable lines `name value unit` (rank 0 only), e.g.
+//   sheaf_tokens_per_s, sheaf_step_ms, sheaf_peak_rss_mb (max over ranks),
+//   sheaf_comm_wait_ms_per_step, sheaf_bytes_{frozen_gather,adapter_grad,control}_per_step
+// Usage: train_step [--threads N] [--steps S] [--warmup W] [--ranks N]
+//                   [--hidden C] [--layers L] [--intermediate I] [--batch B]
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/lora.h"
 #include "core/model.h"
 #include "core/optimizer.h"
+#include "dist/communicator.h"
+#include "dist/grad_reducer.h"
+#include "dist/mpi_communicator.h"
+#include "dist/sharded_weights.h"
 #include "ops/cpu/ops.h"
+
+namespace {
+
+int Die(const absl::Status& s) {
+  std::fprintf(stderr, "train_step: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace sheaf;
-  int threads = 0, steps = 10, warmup = 2;
+  int threads = 0, steps = 10, warmup = 2, ranks = 0, hidden = 256, layers = 4, inter = 688, B = 8;
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--steps")) steps = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--warmup")) warmup = std::atoi(argv[i + 1]);
+    const int v = std::atoi(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--threads")) threads = v;
+    else if (!std::strcmp(argv[i], "--steps")) steps = v;
+    else if (!std::strcmp(argv[i], "--warmup")) warmup = v;
+    else if (!std::strcmp(argv[i], "--ranks")) ranks = v;
+    else if (!std::strcmp(argv[i], "--hidden")) hidden = v;
+    else if (!std::strcmp(argv[i], "--layers")) layers = v;
+    else if (!std::strcmp(argv[i], "--intermediate")) inter = v;
+    else if (!std::strcmp(argv[i], "--batch")) B = v;
     else { std::fprintf(stderr, "unknown flag %s\n", argv[i]); return 2; }
   }
   ops::SetNumThreads(threads);
+  auto rank_info = dist::DiscoverRank();
+  if (!rank_info.ok()) return Die(rank_info.status());
+  const int n = rank_info->world_size, me = rank_info->world_rank;
+  if (ranks > 0 && ranks != n) {
+    std::fprintf(stderr, "train_step: --ranks %d but the launcher started %d (use mpirun -np %d)\n", ranks, n, ranks);
+    return 2;
+  }
+  if (B % n != 0) {
+    std::fprintf(stderr, "train_step: batch %d not divisible by %d ranks\n", B, n);
+    return 2;
+  }
+  std::unique_ptr<dist::MpiCommunicator> comm;
+  if (n > 1) {
+    auto c = dist::MpiCommunicator::Create();
+    if (!c.ok()) return Die(c.status());
+    comm = std::move(*c);
+  }
+
   ModelConfig c;
-  c.hidden_size = 256;
-  c.num_layers = 4;
+  c.hidden_size = hidden;
+  c.num_layers = layers;
   c.head_dim = 32;
   c.vocab_size = 258;
   c.max_position_embeddings = 256;
-  c.tie_word_embeddings = false;
-  c.layers.assign(4, LayerShape{8, 4, 688});
-  auto model = Model::Create(c, NothingTrainable);
-  if (!model.ok()) { std::fprintf(stderr, "%s\n", model.status().ToString().c_str()); return 1; }
-  (*model)->InitRandom(1, 0.02f);
+  c.layers.assign(static_cast<size_t>(layers), LayerShape{hidden / 32, hidden / 64 > 0 ? hidden / 64 : 1, inter});
+  constexpr int T = 256;
+  const int b = B / n;
+
+  // Sharded runs read the frozen weights from a file: rank 0 writes a random
+  // model once (shared /tmp on one machine).
+  const std::string dir = "/tmp/sheaf_bench_model_" + std::to_string(hidden) + "x" + std::to_string(layers) +
+                          "x" + std::to_string(inter);
+  ModelOptions mo;
+  mo.external_frozen = n > 1;
+  auto model = Model::Create(c, NothingTrainable, mo);
+  if (!model.ok()) return Die(model.status());
+  std::unique_ptr<dist::ShardedWeights> sharded;
+  if (n > 1) {
+    if (me == 0 && !std::filesystem::exists(dir + "/model.safetensors")) {
+      auto full = Model::Create(c, NothingTrainable);
+      if (!full.ok()) return Die(full.status());
+      (*full)->InitRandom(1, 0.02f);
+      if (absl::Status s = (*full)->Save(dir); !s.ok()) return Die(s);
+    }
+    if (absl::Status s = comm->Barrier()->Wait(std::chrono::minutes(10)); !s.ok()) return Die(s);
+    auto sw = dist::ShardedWeights::Create(model->get(), comm.get(), dir, {});
+    if (!sw.ok()) return Die(sw.status());
+    sharded = std::move(*sw);
+  } else {
+    (*model)->InitRandom(1, 0.02f);
+  }
   LoraOptions lo;
   lo.rank = 8;
   lo.alpha = 16;
   auto adapter = LoraAdapter::Create(c, lo);
-  if (!adapter.ok()) return 1;
+  if (!adapter.ok()) return Die(adapter.status());
+  std::unique_ptr<dist::GradReducer> reducer;
+  if (n > 1) {
+    auto r = dist::GradReducer::Create(model->get(), adapter->get(), comm.get(), {});
+    if (!r.ok()) return Die(r.status());
+    reducer = std::move(*r);
+  }
   std::vector<ParamRef> refs;
   for (int i = 0; i < (*adapter)->params().num_slots(); ++i) {
     const Tensor v = (*adapter)->params().view(i), g = (*adapter)->grads().view(i);
@@ -54,30 +130,64 @@ int main(int argc, char** argv) {
   AdamWOptions ao;
   ao.lr = 1e-4f;
   auto opt = AdamW::Create(refs, ao);
-  if (!opt.ok()) return 1;
+  if (!opt.ok()) return Die(opt.status());
 
-  constexpr int B = 8, T = 256;
   std::mt19937 rng(0);
-  std::vector<int32_t> tokens(B * T), targets(B * T);
-  for (int i = 0; i < B * T; ++i) {
+  std::vector<int32_t> tokens(static_cast<size_t>(B) * T), targets(tokens.size());
+  for (size_t i = 0; i < tokens.size(); ++i) {
     tokens[i] = static_cast<int32_t>(rng() % 258);
     targets[i] = static_cast<int32_t>(rng() % 258);
   }
   double total_s = 0;
+  int64_t bytes0[dist::kNumPurposes] = {0, 0, 0}, wait0 = 0;
   for (int s = 0; s < warmup + steps; ++s) {
+    if (s == warmup && comm) {
+      for (int p = 0; p < dist::kNumPurposes; ++p) bytes0[p] = comm->bytes_sent(static_cast<dist::Purpose>(p));
+      wait0 = comm->stats().wait_ns.load();
+    }
     const auto t0 = std::chrono::steady_clock::now();
     (*adapter)->grads().Zero();
-    auto loss = (*model)->Forward(tokens.data(), targets.data(), B, T, adapter->get(), true);
-    if (!loss.ok() || !(*model)->Backward(1.0f / (B * T)).ok()) return 1;
+    auto loss = (*model)->Forward(tokens.data() + me * b * T, targets.data() + me * b * T, b, T,
+                                  adapter->get(), true);
+    if (!loss.ok()) return Die(loss.status());
+    if (absl::Status st = (*model)->Backward(1.0f / (B * T)); !st.ok()) return Die(st);
+    if (reducer) {
+      if (absl::Status st = reducer->Finish(); !st.ok()) return Die(st);
+    }
     opt->Step();
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (s >= warmup) total_s += dt;
   }
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
+  // Max RSS and slowest step time over ranks (control traffic, after timing).
+  float agg[2] = {static_cast<float>(ru.ru_maxrss / 1024.0), static_cast<float>(total_s)};
+  if (comm) {
+    std::vector<float> all(static_cast<size_t>(2 * n));
+    auto w = comm->AllGather(all.data(), agg, 2, dist::Purpose::kPurposeControl);
+    if (absl::Status st = w->Wait(std::chrono::minutes(1)); !st.ok()) return Die(st);
+    for (int r = 0; r < n; ++r) {
+      agg[0] = std::max(agg[0], all[static_cast<size_t>(2 * r)]);
+      agg[1] = std::max(agg[1], all[static_cast<size_t>(2 * r + 1)]);
+    }
+  }
+  if (me != 0) return 0;
+  std::printf("sheaf_ranks %d ranks\n", n);
   std::printf("sheaf_threads %d threads\n", ops::NumThreads());
-  std::printf("sheaf_tokens_per_s %.1f tok/s\n", static_cast<double>(B) * T * steps / total_s);
-  std::printf("sheaf_step_ms %.2f ms\n", 1000.0 * total_s / steps);
-  std::printf("sheaf_peak_rss_mb %.1f MB\n", ru.ru_maxrss / 1024.0);
+  std::printf("sheaf_frozen_params %lld params\n", static_cast<long long>(c.NumParams()));
+  std::printf("sheaf_tokens_per_s %.1f tok/s\n", static_cast<double>(B) * T * steps / agg[1]);
+  std::printf("sheaf_step_ms %.2f ms\n", 1000.0 * agg[1] / steps);
+  std::printf("sheaf_peak_rss_mb %.1f MB\n", agg[0]);
+  if (sharded) {
+    std::printf("sheaf_frozen_shard_mb %.1f MB\n", sharded->shard_bytes() / 1e6);
+    std::printf("sheaf_gather_buffers_mb %.1f MB\n", sharded->gather_buffer_bytes() / 1e6);
+  }
+  if (comm) {
+    std::printf("sheaf_comm_wait_ms_per_step %.2f ms\n", (comm->stats().wait_ns.load() - wait0) / 1e6 / steps);
+    for (int p = 0; p < dist::kNumPurposes; ++p) {
+      std::printf("sheaf_bytes_%s_per_step %.0f B\n", dist::PurposeName(static_cast<dist::Purpose>(p)),
+                  static_cast<double>(comm->bytes_sent(static_cast<dist::Purpose>(p)) - bytes0[p]) / steps);
+    }
+  }
   return 0;
 }

@@ -1,0 +1,592 @@
+#include "dist/mpi_communicator.h"
+
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace sheaf::dist {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// MPI cannot be initialised twice in a process, and two communicators must
+// not both decide to initialise it.
+std::mutex g_init_mu;
+
+std::string MpiErrorString(int code) {
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) {
+    return absl::StrCat("MPI error ", code);
+  }
+  return std::string(text, static_cast<size_t>(length));
+}
+
+absl::Status MpiError(const char* call, int code) {
+  return absl::UnavailableError(absl::StrCat(call, " failed: ", MpiErrorString(code)));
+}
+
+const char* ThreadLevelName(int level) {
+  switch (level) {
+    case MPI_THREAD_SINGLE:
+      return "MPI_THREAD_SINGLE";
+    case MPI_THREAD_FUNNELED:
+      return "MPI_THREAD_FUNNELED";
+    case MPI_THREAD_SERIALIZED:
+      return "MPI_THREAD_SERIALIZED";
+    case MPI_THREAD_MULTIPLE:
+      return "MPI_THREAD_MULTIPLE";
+  }
+  return "unknown";
+}
+
+// Polls `request` until it completes or `timeout` passes. Only for set-up
+// and shutdown on the progress thread, where nothing else is in flight.
+absl::Status PollRequest(MPI_Request* request, std::chrono::milliseconds timeout,
+                         const char* what) {
+  const Clock::time_point deadline = Clock::now() + timeout;
+  for (;;) {
+    int flag = 0;
+    const int rc = MPI_Test(request, &flag, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) return MpiError(what, rc);
+    if (flag) return absl::OkStatus();
+    if (Clock::now() > deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat(what, " did not complete within ",
+                       absl::FormatDuration(absl::FromChrono(timeout)),
+                       ": a peer rank may have died or never started"));
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+}
+
+bool Overlap(const void* a, int64_t a_bytes, const void* b, int64_t b_bytes) {
+  const char* pa = static_cast<const char*>(a);
+  const char* pb = static_cast<const char*>(b);
+  return a_bytes > 0 && b_bytes > 0 && pa < pb + b_bytes && pb < pa + a_bytes;
+}
+
+absl::Status CheckCount(const char* op, int64_t count) {
+  if (count < 0) return absl::InvalidArgumentError(absl::StrCat(op, ": negative count ", count));
+  if (count > INT_MAX) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": count ", count, " exceeds MPI's limit of ", INT_MAX,
+                     " elements per call; split the buffer"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPointer(const char* op, const char* name, const void* ptr, int64_t count) {
+  if (count > 0 && ptr == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": ", name, " is null with count ", count));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// One collective, shared by its Work and the progress thread.
+struct MpiCommunicator::Op {
+  Kind kind = Kind::kBarrier;
+  int64_t seq = 0;
+  Purpose purpose = Purpose::kPurposeControl;
+  ReduceOp reduce = ReduceOp::kReduceSum;
+  float* out = nullptr;       // all_gather, reduce_scatter, all_reduce (in place)
+  const float* in = nullptr;  // all_gather (nullptr = in place), reduce_scatter
+  void* data = nullptr;       // broadcast
+  int count = 0;              // elements (bytes for broadcast), per rank
+  int root = 0;
+  Clock::time_point issued;
+
+  // Progress thread only.
+  MPI_Request request = MPI_REQUEST_NULL;
+
+  // Guarded by Shared::mu.
+  bool done = false;
+  absl::Status status;
+
+  std::string Describe() const {
+    return absl::StrCat("collective ", KindName(kind), " #", seq, " (", PurposeName(purpose),
+                        ")");
+  }
+};
+
+// State that Work handles share with the communicator (they may outlive it).
+struct MpiCommunicator::Shared {
+  absl::Mutex mu;
+  std::vector<std::shared_ptr<Op>> queue ABSL_GUARDED_BY(mu);  // issued, not started
+  bool stop ABSL_GUARDED_BY(mu) = false;
+  absl::Status broken ABSL_GUARDED_BY(mu);  // the first failure; OK while healthy
+  CommStats* stats ABSL_GUARDED_BY(mu) = nullptr;  // null once the communicator is gone
+  bool init_done ABSL_GUARDED_BY(mu) = false;
+  absl::Status init_status ABSL_GUARDED_BY(mu);
+
+  // Held by the progress thread across every MPI call that may touch user
+  // buffers. A Wait that gives up takes it once after breaking the
+  // communicator: when it returns, no such call is in flight and none will
+  // start, so the caller may reuse its buffers.
+  absl::Mutex mpi_mu;
+
+  void BreakLocked(const absl::Status& cause) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (broken.ok()) broken = cause;
+  }
+  absl::Status UnavailableLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu) {
+    return absl::UnavailableError(absl::StrCat(
+        "MPI communicator is broken and runs no further collectives; first failure: ",
+        broken.ToString()));
+  }
+  static void CompleteLocked(Op& op, absl::Status status) {
+    if (op.done) return;  // a Wait that timed out got there first
+    op.done = true;
+    op.status = std::move(status);
+  }
+};
+
+class MpiCommunicator::MpiWork final : public Work {
+ public:
+  MpiWork(std::shared_ptr<Op> op, std::shared_ptr<Shared> shared)
+      : op_(std::move(op)), shared_(std::move(shared)) {}
+
+  absl::Status Wait(std::chrono::milliseconds timeout) override {
+    const Clock::time_point start = Clock::now();
+    absl::Status status;
+    bool timed_out = false;
+    {
+      absl::MutexLock lock(&shared_->mu);
+      Op* op = op_.get();
+      const bool done = shared_->mu.AwaitWithTimeout(
+          absl::Condition(+[](Op* o) { return o->done; }, op),
+          absl::FromChrono(std::max(timeout, std::chrono::milliseconds(0))));
+      if (done) {
+        status = op->status;
+      } else {
+        timed_out = true;
+        status = absl::DeadlineExceededError(
+            absl::StrCat(op->Describe(), " did not complete within ",
+                         absl::FormatDuration(absl::FromChrono(timeout)),
+                         ": a peer rank may have died"));
+        shared_->BreakLocked(status);
+        Shared::CompleteLocked(*op, status);
+      }
+      if (shared_->stats != nullptr) {
+        shared_->stats->wait_ns +=
+            std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+      }
+    }
+    if (timed_out) {
+      // Let an MPI_Test that is running now finish; the progress thread sees
+      // the break before its next MPI call (see Shared::mpi_mu).
+      absl::MutexLock fence(&shared_->mpi_mu);
+    }
+    return status;
+  }
+
+  bool Done() override {
+    absl::MutexLock lock(&shared_->mu);
+    return op_->done;
+  }
+
+ private:
+  const std::shared_ptr<Op> op_;
+  const std::shared_ptr<Shared> shared_;
+};
+
+const char* MpiCommunicator::KindName(Kind kind) {
+  switch (kind) {
+    case Kind::kAllGather:
+      return "all_gather";
+    case Kind::kReduceScatter:
+      return "reduce_scatter";
+    case Kind::kAllReduce:
+      return "all_reduce";
+    case Kind::kBroadcast:
+      return "broadcast";
+    case Kind::kBarrier:
+      return "barrier";
+  }
+  return "unknown";
+}
+
+MpiCommunicator::MpiCommunicator(const Options& options)
+    : options_(options), shared_(std::make_shared<Shared>()) {
+  absl::MutexLock lock(&shared_->mu);
+  shared_->stats = &stats_;
+}
+
+absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(
+    const Options& options) {
+  if (options.timeout <= std::chrono::milliseconds(0)) {
+    return absl::InvalidArgumentError("MpiCommunicator: timeout must be positive");
+  }
+  std::unique_ptr<MpiCommunicator> comm(new MpiCommunicator(options));
+  comm->progress_ = std::thread([c = comm.get()] { c->ProgressMain(); });
+  absl::Status init_status;
+  {
+    Shared& shared = *comm->shared_;
+    absl::MutexLock lock(&shared.mu);
+    shared.mu.Await(absl::Condition(&shared.init_done));
+    init_status = shared.init_status;
+  }
+  if (!init_status.ok()) {
+    // ProgressMain returns at once after a failed set-up; nothing to shut
+    // down. Release the thread before the destructor would try to stop it.
+    comm->progress_.join();
+    return init_status;
+  }
+  return comm;
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  {
+    absl::MutexLock lock(&shared_->mu);
+    shared_->stop = true;
+  }
+  if (progress_.joinable()) progress_.join();
+  absl::MutexLock lock(&shared_->mu);
+  shared_->stats = nullptr;
+  // Anything still pending was failed by the progress thread on its way out.
+}
+
+absl::Status MpiCommunicator::health() const {
+  absl::MutexLock lock(&shared_->mu);
+  return shared_->broken;
+}
+
+void MpiCommunicator::ProgressMain() {
+  const absl::Status status = InitMpi();
+  {
+    absl::MutexLock lock(&shared_->mu);
+    shared_->init_status = status;
+    shared_->init_done = true;
+  }
+  if (!status.ok()) return;
+  ProgressLoop();
+  Shutdown();
+}
+
+absl::Status MpiCommunicator::InitMpi() {
+  {
+    std::lock_guard<std::mutex> lock(g_init_mu);
+    int initialized = 0;
+    int finalized = 0;
+    MPI_Initialized(&initialized);
+    MPI_Finalized(&finalized);
+    if (finalized) {
+      return absl::FailedPreconditionError(
+          "MPI was already finalised in this process and cannot be initialised again "
+          "(create one MpiCommunicator per process and keep it)");
+    }
+    if (!initialized) {
+      int provided = MPI_THREAD_SINGLE;
+      const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
+      if (rc != MPI_SUCCESS) return MpiError("MPI_Init_thread", rc);
+      owns_mpi_ = true;
+      thread_level_ = provided;
+      if (provided < MPI_THREAD_FUNNELED) {
+        // This process has more than one thread (the caller and us), which
+        // MPI_THREAD_SINGLE does not allow.
+        MPI_Finalize();
+        return absl::FailedPreconditionError(absl::StrCat(
+            "MPI provided only ", ThreadLevelName(provided),
+            "; MpiCommunicator needs MPI_THREAD_FUNNELED (all MPI calls on its thread)"));
+      }
+    } else {
+      // Someone else's MPI: our thread is not the one that initialised it.
+      int provided = MPI_THREAD_SINGLE;
+      MPI_Query_thread(&provided);
+      thread_level_ = provided;
+      if (provided != MPI_THREAD_MULTIPLE) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "MPI was initialised elsewhere with ", ThreadLevelName(provided),
+            "; MpiCommunicator calls MPI from its own thread and then needs "
+            "MPI_THREAD_MULTIPLE"));
+      }
+    }
+  }
+  // Our own communicator: our collectives cannot match anyone else's, and
+  // the error handler below does not change MPI_COMM_WORLD for others.
+  MPI_Request request = MPI_REQUEST_NULL;
+  int rc = MPI_Comm_idup(MPI_COMM_WORLD, &comm_, &request);
+  if (rc != MPI_SUCCESS) return MpiError("MPI_Comm_idup", rc);
+  if (absl::Status s = PollRequest(&request, options_.timeout, "MPI_Comm_idup"); !s.ok()) {
+    absl::MutexLock lock(&shared_->mu);
+    shared_->BreakLocked(s);
+    return s;
+  }
+  rc = MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+  if (rc != MPI_SUCCESS) return MpiError("MPI_Comm_set_errhandler", rc);
+  MPI_Comm_rank(comm_, &world_rank_);
+  MPI_Comm_size(comm_, &world_size_);
+  return absl::OkStatus();
+}
+
+void MpiCommunicator::ProgressLoop() {
+  std::vector<std::shared_ptr<Op>> unstarted;  // dequeued, not yet given to MPI
+  std::vector<std::shared_ptr<Op>> active;     // started in MPI, not complete
+  Clock::time_point last_progress = Clock::now();
+  for (;;) {
+    bool stop = false;
+    {
+      absl::MutexLock lock(&shared_->mu);
+      // Sleep on the mutex when idle (or broken); poll while MPI has work.
+      if (active.empty() || !shared_->broken.ok()) {
+        shared_->mu.Await(absl::Condition(
+            +[](Shared* sh) { return !sh->queue.empty() || sh->stop; }, shared_.get()));
+      }
+      unstarted.insert(unstarted.end(), shared_->queue.begin(), shared_->queue.end());
+      shared_->queue.clear();
+      stop = shared_->stop;
+      if (!shared_->broken.ok()) {
+        // No more MPI calls: fail whatever is left.
+        const absl::Status unavailable = shared_->UnavailableLocked();
+        for (auto& op : active) Shared::CompleteLocked(*op, unavailable);
+        for (auto& op : unstarted) Shared::CompleteLocked(*op, unavailable);
+        active.clear();
+        unstarted.clear();
+        if (stop) return;
+        continue;
+      }
+    }
+    if (stop && active.empty() && unstarted.empty()) return;
+
+    bool progressed = !unstarted.empty();
+    {
+      absl::MutexLock mpi_lock(&shared_->mpi_mu);
+      {
+        // A Wait may have broken us since we looked; it then holds or waits
+        // for mpi_mu, and we must not start another MPI call. The top of
+        // the loop fails what is pending.
+        absl::MutexLock lock(&shared_->mu);
+        if (!shared_->broken.ok()) continue;
+      }
+      absl::Status failure;
+      size_t started = 0;
+      for (; started < unstarted.size(); ++started) {
+        Op& op = *unstarted[started];
+        int rc = MPI_SUCCESS;
+        const char* call = "";
+        switch (op.kind) {
+          case Kind::kAllGather:
+            call = "MPI_Iallgather";
+            rc = MPI_Iallgather(op.in == nullptr ? MPI_IN_PLACE : op.in, op.count, MPI_FLOAT,
+                                op.out, op.count, MPI_FLOAT, comm_, &op.request);
+            break;
+          case Kind::kReduceScatter:
+            call = "MPI_Ireduce_scatter_block";
+            rc = MPI_Ireduce_scatter_block(op.in, op.out, op.count, MPI_FLOAT, MPI_SUM, comm_,
+                                           &op.request);
+            break;
+          case Kind::kAllReduce:
+            call = "MPI_Iallreduce";
+            rc = MPI_Iallreduce(MPI_IN_PLACE, op.out, op.count, MPI_FLOAT, MPI_SUM, comm_,
+                                &op.request);
+            break;
+          case Kind::kBroadcast:
+            call = "MPI_Ibcast";
+            rc = MPI_Ibcast(op.data, op.count, MPI_BYTE, op.root, comm_, &op.request);
+            break;
+          case Kind::kBarrier:
+            call = "MPI_Ibarrier";
+            rc = MPI_Ibarrier(comm_, &op.request);
+            break;
+        }
+        if (rc != MPI_SUCCESS) {
+          failure = absl::UnavailableError(
+              absl::StrCat(op.Describe(), ": ", call, " failed: ", MpiErrorString(rc)));
+          absl::MutexLock lock(&shared_->mu);
+          Shared::CompleteLocked(op, failure);
+          break;
+        }
+        active.push_back(unstarted[started]);
+      }
+      unstarted.erase(unstarted.begin(),
+                      unstarted.begin() + static_cast<std::ptrdiff_t>(started));
+      // Test in issue order; every MPI_Test also advances the others.
+      for (size_t i = 0; failure.ok() && i < active.size();) {
+        Op& op = *active[i];
+        int flag = 0;
+        const int rc = MPI_Test(&op.request, &flag, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS) {
+          failure = absl::UnavailableError(
+              absl::StrCat(op.Describe(), ": MPI_Test failed: ", MpiErrorString(rc)));
+          absl::MutexLock lock(&shared_->mu);
+          Shared::CompleteLocked(op, failure);
+          break;
+        }
+        if (!flag) {
+          ++i;
+          continue;
+        }
+        progressed = true;
+        absl::MutexLock lock(&shared_->mu);
+        // MPI has no average: sum, then divide by N (here, still under
+        // mpi_mu, so never after a timed-out Wait has returned).
+        if (!op.done && op.reduce == ReduceOp::kReduceAvg) {
+          const float n = static_cast<float>(world_size_);
+          for (int j = 0; j < op.count; ++j) op.out[j] /= n;
+        }
+        Shared::CompleteLocked(op, absl::OkStatus());
+        active.erase(active.begin() + static_cast<std::ptrdiff_t>(i));
+      }
+      // The watchdog, on the oldest collective.
+      if (failure.ok() && !active.empty() &&
+          Clock::now() - active.front()->issued > options_.timeout) {
+        failure = absl::DeadlineExceededError(
+            absl::StrCat(active.front()->Describe(), " did not complete within ",
+                         absl::FormatDuration(absl::FromChrono(options_.timeout)),
+                         ": a peer rank may have died"));
+        absl::MutexLock lock(&shared_->mu);
+        Shared::CompleteLocked(*active.front(), failure);
+      }
+      if (!failure.ok()) {
+        absl::MutexLock lock(&shared_->mu);
+        shared_->BreakLocked(failure);
+        continue;  // the top of the loop fails the rest
+      }
+    }
+    // OpenMPI moves data only inside MPI calls, so the polling rate gates a
+    // large collective's pipeline: poll flat out (yielding the core to
+    // oversubscribed peers) while collectives are starting and completing.
+    // A collective that has made no visible progress for 50 ms is most
+    // likely waiting for a slow peer to arrive; then poll ~10k times a
+    // second and leave the core to this rank's compute threads.
+    if (progressed) last_progress = Clock::now();
+    if (Clock::now() - last_progress < std::chrono::milliseconds(50)) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  }
+}
+
+void MpiCommunicator::Shutdown() {
+  absl::Status health;
+  {
+    absl::MutexLock lock(&shared_->mu);
+    health = shared_->broken;
+  }
+  if (health.ok()) {
+    // Finalising synchronises with every peer; prove they are all here
+    // first, within a bound, rather than hang in MPI_Finalize.
+    MPI_Request request = MPI_REQUEST_NULL;
+    const int rc = MPI_Ibarrier(comm_, &request);
+    health = rc == MPI_SUCCESS
+                 ? PollRequest(&request, options_.timeout, "the shutdown barrier")
+                 : MpiError("MPI_Ibarrier (shutdown)", rc);
+  }
+  if (!health.ok()) {
+    std::fprintf(stderr,
+                 "sheaf::dist::MpiCommunicator rank %d: not finalising MPI (it would "
+                 "wait for every peer): %s\n",
+                 world_rank_, std::string(health.message()).c_str());
+    return;
+  }
+  MPI_Comm_free(&comm_);
+  if (owns_mpi_ && options_.finalize) MPI_Finalize();
+}
+
+std::unique_ptr<Work> MpiCommunicator::Issue(std::shared_ptr<Op> op, int64_t bytes_sent) {
+  absl::MutexLock lock(&shared_->mu);
+  if (!shared_->broken.ok()) return CompletedWork(shared_->UnavailableLocked());
+  op->seq = next_seq_++;
+  Count(op->purpose, bytes_sent);
+  if (op->count == 0 && op->kind != Kind::kBarrier) return CompletedWork();
+  op->issued = Clock::now();
+  shared_->queue.push_back(op);
+  return std::make_unique<MpiWork>(std::move(op), shared_);
+}
+
+std::unique_ptr<Work> MpiCommunicator::AllGather(float* out, const float* in, int64_t count,
+                                                 Purpose purpose) {
+  const int64_t n = world_size_;
+  absl::Status status = CheckCount("all_gather", count);
+  if (status.ok()) status = CheckPointer("all_gather", "out", out, count);
+  if (status.ok()) status = CheckPointer("all_gather", "in", in, count);
+  const bool in_place = count > 0 && in == out + world_rank_ * count;
+  if (status.ok() && !in_place &&
+      Overlap(out, n * count * 4, in, count * 4)) {
+    status = absl::InvalidArgumentError(
+        "all_gather: in overlaps out other than at out + world_rank * count");
+  }
+  if (!status.ok()) return CompletedWork(status);
+  auto op = std::make_shared<Op>();
+  op->kind = Kind::kAllGather;
+  op->purpose = purpose;
+  op->out = out;
+  op->in = in_place ? nullptr : in;
+  op->count = static_cast<int>(count);
+  return Issue(std::move(op), (n - 1) * count * 4);
+}
+
+std::unique_ptr<Work> MpiCommunicator::ReduceScatter(float* out, const float* in,
+                                                     int64_t count, ReduceOp reduce,
+                                                     Purpose purpose) {
+  const int64_t n = world_size_;
+  absl::Status status = CheckCount("reduce_scatter", count);
+  if (status.ok()) status = CheckPointer("reduce_scatter", "out", out, count);
+  if (status.ok()) status = CheckPointer("reduce_scatter", "in", in, count);
+  if (status.ok() && Overlap(out, count * 4, in, n * count * 4)) {
+    status = absl::InvalidArgumentError("reduce_scatter: out overlaps in");
+  }
+  if (!status.ok()) return CompletedWork(status);
+  auto op = std::make_shared<Op>();
+  op->kind = Kind::kReduceScatter;
+  op->purpose = purpose;
+  op->reduce = reduce;
+  op->out = out;
+  op->in = in;
+  op->count = static_cast<int>(count);
+  // A ring reduce-scatter of n·count floats sends (N-1)/N of them.
+  return Issue(std::move(op), (n - 1) * count * 4);
+}
+
+std::unique_ptr<Work> MpiCommunicator::AllReduce(float* data, int64_t count, ReduceOp reduce,
+                                                 Purpose purpose) {
+  const int64_t n = world_size_;
+  absl::Status status = CheckCount("all_reduce", count);
+  if (status.ok()) status = CheckPointer("all_reduce", "data", data, count);
+  if (!status.ok()) return CompletedWork(status);
+  auto op = std::make_shared<Op>();
+  op->kind = Kind::kAllReduce;
+  op->purpose = purpose;
+  op->reduce = reduce;
+  op->out = data;
+  op->count = static_cast<int>(count);
+  // Ring: a reduce-scatter then an all-gather, each (N-1)/N of the bytes.
+  return Issue(std::move(op), 2 * (n - 1) * count * 4 / n);
+}
+
+std::unique_ptr<Work> MpiCommunicator::Broadcast(void* data, int64_t bytes, int root,
+                                                 Purpose purpose) {
+  absl::Status status = CheckCount("broadcast", bytes);
+  if (status.ok()) status = CheckPointer("broadcast", "data", data, bytes);
+  if (status.ok() && (root < 0 || root >= world_size_)) {
+    status = absl::InvalidArgumentError(
+        absl::StrCat("broadcast: root ", root, " is not in [0, ", world_size_, ")"));
+  }
+  if (!status.ok()) return CompletedWork(status);
+  auto op = std::make_shared<Op>();
+  op->kind = Kind::kBroadcast;
+  op->purpose = purpose;
+  op->data = data;
+  op->count = static_cast<int>(bytes);
+  op->root = root;
+  return Issue(std::move(op), world_rank_ == root ? (world_size_ - 1) * bytes : 0);
+}
+
+std::unique_ptr<Work> MpiCommunicator::Barrier() {
+  auto op = std::make_shared<Op>();
+  op->kind = Kind::kBarrier;
+  op->purpose = Purpose::kPurposeControl;
+  return Issue(std::move(op), 0);
+}
+
+}  // namespace sheaf::dist
