@@ -12,7 +12,7 @@
 // Prints machine-readable lines `name value unit` (rank 0 only), e.g.
 //   sheaf_tokens_per_s, sheaf_step_ms, sheaf_peak_rss_mb (max over ranks),
 //   sheaf_comm_wait_ms_per_step, sheaf_bytes_{frozen_gather,adapter_grad,control}_per_step
-// Usage: train_step [--threads N] [--steps S] [--warmup W] [--ranks N]
+// Usage: train_step [--prepare] [--threads N] [--steps S] [--warmup W] [--ranks N]
 //                   [--hidden C] [--layers L] [--intermediate I] [--batch B]
 #include <sys/resource.h>
 #include <unistd.h>
@@ -47,7 +47,9 @@ int Die(const absl::Status& s) {
 int main(int argc, char** argv) {
   using namespace sheaf;
   int threads = 0, steps = 10, warmup = 2, ranks = 0, hidden = 256, layers = 4, inter = 688, B = 8;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  bool prepare = false;  // only write the random model file for sharded runs
+  for (int i = 1; i < argc && !std::strcmp(argv[i], "--prepare"); ++i) prepare = true;
+  for (int i = 1 + (prepare ? 1 : 0); i + 1 < argc; i += 2) {
     const int v = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--threads")) threads = v;
     else if (!std::strcmp(argv[i], "--steps")) steps = v;
@@ -97,14 +99,21 @@ int main(int argc, char** argv) {
   auto model = Model::Create(c, NothingTrainable, mo);
   if (!model.ok()) return Die(model.status());
   std::unique_ptr<dist::ShardedWeights> sharded;
+  if (prepare) {
+    // A separate process, so that writing the full model does not count in
+    // the sharded ranks' peak RSS.
+    if (std::filesystem::exists(dir + "/model.safetensors")) return 0;
+    auto full = Model::Create(c, NothingTrainable);
+    if (!full.ok()) return Die(full.status());
+    (*full)->InitRandom(1, 0.02f);
+    if (absl::Status s = (*full)->Save(dir); !s.ok()) return Die(s);
+    return 0;
+  }
   if (n > 1) {
-    if (me == 0 && !std::filesystem::exists(dir + "/model.safetensors")) {
-      auto full = Model::Create(c, NothingTrainable);
-      if (!full.ok()) return Die(full.status());
-      (*full)->InitRandom(1, 0.02f);
-      if (absl::Status s = (*full)->Save(dir); !s.ok()) return Die(s);
+    if (!std::filesystem::exists(dir + "/model.safetensors")) {
+      std::fprintf(stderr, "train_step: %s missing: run `train_step --prepare` with the same shape flags first\n", dir.c_str());
+      return 2;
     }
-    if (absl::Status s = comm->Barrier()->Wait(std::chrono::minutes(10)); !s.ok()) return Die(s);
     auto sw = dist::ShardedWeights::Create(model->get(), comm.get(), dir, {});
     if (!sw.ok()) return Die(sw.status());
     sharded = std::move(*sw);
