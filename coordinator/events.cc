@@ -1,0 +1,66 @@
+#include "coordinator/events.h"
+
+#include <algorithm>
+
+namespace sheaf::coordinator {
+
+JobEventHub::~JobEventHub() = default;
+
+std::unique_ptr<JobEventHub::Subscription> JobEventHub::Subscribe(
+    absl::string_view job_id) {
+  std::unique_ptr<Subscription> subscription(
+      new Subscription(this, std::string(job_id)));
+  absl::MutexLock lock(&mu_);
+  watchers_[std::string(job_id)].push_back(&subscription->queue_);
+  return subscription;
+}
+
+void JobEventHub::Unsubscribe(const std::string& job_id, Queue* queue) {
+  absl::MutexLock lock(&mu_);
+  auto it = watchers_.find(job_id);
+  if (it == watchers_.end()) return;
+  std::vector<Queue*>& queues = it->second;
+  queues.erase(std::remove(queues.begin(), queues.end(), queue), queues.end());
+  if (queues.empty()) watchers_.erase(it);
+}
+
+void JobEventHub::Publish(const proto::JobEvent& event) {
+  absl::MutexLock lock(&mu_);
+  auto it = watchers_.find(event.job_id());
+  if (it == watchers_.end()) return;
+  for (Queue* queue : it->second) {
+    if (queue->events.size() >= max_queued_ && event.has_progress()) continue;
+    queue->events.push_back(event);
+  }
+}
+
+void JobEventHub::Shutdown() {
+  absl::MutexLock lock(&mu_);
+  shutdown_ = true;
+}
+
+size_t JobEventHub::watched_jobs() const {
+  absl::MutexLock lock(&mu_);
+  return watchers_.size();
+}
+
+std::optional<proto::JobEvent> JobEventHub::Subscription::Next(
+    absl::Duration timeout) {
+  JobEventHub* hub = hub_;
+  absl::MutexLock lock(&hub->mu_);
+  auto ready = [this, hub]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(hub->mu_) {
+    return hub->shutdown_ || !queue_.events.empty();
+  };
+  hub->mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
+  if (hub->shutdown_ || queue_.events.empty()) return std::nullopt;
+  proto::JobEvent event = std::move(queue_.events.front());
+  queue_.events.pop_front();
+  return event;
+}
+
+bool JobEventHub::Subscription::closed() const {
+  absl::MutexLock lock(&hub_->mu_);
+  return hub_->shutdown_;
+}
+
+}  // namespace sheaf::coordinator

@@ -1,0 +1,141 @@
+#include "coordinator/http_server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace sheaf::coordinator {
+namespace {
+
+// Requests larger than this are refused (a GET line and a few headers).
+constexpr size_t kMaxRequestBytes = 8192;
+
+void WriteAll(int fd, const std::string& data) {
+  size_t sent = 0;
+  while (sent < data.size()) {
+    const ssize_t n =
+        send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // The scraper went away; nothing to do.
+    sent += static_cast<size_t>(n);
+  }
+}
+
+std::string Response(absl::string_view status, absl::string_view content_type,
+                     absl::string_view body) {
+  return absl::StrCat("HTTP/1.0 ", status, "\r\nContent-Type: ", content_type,
+                      "\r\nContent-Length: ", body.size(),
+                      "\r\nConnection: close\r\n\r\n", body);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
+    const std::string& address, int port, std::function<std::string()> render) {
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (port < 0 || port > 65535 ||
+      inet_pton(AF_INET, address.c_str(), &addr.sin_addr) != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "metrics endpoint: bad address ", address, ":", port));
+  }
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("metrics endpoint: socket: ", std::strerror(errno)));
+  }
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      listen(fd, 16) != 0) {
+    const int error = errno;
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("metrics endpoint: bind ",
+                                               address, ":", port, ": ",
+                                               std::strerror(error)));
+  }
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  std::unique_ptr<MetricsHttpServer> server(
+      new MetricsHttpServer(fd, ntohs(addr.sin_port), std::move(render)));
+  server->thread_ = std::thread([s = server.get()] { s->Serve(); });
+  return server;
+}
+
+MetricsHttpServer::MetricsHttpServer(int fd, int port,
+                                     std::function<std::string()> render)
+    : listen_fd_(fd), port_(port), render_(std::move(render)) {}
+
+MetricsHttpServer::~MetricsHttpServer() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+  close(listen_fd_);
+}
+
+void MetricsHttpServer::Serve() {
+  while (!stop_) {
+    pollfd pfd{listen_fd_, POLLIN, 0};
+    // Wake up now and then to notice stop_.
+    if (poll(&pfd, 1, 100) <= 0) continue;
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) continue;
+    HandleConnection(fd);
+    close(fd);
+  }
+}
+
+void MetricsHttpServer::HandleConnection(int fd) {
+  // A client that sends nothing must not hold the (only) serving thread.
+  timeval timeout{2, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+  std::string request;
+  char buffer[1024];
+  while (request.find("\r\n\r\n") == std::string::npos &&
+         request.find("\n\n") == std::string::npos) {
+    if (request.size() > kMaxRequestBytes) {
+      WriteAll(fd, Response("431 Request Header Fields Too Large",
+                            "text/plain", "request too large\n"));
+      return;
+    }
+    const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;  // Closed or timed out: answer what we have.
+    request.append(buffer, static_cast<size_t>(n));
+  }
+  const absl::string_view first_line =
+      absl::string_view(request).substr(0, request.find_first_of("\r\n"));
+  std::vector<absl::string_view> parts =
+      absl::StrSplit(first_line, ' ', absl::SkipEmpty());
+  if (parts.size() < 2) {
+    WriteAll(fd, Response("400 Bad Request", "text/plain", "bad request\n"));
+    return;
+  }
+  if (parts[0] != "GET") {
+    WriteAll(fd, Response("405 Method Not Allowed", "text/plain",
+                          "only GET is supported\n"));
+    return;
+  }
+  absl::string_view path = parts[1];
+  path = path.substr(0, path.find('?'));
+  if (path != "/metrics") {
+    WriteAll(fd, Response("404 Not Found", "text/plain",
+                          "not found; try /metrics\n"));
+    return;
+  }
+  WriteAll(fd, Response("200 OK", "text/plain; version=0.0.4; charset=utf-8",
+                        render_()));
+}
+
+}  // namespace sheaf::coordinator

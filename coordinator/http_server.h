@@ -1,0 +1,49 @@
+// A tiny HTTP/1.0 server on its own thread that answers GET /metrics with
+// whatever `render` returns (Prometheus text format); 404 for other paths,
+// 405 for other methods. One request per connection, served one at a time:
+// it is for a scraper, not for traffic.
+//
+// Lifecycle: Start() binds and starts the thread; the destructor stops it.
+#ifndef SHEAF_COORDINATOR_HTTP_SERVER_H_
+#define SHEAF_COORDINATOR_HTTP_SERVER_H_
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+
+namespace sheaf::coordinator {
+
+class MetricsHttpServer {
+ public:
+  // Listens on `address`:`port` (an IPv4 address; port 0 picks a free one).
+  // kUnavailable when it cannot bind, kInvalidArgument for a bad address.
+  static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(
+      const std::string& address, int port,
+      std::function<std::string()> render);
+
+  ~MetricsHttpServer();
+  MetricsHttpServer(const MetricsHttpServer&) = delete;
+  MetricsHttpServer& operator=(const MetricsHttpServer&) = delete;
+
+  // The port actually bound.
+  int port() const { return port_; }
+
+ private:
+  MetricsHttpServer(int fd, int port, std::function<std::string()> render);
+  void Serve();
+  void HandleConnection(int fd);
+
+  const int listen_fd_;
+  const int port_;
+  const std::function<std::string()> render_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+}  // namespace sheaf::coordinator
+
+#endif  // SHEAF_COORDINATOR_HTTP_SERVER_H_

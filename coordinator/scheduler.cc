@@ -1,0 +1,492 @@
+#include "coordinator/scheduler.h"
+
+#include <sys/random.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+
+namespace sheaf::coordinator {
+namespace {
+
+int64_t ToMs(absl::Time t) { return absl::ToUnixMillis(t); }
+
+bool IsLeased(proto::JobState state) {
+  return state == proto::JOB_STATE_LEASED || state == proto::JOB_STATE_RUNNING;
+}
+
+absl::Duration Since(const proto::Job& job, absl::Time now) {
+  return now - absl::FromUnixMillis(job.updated_unix_ms());
+}
+
+}  // namespace
+
+std::string NewRandomId(absl::string_view prefix, int bytes) {
+  std::string raw(static_cast<size_t>(bytes), '\0');
+  size_t filled = 0;
+  while (filled < raw.size()) {
+    const ssize_t n = getrandom(raw.data() + filled, raw.size() - filled, 0);
+    if (n > 0) filled += static_cast<size_t>(n);
+    // EINTR: try again. Nothing else can fail for a few bytes with flags 0.
+  }
+  return absl::StrCat(prefix, absl::BytesToHexString(raw));
+}
+
+Scheduler::Scheduler(JobStore* store, const Clock* clock,
+                     SchedulerOptions options, SchedulerObserver* observer)
+    : store_(store), clock_(clock), options_(options), observer_(observer) {}
+
+absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(
+    JobStore* store, const Clock* clock, SchedulerOptions options,
+    SchedulerObserver* observer) {
+  if (options.lease_ttl <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("lease_ttl must be > 0");
+  }
+  if (options.max_attempts < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_attempts must be >= 1, got ", options.max_attempts));
+  }
+  if (options.sweep_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("sweep_interval must be > 0");
+  }
+  if (options.heartbeat_interval <= absl::ZeroDuration()) {
+    options.heartbeat_interval = options.lease_ttl / 3;
+  }
+  std::unique_ptr<Scheduler> scheduler(
+      new Scheduler(store, clock, options, observer));
+  RETURN_IF_ERROR(scheduler->RecoverOrphans());
+  RETURN_IF_ERROR(scheduler->ExpireLeases().status());
+  if (options.run_sweeper) {
+    scheduler->sweeper_ = std::thread([s = scheduler.get()] { s->SweepLoop(); });
+  }
+  return scheduler;
+}
+
+Scheduler::~Scheduler() {
+  Shutdown();
+  if (sweeper_.joinable()) sweeper_.join();
+}
+
+void Scheduler::Shutdown() {
+  absl::MutexLock lock(&wake_mu_);
+  shutdown_ = true;
+  ++wake_generation_;
+}
+
+void Scheduler::Wake() {
+  absl::MutexLock lock(&wake_mu_);
+  ++wake_generation_;
+}
+
+void Scheduler::Notify(const std::vector<Transition>& transitions) {
+  if (observer_ == nullptr) return;
+  for (const Transition& t : transitions) {
+    observer_->OnStateChange(t.job, t.from, t.time_in_from, t.reason);
+  }
+}
+
+void Scheduler::SweepLoop() {
+  while (true) {
+    {
+      absl::MutexLock lock(&wake_mu_);
+      auto stopped = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(wake_mu_) {
+        return shutdown_;
+      };
+      if (wake_mu_.AwaitWithTimeout(absl::Condition(&stopped),
+                                    options_.sweep_interval)) {
+        return;
+      }
+    }
+    // A storage error here is retried at the next sweep; the calls that
+    // need the store report it to their callers.
+    ExpireLeases().IgnoreError();
+  }
+}
+
+absl::Status Scheduler::RecoverOrphans() {
+  std::vector<Transition> transitions;
+  const absl::Time now = clock_->Now();
+  RETURN_IF_ERROR(store_->Write([&](StoreTxn& txn) -> absl::Status {
+    transitions.clear();
+    ASSIGN_OR_RETURN(std::vector<proto::Job> orphans,
+                     txn.LeasedJobsWithoutLease());
+    for (proto::Job& job : orphans) {
+      const proto::JobState from = job.state();
+      const absl::Duration in_from = Since(job, now);
+      job.set_state(proto::JOB_STATE_PENDING);
+      job.set_updated_unix_ms(ToMs(now));
+      RETURN_IF_ERROR(txn.UpdateJob(job, from));
+      transitions.push_back(
+          {job, from, in_from, "recovered: the job had no lease record"});
+    }
+    return absl::OkStatus();
+  }));
+  Notify(transitions);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<proto::Job> Scheduler::Submit(proto::Job job) {
+  const absl::Time now = clock_->Now();
+  job.set_state(proto::JOB_STATE_PENDING);
+  job.set_created_unix_ms(ToMs(now));
+  job.set_updated_unix_ms(ToMs(now));
+  job.set_attempts(0);
+  job.clear_last_error();
+  job.clear_progress();
+  job.clear_metrics();
+  job.clear_world_id();
+  job.clear_artifact_dir();
+  job.set_cancel_requested(false);
+  RETURN_IF_ERROR(store_->Write(
+      [&](StoreTxn& txn) { return txn.InsertJob(job).status(); }));
+  Notify({{job, proto::JOB_STATE_UNSPECIFIED, absl::ZeroDuration(),
+           "submitted"}});
+  Wake();
+  return job;
+}
+
+absl::StatusOr<proto::Job> Scheduler::Cancel(absl::string_view job_id) {
+  const absl::Time now = clock_->Now();
+  proto::Job result;
+  std::vector<Transition> transitions;
+  RETURN_IF_ERROR(store_->Write([&](StoreTxn& txn) -> absl::Status {
+    transitions.clear();
+    ASSIGN_OR_RETURN(proto::Job job, txn.GetJob(job_id));
+    const proto::JobState from = job.state();
+    switch (from) {
+      case proto::JOB_STATE_PENDING: {
+        const absl::Duration in_from = Since(job, now);
+        job.set_state(proto::JOB_STATE_CANCELLED);
+        job.set_updated_unix_ms(ToMs(now));
+        RETURN_IF_ERROR(txn.UpdateJob(job, from));
+        transitions.push_back({job, from, in_from, "cancelled by tenant"});
+        break;
+      }
+      case proto::JOB_STATE_LEASED:
+      case proto::JOB_STATE_RUNNING:
+        if (!job.cancel_requested()) {
+          job.set_cancel_requested(true);
+          job.set_updated_unix_ms(ToMs(now));
+          RETURN_IF_ERROR(txn.UpdateJob(job, from));
+        }
+        break;
+      case proto::JOB_STATE_CANCELLED:
+        break;
+      default:
+        return absl::FailedPreconditionError(
+            absl::StrCat("job ", job_id, " is already ",
+                         proto::JobState_Name(from), "; nothing to cancel"));
+    }
+    result = std::move(job);
+    return absl::OkStatus();
+  }));
+  Notify(transitions);
+  return result;
+}
+
+absl::StatusOr<std::string> Scheduler::RegisterWorld(
+    const proto::RegisterWorldRequest& info) {
+  WorldRecord world;
+  world.world_id = NewRandomId("world-", 8);
+  world.info = info;
+  world.registered_at = clock_->Now();
+  RETURN_IF_ERROR(
+      store_->Write([&](StoreTxn& txn) { return txn.InsertWorld(world); }));
+  absl::MutexLock lock(&worlds_mu_);
+  worlds_[world.world_id] = world;
+  return world.world_id;
+}
+
+absl::StatusOr<WorldRecord> Scheduler::FindWorld(absl::string_view world_id) {
+  {
+    absl::MutexLock lock(&worlds_mu_);
+    auto it = worlds_.find(world_id);
+    if (it != worlds_.end()) return it->second;
+  }
+  // Registered before a restart: the store has it.
+  WorldRecord world;
+  absl::Status status = store_->Read([&](StoreTxn& txn) -> absl::Status {
+    ASSIGN_OR_RETURN(world, txn.GetWorld(world_id));
+    return absl::OkStatus();
+  });
+  if (absl::IsNotFound(status)) {
+    return absl::NotFoundError(absl::StrCat(
+        "world ", world_id, " is not registered (call RegisterWorld again)"));
+  }
+  RETURN_IF_ERROR(status);
+  absl::MutexLock lock(&worlds_mu_);
+  worlds_[world.world_id] = world;
+  return world;
+}
+
+absl::StatusOr<std::optional<proto::Lease>> Scheduler::TryLease(
+    const WorldRecord& world) {
+  const absl::Time now = clock_->Now();
+  std::optional<proto::Lease> lease;
+  std::vector<Transition> transitions;
+  const std::string lease_id = NewRandomId("lease-", 16);
+  RETURN_IF_ERROR(store_->Write([&](StoreTxn& txn) -> absl::Status {
+    lease.reset();
+    transitions.clear();
+    ASSIGN_OR_RETURN(std::optional<proto::Job> next,
+                     txn.NextPendingJob(world.info.world_size(),
+                                        world.info.memory_bytes()));
+    if (!next.has_value()) return absl::OkStatus();
+    proto::Job job = std::move(*next);
+    const absl::Duration in_from = Since(job, now);
+    job.set_state(proto::JOB_STATE_LEASED);
+    job.set_attempts(job.attempts() + 1);
+    job.set_world_id(world.world_id);
+    job.set_updated_unix_ms(ToMs(now));
+    RETURN_IF_ERROR(txn.UpdateJob(job, proto::JOB_STATE_PENDING));
+    LeaseRecord record;
+    record.lease_id = lease_id;
+    record.job_id = job.id();
+    record.world_id = world.world_id;
+    record.attempt = job.attempts();
+    record.granted_at = now;
+    record.expires_at = now + options_.lease_ttl;
+    RETURN_IF_ERROR(txn.InsertLease(record));
+
+    proto::Lease out;
+    out.set_job_id(job.id());
+    *out.mutable_spec() = job.spec();
+    out.set_lease_id(lease_id);
+    out.set_ttl_ms(absl::ToInt64Milliseconds(options_.lease_ttl));
+    out.set_attempt(job.attempts());
+    out.set_tenant(job.tenant());
+    out.set_output_dir(job.output_dir());
+    out.set_heartbeat_interval_ms(
+        absl::ToInt64Milliseconds(options_.heartbeat_interval));
+    lease = std::move(out);
+    transitions.push_back(
+        {std::move(job), proto::JOB_STATE_PENDING, in_from,
+         absl::StrCat("leased to ", world.world_id, " (",
+                      world.info.world_size(), " ranks on ",
+                      world.info.hostname(), ")")});
+    return absl::OkStatus();
+  }));
+  Notify(transitions);
+  return lease;
+}
+
+absl::StatusOr<std::optional<proto::Lease>> Scheduler::Acquire(
+    absl::string_view world_id, absl::Time deadline,
+    const std::function<bool()>& cancelled) {
+  ASSIGN_OR_RETURN(WorldRecord world, FindWorld(world_id));
+  while (true) {
+    uint64_t generation = 0;
+    {
+      absl::MutexLock lock(&wake_mu_);
+      if (shutdown_) return std::optional<proto::Lease>();
+      generation = wake_generation_;
+    }
+    RETURN_IF_ERROR(ExpireLeases().status());
+    ASSIGN_OR_RETURN(std::optional<proto::Lease> lease, TryLease(world));
+    if (lease.has_value()) return lease;
+    const absl::Time now = absl::Now();
+    if (now >= deadline || (cancelled && cancelled())) return lease;
+    // Sleep until a job may have come (Wake), or for one sweep interval:
+    // leases expire by the clock, which nobody signals.
+    absl::MutexLock lock(&wake_mu_);
+    auto woken = [this, generation]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(wake_mu_) {
+      return wake_generation_ != generation;
+    };
+    wake_mu_.AwaitWithDeadline(
+        absl::Condition(&woken),
+        std::min(deadline, now + options_.sweep_interval));
+  }
+}
+
+absl::Status Scheduler::ExpireLeaseInTxn(StoreTxn& txn,
+                                         const LeaseRecord& lease,
+                                         absl::Time now,
+                                         std::vector<Transition>* transitions) {
+  RETURN_IF_ERROR(txn.DeleteLease(lease.lease_id));
+  ASSIGN_OR_RETURN(proto::Job job, txn.GetJob(lease.job_id));
+  const proto::JobState from = job.state();
+  if (!IsLeased(from)) return absl::OkStatus();  // Stale row; now gone.
+  const absl::Duration in_from = Since(job, now);
+  std::string reason;
+  if (job.cancel_requested()) {
+    job.set_state(proto::JOB_STATE_CANCELLED);
+    reason = "cancelled by tenant (the world was lost before it stopped)";
+  } else {
+    job.set_last_error(absl::StrCat(
+        "attempt ", lease.attempt, ": lease expired (world ", lease.world_id,
+        " stopped heartbeating)"));
+    if (job.attempts() >= options_.max_attempts) {
+      job.set_state(proto::JOB_STATE_FAILED);
+      reason = absl::StrCat(job.last_error(), "; no attempts left (",
+                            options_.max_attempts, ")");
+    } else {
+      job.set_state(proto::JOB_STATE_PENDING);
+      reason = job.last_error();
+    }
+  }
+  job.set_updated_unix_ms(ToMs(now));
+  RETURN_IF_ERROR(txn.UpdateJob(job, from));
+  transitions->push_back({std::move(job), from, in_from, std::move(reason)});
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> Scheduler::ExpireLeases() {
+  const absl::Time now = clock_->Now();
+  // Most calls find nothing: look first without a write transaction.
+  std::vector<LeaseRecord> expired;
+  RETURN_IF_ERROR(store_->Read([&](StoreTxn& txn) -> absl::Status {
+    ASSIGN_OR_RETURN(expired, txn.LeasesExpiredBefore(now));
+    return absl::OkStatus();
+  }));
+  if (expired.empty()) return 0;
+  std::vector<Transition> transitions;
+  RETURN_IF_ERROR(store_->Write([&](StoreTxn& txn) -> absl::Status {
+    transitions.clear();
+    // Again inside the transaction: a heartbeat may have renewed some.
+    ASSIGN_OR_RETURN(std::vector<LeaseRecord> leases,
+                     txn.LeasesExpiredBefore(now));
+    for (const LeaseRecord& lease : leases) {
+      RETURN_IF_ERROR(ExpireLeaseInTxn(txn, lease, now, &transitions));
+    }
+    return absl::OkStatus();
+  }));
+  Notify(transitions);
+  Wake();
+  return static_cast<int>(transitions.size());
+}
+
+absl::StatusOr<Scheduler::HeartbeatResult> Scheduler::Heartbeat(
+    absl::string_view lease_id, const proto::Progress& progress,
+    const google::protobuf::Map<std::string, double>& metrics) {
+  const absl::Time now = clock_->Now();
+  HeartbeatResult result;
+  std::vector<Transition> transitions;
+  proto::Job renewed;
+  RETURN_IF_ERROR(store_->Write([&](StoreTxn& txn) -> absl::Status {
+    transitions.clear();
+    result = HeartbeatResult{proto::HEARTBEAT_ACTION_LEASE_LOST,
+                             absl::ZeroDuration()};
+    renewed.Clear();
+    absl::StatusOr<LeaseRecord> lease = txn.GetLease(lease_id);
+    if (absl::IsNotFound(lease.status())) return absl::OkStatus();
+    RETURN_IF_ERROR(lease.status());
+    if (lease->expires_at < now) {
+      // Expired but not swept yet: it is lost all the same.
+      return ExpireLeaseInTxn(txn, *lease, now, &transitions);
+    }
+    ASSIGN_OR_RETURN(proto::Job job, txn.GetJob(lease->job_id));
+    const proto::JobState from = job.state();
+    if (!IsLeased(from)) return absl::OkStatus();
+    RETURN_IF_ERROR(txn.RenewLease(lease_id, now + options_.lease_ttl));
+    const absl::Duration in_from = Since(job, now);
+    *job.mutable_progress() = progress;
+    for (const auto& [name, value] : metrics) (*job.mutable_metrics())[name] = value;
+    job.set_updated_unix_ms(ToMs(now));
+    if (from == proto::JOB_STATE_LEASED) {
+      job.set_state(proto::JOB_STATE_RUNNING);
+    }
+    RETURN_IF_ERROR(txn.UpdateJob(job, from));
+    if (from == proto::JOB_STATE_LEASED) {
+      transitions.push_back({job, from, in_from, "first heartbeat"});
+    }
+    result.action = job.cancel_requested() ? proto::HEARTBEAT_ACTION_CANCEL
+                                           : proto::HEARTBEAT_ACTION_KEEP_GOING;
+    result.ttl = options_.lease_ttl;
+    renewed = std::move(job);
+    return absl::OkStatus();
+  }));
+  Notify(transitions);
+  if (result.action == proto::HEARTBEAT_ACTION_LEASE_LOST) {
+    if (!transitions.empty()) Wake();
+  } else if (observer_ != nullptr) {
+    observer_->OnProgress(renewed);
+  }
+  return result;
+}
+
+absl::StatusOr<proto::JobState> Scheduler::Complete(
+    const proto::CompleteJobRequest& request) {
+  const absl::Time now = clock_->Now();
+  proto::JobState final_state = proto::JOB_STATE_UNSPECIFIED;
+  absl::Status not_held;
+  std::vector<Transition> transitions;
+  RETURN_IF_ERROR(store_->Write([&](StoreTxn& txn) -> absl::Status {
+    transitions.clear();
+    not_held = absl::OkStatus();
+    absl::StatusOr<LeaseRecord> lease = txn.GetLease(request.lease_id());
+    if (absl::IsNotFound(lease.status())) {
+      not_held = absl::FailedPreconditionError(absl::StrCat(
+          "lease ", request.lease_id(),
+          " is not held (it expired, or the job was completed already); "
+          "the result is not recorded"));
+      return absl::OkStatus();
+    }
+    RETURN_IF_ERROR(lease.status());
+    if (lease->expires_at < now) {
+      // Commit the expiry, but tell the world its result came too late.
+      not_held = absl::FailedPreconditionError(absl::StrCat(
+          "lease ", request.lease_id(), " expired at ",
+          absl::FormatTime(lease->expires_at), "; the result is not recorded"));
+      return ExpireLeaseInTxn(txn, *lease, now, &transitions);
+    }
+    RETURN_IF_ERROR(txn.DeleteLease(request.lease_id()));
+    ASSIGN_OR_RETURN(proto::Job job, txn.GetJob(lease->job_id));
+    const proto::JobState from = job.state();
+    if (!IsLeased(from)) {
+      return absl::InternalError(absl::StrCat(
+          "job ", job.id(), " is ", proto::JobState_Name(from),
+          " but lease ", request.lease_id(), " was held"));
+    }
+    const absl::Duration in_from = Since(job, now);
+    std::string reason;
+    if (request.has_progress()) *job.mutable_progress() = request.progress();
+    if (!request.artifact_dir().empty()) {
+      job.set_artifact_dir(request.artifact_dir());
+    }
+    if (request.success()) {
+      job.set_state(proto::JOB_STATE_SUCCEEDED);
+      job.clear_last_error();
+      reason = "completed";
+    } else if (job.cancel_requested()) {
+      job.set_state(proto::JOB_STATE_CANCELLED);
+      reason = "cancelled by tenant";
+    } else {
+      job.set_last_error(absl::StrCat(
+          "attempt ", lease->attempt, ": ",
+          request.error().empty() ? "failed without an error message"
+                                  : request.error()));
+      if (request.permanent()) {
+        job.set_state(proto::JOB_STATE_FAILED);
+        reason = absl::StrCat(job.last_error(), " (permanent)");
+      } else if (job.attempts() >= options_.max_attempts) {
+        job.set_state(proto::JOB_STATE_FAILED);
+        reason = absl::StrCat(job.last_error(), "; no attempts left (",
+                              options_.max_attempts, ")");
+      } else {
+        job.set_state(proto::JOB_STATE_PENDING);
+        reason = absl::StrCat(job.last_error(), "; will retry");
+      }
+    }
+    job.set_cancel_requested(job.cancel_requested() &&
+                             job.state() != proto::JOB_STATE_PENDING);
+    job.set_updated_unix_ms(ToMs(now));
+    RETURN_IF_ERROR(txn.UpdateJob(job, from));
+    final_state = job.state();
+    transitions.push_back({std::move(job), from, in_from, std::move(reason)});
+    return absl::OkStatus();
+  }));
+  Notify(transitions);
+  if (!transitions.empty() &&
+      transitions.back().job.state() == proto::JOB_STATE_PENDING) {
+    Wake();
+  }
+  RETURN_IF_ERROR(not_held);
+  return final_state;
+}
+
+}  // namespace sheaf::coordinator

@@ -1,0 +1,119 @@
+#include "coordinator/server.h"
+
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/support/server_interceptor.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace sheaf::coordinator {
+namespace {
+
+// Rewrites the status gRPC sends when a request message fails to decode.
+// The handler never ran; gRPC's answer is INTERNAL with an empty message
+// (proto3 has no InitializationErrorString), which our handlers never send
+// (ToGrpcStatus fills in a message).
+class UndecodableRequestInterceptor : public grpc::experimental::Interceptor {
+ public:
+  explicit UndecodableRequestInterceptor(grpc::experimental::ServerRpcInfo* info)
+      : method_(info->method() ? info->method() : "") {}
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::PRE_SEND_STATUS)) {
+      const grpc::Status status = methods->GetSendStatus();
+      if (status.error_code() == grpc::StatusCode::INTERNAL &&
+          status.error_message().empty()) {
+        methods->ModifySendStatus(grpc::Status(
+            grpc::StatusCode::INVALID_ARGUMENT,
+            absl::StrCat("malformed request to ", method_,
+                         ": it does not decode as the method's request "
+                         "message (is every string field valid UTF-8?)")));
+      }
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::string method_;
+};
+
+class UndecodableRequestInterceptorFactory
+    : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    return new UndecodableRequestInterceptor(info);
+  }
+};
+
+}  // namespace
+
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot be read"));
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
+    const ServerOptions& options, CoordinatorService* service,
+    const TokenAuthenticator* auth) {
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  const bool tls = !options.tls_cert_path.empty() || !options.tls_key_path.empty();
+  if (tls) {
+    if (options.tls_cert_path.empty() || options.tls_key_path.empty()) {
+      return absl::InvalidArgumentError(
+          "TLS needs both a certificate (--tls-cert) and a key (--tls-key)");
+    }
+    absl::StatusOr<std::string> cert = ReadSmallFile(options.tls_cert_path);
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadSmallFile(options.tls_key_path);
+    if (!key.ok()) return key.status();
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    credentials = grpc::SslServerCredentials(ssl);
+  } else {
+    credentials = grpc::InsecureServerCredentials();
+  }
+
+  std::unique_ptr<CoordinatorServer> server(new CoordinatorServer(
+      service, std::make_unique<GrpcCoordinatorService>(service, auth)));
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, credentials, &server->port_);
+  builder.RegisterService(server->grpc_service_.get());
+  builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(std::make_unique<UndecodableRequestInterceptorFactory>());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen));
+  }
+  server->tls_ = tls;
+  return server;
+}
+
+CoordinatorServer::~CoordinatorServer() { Shutdown(); }
+
+void CoordinatorServer::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  // Long polls and watch streams return once the service shuts down, so
+  // the server can drain.
+  service_->Shutdown();
+  if (server_ != nullptr) {
+    server_->Shutdown(std::chrono::system_clock::now() +
+                      absl::ToChronoMilliseconds(grace));
+    server_->Wait();
+  }
+}
+
+}  // namespace sheaf::coordinator
