@@ -64,3 +64,17 @@ assert abs(la - lb) < 1e-4 * la, f"merged {lb} != base+adapter {la}"
 assert lc - la > 1e-3, f"the adapter should change the loss: base {lc}, adapted {la}"
 PY
 echo "merge: OK"
+
+# 4. The shipped example specs run (shortened, on this test's corpus).
+ex=$(dirname "$(find_runfile examples/lora_tiny.yaml)")
+"$sheaf" train --quiet "$ex/lora_tiny.yaml" --set base_model="$model" --set data.train="[$work/corpus]" \
+  --set data.seq_len=32 --set data.val_fraction=0.2 --set output_dir="$work/ex_lora" \
+  --set train.max_steps=3 --set schedule.warmup_steps=1 --set train.eval_batches=1 >/dev/null \
+  || fail "examples/lora_tiny.yaml"
+"$sheaf" pretrain --quiet "$ex/pretrain_tiny.yaml" --set data.train="[$work/corpus]" \
+  --set data.seq_len=32 --set data.val_fraction=0.2 --set output_dir="$work/ex_pretrain" \
+  --set train.max_steps=2 --set schedule.warmup_steps=1 --set train.batch_size=2 --set train.eval_batches=1 \
+  >/dev/null || fail "examples/pretrain_tiny.yaml"
+[[ -f "$work/ex_lora/adapter/adapter_model.safetensors" && -f "$work/ex_pretrain/model/model.safetensors" ]] \
+  || fail "examples did not export"
+echo "examples: lora_tiny and pretrain_tiny run"
