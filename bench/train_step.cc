@@ -46,6 +46,7 @@ int Die(const absl::Status& s) {
 
 int main(int argc, char** argv) {
   using namespace sheaf;
+  ops::UsePassiveOmpWaitPolicy(argv);
   int threads = 0, steps = 10, warmup = 2, ranks = 0, hidden = 256, layers = 4, inter = 688, B = 8;
   bool prepare = false;  // only write the random model file for sharded runs
   for (int i = 1; i < argc && !std::strcmp(argv[i], "--prepare"); ++i) prepare = true;

@@ -10,7 +10,7 @@ PKGS=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev
   libopenmpi-dev openmpi-bin
-  libopenblas-dev
+  libopenblas-dev libopenblas-openmp-dev libopenblas0-openmp
   libyaml-cpp-dev libsqlite3-dev
   python3-torch python3-numpy
   manpages
