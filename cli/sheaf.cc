@@ -1,14 +1,23 @@
 // The `sheaf` command. Local subcommands (this file): train, pretrain, eval,
-// merge, data tokenize. Exit codes: 0 success, 1 the work failed, 2 bad usage
-// or a bad spec, 130 stopped by a signal before finishing (a checkpoint was
+// merge, data tokenize. Coordinator subcommands (cli/remote.h): submit,
+// list, status, watch, cancel, fetch, logs. Exit codes: 0 success, 1 the
+// work (or the watched job) failed, 2 bad usage or a bad spec, 3 the
+// coordinator cannot be reached or refused the token, 4 no such job or
+// artifact, 130 stopped by a signal before finishing (a checkpoint was
 // written; resume with --resume).
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "cli/remote.h"
 #include "core/data/dataset.h"
 #include "core/data/document_source.h"
 #include "core/data/token_corpus.h"
@@ -26,7 +35,7 @@
 namespace sheaf {
 namespace {
 
-constexpr const char* kUsage = R"(usage: sheaf <command> [args]
+constexpr const char* kLocalUsage = R"(usage: sheaf <command> [args]
 
 Local commands:
   train [--set key=value]... [--quiet] JOB.yaml
@@ -40,9 +49,22 @@ Local commands:
   data tokenize --out FILE.tok [--format text|paragraphs|jsonl] PATH...
                           tokenise a corpus once (byte tokenizer) for mmap reads
 
-Exit codes: 0 ok, 1 failed, 2 bad usage or spec, 130 stopped by a signal
-(checkpoint written; continue with `sheaf train --resume OUTDIR`).
 )";
+
+constexpr const char* kExitCodes = R"(
+Exit codes:
+  0    ok
+  1    failed: the work failed; `watch`: the job FAILED or was CANCELLED
+  2    bad usage, a bad spec, or a request the coordinator found invalid
+  3    cannot reach the coordinator, or it refused the token
+  4    no such job (or not yours), or no such artifact
+  130  stopped by a signal (train: checkpoint written; continue with
+       `sheaf train --resume OUTDIR`)
+)";
+
+std::string UsageText() {
+  return absl::StrCat(kLocalUsage, cli::kRemoteUsage, kExitCodes);
+}
 
 int Fail(const absl::Status& s, int code = 1) {
   std::fprintf(stderr, "sheaf: error: %s\n", std::string(s.message()).c_str());
@@ -50,7 +72,7 @@ int Fail(const absl::Status& s, int code = 1) {
 }
 
 int Usage(const std::string& why) {
-  std::fprintf(stderr, "sheaf: %s\n\n%s", why.c_str(), kUsage);
+  std::fprintf(stderr, "sheaf: %s\n\n%s", why.c_str(), UsageText().c_str());
   return 2;
 }
 
@@ -234,9 +256,10 @@ int Tokenize(const std::vector<std::string>& args) {
 
 int main(int argc, char** argv) {
   using namespace sheaf;
+  ops::UsePassiveOmpWaitPolicy(argv);
   if (argc < 2 || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "--help") ||
       !std::strcmp(argv[1], "help")) {
-    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    std::fputs(UsageText().c_str(), argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
   const std::string cmd = argv[1];
@@ -245,6 +268,17 @@ int main(int argc, char** argv) {
   if (cmd == "pretrain") return Train(args, true);
   if (cmd == "eval") return Eval(args);
   if (cmd == "merge") return Merge(args);
+  if (cli::IsRemoteCommand(cmd)) {
+    cli::RemoteIo io;
+    io.out_is_tty = isatty(STDOUT_FILENO) == 1;
+    io.getenv = [](const char* name) -> std::optional<std::string> {
+      const char* value = std::getenv(name);
+      if (value == nullptr) return std::nullopt;
+      return std::string(value);
+    };
+    io.zone = absl::LocalTimeZone();
+    return cli::RunRemoteCommand(cmd, args, io);
+  }
   if (cmd == "data" && !args.empty() && args[0] == "tokenize") {
     return Tokenize(std::vector<std::string>(args.begin() + 1, args.end()));
   }
