@@ -1,0 +1,238 @@
+// sheaf-worker: one process per rank of a worker world (worker/worker.h).
+// Start N of them with mpirun, `srun --mpi=pmix` or a Kubernetes MPI
+// launcher; a world of one needs no launcher.
+//
+// Exit codes: 0 the world stopped as asked (--once done, --idle-exit-s
+// reached, SIGTERM/SIGINT: the running job was checkpointed and given
+// back); 1 the coordinator refused the world (bad token) or the world broke
+// (a rank died, a collective failed); 2 bad usage.
+#include <signal.h>
+#include <time.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "dist/communicator.h"
+#include "dist/mpi_communicator.h"
+#include "worker/worker.h"
+
+namespace sheaf::worker {
+namespace {
+
+constexpr const char* kUsage = R"(usage: sheaf-worker [flags]      (one process per rank: mpirun / srun --mpi=pmix)
+
+  --coordinator HOST:PORT  the coordinator (default: $SHEAF_ADDR)
+  --token-file FILE        file holding the worker token (default:
+                           $SHEAF_TOKEN_FILE, else the token in $SHEAF_TOKEN)
+  --ca FILE                PEM root certificates: talk TLS, checked against them
+  --tls-server-name NAME   name the coordinator's certificate carries (default:
+                           the host of --coordinator)
+  --model-root DIR         the leased spec's paths must resolve inside these
+  --data-root DIR          roots (default: $SHEAF_MODEL_ROOT, $SHEAF_DATA_ROOT,
+  --output-root DIR        $SHEAF_OUTPUT_ROOT); nothing outside is opened
+  --memory-bytes N         memory per rank reported to the coordinator (K, M, G,
+                           T suffixes are powers of 1024; default: physical
+                           memory / ranks on this host)
+  --once                   exit after one job
+  --idle-exit-s N          exit after N seconds without a job (default: never)
+  --acquire-wait-s N       length of one AcquireJob long poll (default 20)
+
+Rank 0 registers the world, long-polls for jobs, heartbeats and completes
+them; every rank trains. SIGTERM: finish the current step, checkpoint, give
+the job back (it goes back to PENDING), exit 0.
+Exit codes: 0 stopped as asked, 1 refused by the coordinator or the world
+broke, 2 bad usage.
+)";
+
+int Usage(const std::string& why) {
+  std::fprintf(stderr, "sheaf-worker: %s\n\n%s", why.c_str(), kUsage);
+  return 2;
+}
+
+bool ParseBytes(std::string s, int64_t* out) {
+  int shift = 0;
+  if (!s.empty()) {
+    switch (absl::ascii_toupper(static_cast<unsigned char>(s.back()))) {
+      case 'K': shift = 10; break;
+      case 'M': shift = 20; break;
+      case 'G': shift = 30; break;
+      case 'T': shift = 40; break;
+      default: break;
+    }
+    if (shift > 0) s.pop_back();
+  }
+  int64_t v = 0;
+  if (!absl::SimpleAtoi(s, &v) || v < 0 || v > (INT64_MAX >> shift)) return false;
+  *out = v << shift;
+  return true;
+}
+
+std::string EnvOr(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::string(v) : fallback;
+}
+
+// Blocks SIGTERM and SIGINT in every thread (call before any thread starts)
+// and takes them on one thread of its own, which asks the worker to stop.
+class SignalThread {
+ public:
+  SignalThread() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGTERM);
+    sigaddset(&set_, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+  }
+  void Start(Worker* worker) {
+    thread_ = std::thread([this, worker] {
+      const timespec poll = {0, 200 * 1000 * 1000};
+      while (!done_.load()) {
+        const int sig = sigtimedwait(&set_, nullptr, &poll);
+        if (sig == SIGTERM || sig == SIGINT) {
+          std::fprintf(stderr, "sheaf-worker[rank %d]: %s: stopping after the current step\n",
+                       worker->world_rank(), sig == SIGTERM ? "SIGTERM" : "SIGINT");
+          worker->RequestStop();
+        }
+      }
+    });
+  }
+  // Joins the thread (before the worker it points to goes away).
+  void Stop() {
+    done_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  ~SignalThread() { Stop(); }
+
+ private:
+  sigset_t set_;
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+int Main(int argc, char** argv) {
+  std::map<std::string, std::string> flags = {
+      {"coordinator", EnvOr("SHEAF_ADDR", "")},
+      {"token-file", EnvOr("SHEAF_TOKEN_FILE", "")},
+      {"ca", ""},
+      {"tls-server-name", ""},
+      {"model-root", EnvOr("SHEAF_MODEL_ROOT", "")},
+      {"data-root", EnvOr("SHEAF_DATA_ROOT", "")},
+      {"output-root", EnvOr("SHEAF_OUTPUT_ROOT", "")},
+      {"memory-bytes", "0"},
+      {"idle-exit-s", "0"},
+      {"acquire-wait-s", "20"},
+  };
+  bool once = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (arg == "--once") {
+      once = true;
+      continue;
+    }
+    if (!absl::StartsWith(arg, "--")) return Usage("unexpected argument " + arg);
+    arg = arg.substr(2);
+    std::string value;
+    const size_t eq = arg.find('=');
+    if (eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      return Usage("--" + arg + " needs a value");
+    }
+    if (flags.find(arg) == flags.end()) return Usage("unknown flag --" + arg);
+    flags[arg] = value;
+  }
+
+  WorkerOptions options;
+  options.once = once;
+  options.client.target = flags["coordinator"];
+  if (options.client.target.empty()) return Usage("--coordinator (or SHEAF_ADDR) is required");
+  if (!flags["token-file"].empty()) {
+    std::ifstream f(flags["token-file"]);
+    std::stringstream text;
+    text << f.rdbuf();
+    if (!f) return Usage("--token-file: cannot read " + flags["token-file"]);
+    options.client.token = std::string(absl::StripAsciiWhitespace(text.str()));
+  } else {
+    options.client.token = EnvOr("SHEAF_TOKEN", "");
+  }
+  if (options.client.token.empty()) {
+    return Usage("a worker token is required (--token-file, SHEAF_TOKEN_FILE or SHEAF_TOKEN)");
+  }
+  if (!flags["ca"].empty()) {
+    std::ifstream f(flags["ca"]);
+    std::stringstream text;
+    text << f.rdbuf();
+    if (!f || text.str().empty()) return Usage("--ca: cannot read " + flags["ca"]);
+    options.client.ca_pem = text.str();
+  }
+  options.client.tls_server_name = flags["tls-server-name"];
+  options.roots = {flags["model-root"], flags["data-root"], flags["output-root"]};
+  for (const char* root : {"model-root", "data-root", "output-root"}) {
+    if (flags[root].empty()) return Usage(absl::StrCat("--", root, " is required"));
+  }
+  if (!ParseBytes(flags["memory-bytes"], &options.memory_bytes)) {
+    return Usage("--memory-bytes: not a byte count: " + flags["memory-bytes"]);
+  }
+  int64_t idle_s = 0, wait_s = 0;
+  if (!absl::SimpleAtoi(flags["idle-exit-s"], &idle_s) || idle_s < 0) {
+    return Usage("--idle-exit-s: must be an integer >= 0");
+  }
+  if (!absl::SimpleAtoi(flags["acquire-wait-s"], &wait_s) || wait_s < 1 || wait_s > 60) {
+    return Usage("--acquire-wait-s: must be in [1, 60]");
+  }
+  options.idle_exit = absl::Seconds(idle_s);
+  options.acquire_wait = absl::Seconds(wait_s);
+
+  SignalThread signals;  // before MPI starts its threads
+  absl::StatusOr<dist::RankInfo> rank = dist::DiscoverRank();
+  if (!rank.ok()) {
+    std::fprintf(stderr, "sheaf-worker: %s\n", rank.status().ToString().c_str());
+    return 2;
+  }
+  std::unique_ptr<dist::MpiCommunicator> comm;
+  if (rank->world_size > 1) {
+    absl::StatusOr<std::unique_ptr<dist::MpiCommunicator>> c = dist::MpiCommunicator::Create();
+    if (!c.ok()) {
+      std::fprintf(stderr, "sheaf-worker[rank %d]: MPI: %s\n", rank->world_rank,
+                   c.status().ToString().c_str());
+      return 1;
+    }
+    comm = std::move(*c);
+  }
+  absl::StatusOr<std::unique_ptr<Worker>> worker = Worker::Create(std::move(options), comm.get());
+  if (!worker.ok()) {
+    std::fprintf(stderr, "sheaf-worker: %s\n", worker.status().ToString().c_str());
+    return absl::IsInvalidArgument(worker.status()) ? 2 : 1;
+  }
+  signals.Start(worker->get());
+  absl::Status status = (*worker)->Run();
+  signals.Stop();
+  if (!status.ok()) {
+    std::fprintf(stderr, "sheaf-worker[rank %d]: %s\n", rank->world_rank, status.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace sheaf::worker
+
+int main(int argc, char** argv) { return sheaf::worker::Main(argc, argv); }

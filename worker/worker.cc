@@ -1,0 +1,586 @@
+#include "worker/worker.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "core/spec/yaml.h"
+#include "core/status.h"
+#include "worker/log_tee.h"
+
+namespace sheaf::worker {
+namespace {
+
+namespace fs = std::filesystem;
+
+// One rank's record, sent to rank 0 at start (fixed size: a broadcast
+// moves the same number of bytes on every rank).
+struct RankRecord {
+  int64_t memory_bytes = 0;
+  int32_t cores = 0;
+  char host[116] = {};
+};
+static_assert(sizeof(RankRecord) == 128);
+
+constexpr char kStoppedError[] = "worker stopped (SIGTERM)";
+
+int64_t DetectMemoryBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page <= 0) return 0;
+  int local_size = 1;
+  if (absl::StatusOr<dist::RankInfo> info = dist::DiscoverRank(); info.ok()) {
+    local_size = std::max(1, info->local_size);
+  }
+  return static_cast<int64_t>(pages) * page / local_size;
+}
+
+proto::Progress ToProto(const TrainProgress& p) {
+  proto::Progress out;
+  out.set_step(p.step);
+  out.set_total_steps(p.total_steps);
+  out.set_loss(p.loss);
+  if (p.val_loss >= 0) out.set_val_loss(p.val_loss);
+  out.set_tokens_per_s(p.tokens_per_s);
+  out.set_eta_s(p.eta_s);
+  return out;
+}
+
+// Errors the coordinator answers for a request that will never succeed.
+bool IsFinalRpcError(const absl::Status& s) {
+  return absl::IsUnauthenticated(s) || absl::IsPermissionDenied(s) ||
+         absl::IsInvalidArgument(s) || absl::IsFailedPrecondition(s) ||
+         absl::IsNotFound(s);
+}
+
+}  // namespace
+
+bool IsPermanentFailure(const absl::Status& status) {
+  return absl::IsInvalidArgument(status) || absl::IsNotFound(status) ||
+         absl::IsUnimplemented(status);
+}
+
+Worker::Worker(WorkerOptions options, dist::Communicator* comm)
+    : options_(std::move(options)),
+      comm_(comm),
+      world_rank_(comm ? comm->world_rank() : 0),
+      world_size_(comm ? comm->world_size() : 1) {}
+
+Worker::~Worker() = default;
+
+absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(WorkerOptions options,
+                                                       dist::Communicator* comm) {
+  std::unique_ptr<Worker> w(new Worker(std::move(options), comm));
+  ASSIGN_OR_RETURN(w->paths_, coordinator::PathPolicy::Create(w->options_.roots));
+  if (w->is_root()) {
+    ASSIGN_OR_RETURN(w->client_, CoordinatorClient::Create(w->options_.client));
+  }
+  w->backoff_ = absl::Milliseconds(250);
+  return w;
+}
+
+void Worker::Log(absl::string_view line) const {
+  if (options_.log && is_root()) {
+    options_.log(line);
+    return;
+  }
+  const std::string stamp = absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone());
+  const std::string who =
+      is_root() ? "sheaf-worker" : absl::StrCat("sheaf-worker[rank ", world_rank_, "]");
+  std::fprintf(stderr, "%s %s: %.*s\n", stamp.c_str(), who.c_str(),
+               static_cast<int>(line.size()), line.data());
+  std::fflush(stderr);
+}
+
+void Worker::RequestStop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_requested_ = true;
+    if (trainer_ != nullptr) trainer_->RequestStop();
+  }
+  if (client_) client_->CancelAcquire();
+}
+
+void Worker::StopCurrentJob() {
+  absl::MutexLock lock(&mu_);
+  job_stop_ = true;
+  if (trainer_ != nullptr) trainer_->RequestStop();
+}
+
+bool Worker::stop_requested() const {
+  absl::MutexLock lock(&mu_);
+  return stop_requested_;
+}
+
+void Worker::SleepUnlessStopped(absl::Duration d) {
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(absl::Condition(&stop_requested_), d);
+}
+
+WorkerStats Worker::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+std::string Worker::world_id() const {
+  absl::MutexLock lock(&mu_);
+  return world_id_copy_;
+}
+
+// ---- Collectives ----
+
+absl::Status Worker::SumAcrossRanks(double* values, int n) {
+  if (world_size_ == 1) return absl::OkStatus();
+  // Votes and counts: small integers, exact in float.
+  std::vector<float> buf(values, values + n);
+  std::unique_ptr<dist::Work> work = comm_->AllReduce(
+      buf.data(), n, dist::ReduceOp::kReduceSum, dist::Purpose::kPurposeControl);
+  RETURN_IF_ERROR(work->Wait(absl::ToChronoMilliseconds(options_.control_timeout)));
+  for (int i = 0; i < n; ++i) values[i] = buf[static_cast<size_t>(i)];
+  return absl::OkStatus();
+}
+
+absl::Status Worker::BroadcastFromRoot(std::string* bytes) {
+  if (world_size_ == 1) return absl::OkStatus();
+  const auto timeout = absl::ToChronoMilliseconds(options_.control_timeout);
+  int64_t size = static_cast<int64_t>(bytes->size());
+  RETURN_IF_ERROR(comm_->Broadcast(&size, sizeof(size), 0, dist::Purpose::kPurposeControl)
+                      ->Wait(timeout));
+  bytes->resize(static_cast<size_t>(size));
+  if (size == 0) return absl::OkStatus();
+  return comm_->Broadcast(bytes->data(), size, 0, dist::Purpose::kPurposeControl)->Wait(timeout);
+}
+
+absl::Status Worker::Introduce() {
+  RankRecord mine;
+  mine.memory_bytes = options_.memory_bytes > 0 ? options_.memory_bytes : DetectMemoryBytes();
+  mine.cores = static_cast<int32_t>(std::thread::hardware_concurrency());
+  gethostname(mine.host, sizeof(mine.host) - 1);
+  std::vector<RankRecord> records(static_cast<size_t>(world_size_));
+  records[static_cast<size_t>(world_rank_)] = mine;
+  const auto timeout = absl::ToChronoMilliseconds(options_.control_timeout);
+  for (int r = 0; r < world_size_ && world_size_ > 1; ++r) {
+    RETURN_IF_ERROR(comm_->Broadcast(&records[static_cast<size_t>(r)], sizeof(RankRecord), r,
+                                     dist::Purpose::kPurposeControl)
+                        ->Wait(timeout));
+  }
+  if (!is_root()) return absl::OkStatus();
+  world_info_.set_world_size(world_size_);
+  int64_t memory = 0;
+  for (int r = 0; r < world_size_; ++r) {
+    RankRecord& rec = records[static_cast<size_t>(r)];
+    rec.host[sizeof(rec.host) - 1] = '\0';
+    world_info_.add_devices(absl::StrCat("cpu:", r, " ", rec.host, " ", rec.cores, " cores"));
+    if (r == 0 || rec.memory_bytes < memory) memory = rec.memory_bytes;
+  }
+  world_info_.set_memory_bytes(memory);
+  world_info_.set_hostname(records[0].host);
+  return absl::OkStatus();
+}
+
+// ---- The loop ----
+
+absl::Status Worker::Run() {
+  RETURN_IF_ERROR(Introduce());
+  idle_since_ = absl::Now();
+  while (true) {
+    Decision d;
+    if (is_root()) d = Poll();
+    // SIGTERM may reach any rank first; every rank's vote counts.
+    double stop_votes = stop_requested() ? 1 : 0;
+    RETURN_IF_ERROR(SumAcrossRanks(&stop_votes, 1));
+    if (is_root() && stop_votes > 0 && d.command != Command::kCommandExit) {
+      if (d.command == Command::kCommandJob) {
+        // Leased just as the world was told to stop: give it back at once.
+        proto::CompleteJobRequest give_back;
+        give_back.set_lease_id(d.lease.lease_id());
+        give_back.set_error(kStoppedError);
+        Log(absl::StrCat("stopping: giving job ", d.lease.job_id(), " back"));
+        Complete(give_back, d.lease_received + absl::Milliseconds(d.lease.ttl_ms()));
+        absl::MutexLock lock(&mu_);
+        ++stats_.given_back;
+      }
+      d = Decision();
+      d.command = Command::kCommandExit;
+    }
+    // The control message: one byte of Command, then the serialized Lease
+    // (a job) or a status code and message (exit).
+    std::string message;
+    if (is_root()) {
+      message.assign(1, static_cast<char>(d.command));
+      if (d.command == Command::kCommandJob) {
+        message += d.lease.SerializeAsString();
+      } else if (d.command == Command::kCommandExit) {
+        const int32_t code = static_cast<int32_t>(d.exit_status.code());
+        message.append(reinterpret_cast<const char*>(&code), sizeof(code));
+        message += std::string(d.exit_status.message());
+      }
+    }
+    RETURN_IF_ERROR(BroadcastFromRoot(&message));
+    if (message.empty()) return absl::InternalError("empty control message from rank 0");
+    const Command command = static_cast<Command>(message[0]);
+    if (command == Command::kCommandNone) continue;
+    if (command == Command::kCommandExit) {
+      if (message.size() < 1 + sizeof(int32_t)) return absl::InternalError("bad exit message");
+      int32_t code;
+      std::memcpy(&code, message.data() + 1, sizeof(code));
+      return absl::Status(static_cast<absl::StatusCode>(code), message.substr(1 + sizeof(code)));
+    }
+    proto::Lease lease;
+    if (command != Command::kCommandJob || !lease.ParseFromString(message.substr(1))) {
+      return absl::InternalError("undecodable control message from rank 0");
+    }
+    RETURN_IF_ERROR(RunJob(lease, d.lease_received));
+    idle_since_ = absl::Now();
+    if (options_.once) return absl::OkStatus();
+  }
+}
+
+Worker::Decision Worker::Poll() {
+  Decision d;
+  if (stop_requested()) {
+    Log("stop requested: the world exits");
+    d.command = Command::kCommandExit;
+    return d;
+  }
+  const absl::Time now = absl::Now();
+  if (options_.idle_exit > absl::ZeroDuration() && now - idle_since_ >= options_.idle_exit) {
+    Log(absl::StrCat("no job for ", absl::FormatDuration(options_.idle_exit), ": the world exits"));
+    d.command = Command::kCommandExit;
+    return d;
+  }
+  auto back_off = [&](absl::string_view what, const absl::Status& s) {
+    Log(absl::StrCat(what, " at ", client_->target(), ": ", s.ToString(), " (retrying in ",
+                     absl::FormatDuration(backoff_), ")"));
+    SleepUnlessStopped(backoff_);
+    backoff_ = std::min(backoff_ * 2, options_.max_backoff);
+  };
+  if (world_id_.empty()) {
+    absl::StatusOr<proto::RegisterWorldResponse> r =
+        client_->RegisterWorld(world_info_, absl::Seconds(10));
+    if (!r.ok()) {
+      if (absl::IsUnauthenticated(r.status()) || absl::IsPermissionDenied(r.status()) ||
+          absl::IsInvalidArgument(r.status())) {
+        d.command = Command::kCommandExit;
+        d.exit_status = absl::Status(r.status().code(),
+                                     absl::StrCat("the coordinator refuses the world: ",
+                                                  r.status().message()));
+        Log(d.exit_status.message());
+        return d;
+      }
+      back_off("RegisterWorld", r.status());
+      return d;
+    }
+    world_id_ = r->world_id();
+    {
+      absl::MutexLock lock(&mu_);
+      world_id_copy_ = world_id_;
+    }
+    backoff_ = absl::Milliseconds(250);
+    Log(absl::StrCat("registered world ", world_id_, " (", world_size_, " ranks, ",
+                     world_info_.memory_bytes() >> 20, " MiB per rank) at ", client_->target(),
+                     "; lease ttl ", r->lease_ttl_ms(), " ms, heartbeat every ",
+                     r->heartbeat_interval_ms(), " ms"));
+  }
+  absl::Duration wait = options_.acquire_wait;
+  if (options_.idle_exit > absl::ZeroDuration()) {
+    wait = std::clamp(idle_since_ + options_.idle_exit - absl::Now(), absl::ZeroDuration(), wait);
+  }
+  proto::AcquireJobRequest request;
+  request.set_world_id(world_id_);
+  request.set_wait_ms(absl::ToInt64Milliseconds(wait));
+  absl::StatusOr<proto::AcquireJobResponse> r =
+      client_->AcquireJob(request, wait + absl::Seconds(10));
+  if (r.ok()) {
+    backoff_ = absl::Milliseconds(250);
+    if (r->has_lease()) {
+      d.command = Command::kCommandJob;
+      d.lease = r->lease();
+      d.lease_received = absl::Now();
+    }
+    return d;
+  }
+  if (absl::IsCancelled(r.status()) && stop_requested()) return d;
+  if (absl::IsNotFound(r.status())) {
+    Log(absl::StrCat("the coordinator does not know world ", world_id_, ": registering again"));
+    world_id_.clear();
+    return d;
+  }
+  if (absl::IsUnauthenticated(r.status()) || absl::IsPermissionDenied(r.status())) {
+    d.command = Command::kCommandExit;
+    d.exit_status = absl::Status(r.status().code(), absl::StrCat("the coordinator refuses the world: ",
+                                                                 r.status().message()));
+    Log(d.exit_status.message());
+    return d;
+  }
+  back_off("AcquireJob", r.status());
+  return d;
+}
+
+bool Worker::Complete(const proto::CompleteJobRequest& request, absl::Time give_up) {
+  absl::Duration backoff = absl::Milliseconds(250);
+  while (true) {
+    const absl::Duration timeout =
+        std::clamp(give_up - absl::Now(), absl::Seconds(1), absl::Seconds(10));
+    absl::StatusOr<proto::CompleteJobResponse> r = client_->CompleteJob(request, timeout);
+    if (r.ok()) {
+      Log(absl::StrCat("completed the lease: the job is now ", proto::JobState_Name(r->state())));
+      return true;
+    }
+    if (IsFinalRpcError(r.status())) {
+      Log(absl::StrCat("CompleteJob refused: ", r.status().ToString()));
+      return false;
+    }
+    const absl::Time now = absl::Now();
+    if (now >= give_up) {
+      Log(absl::StrCat("CompleteJob: ", r.status().ToString(),
+                       "; giving up, the lease has expired (the coordinator will re-lease "
+                       "the job and it resumes from its last checkpoint)"));
+      return false;
+    }
+    Log(absl::StrCat("CompleteJob: ", r.status().ToString(), " (retrying)"));
+    absl::SleepFor(std::min(backoff, give_up - now));
+    backoff = std::min(backoff * 2, options_.max_backoff);
+  }
+}
+
+absl::StatusOr<proto::JobSpec> Worker::CheckSpec(const proto::Lease& lease) const {
+  if (lease.tenant().empty()) {
+    return absl::InvalidArgumentError("the lease names no tenant");
+  }
+  proto::JobSpec spec = lease.spec();
+  const std::string output = lease.output_dir().empty() ? spec.output_dir() : lease.output_dir();
+  if (output.empty()) return absl::InvalidArgumentError("the lease names no output_dir");
+  // The coordinator resolved every path inside ITS roots; this world opens
+  // only what also lies inside its own.
+  absl::Status s = paths_->ResolveSpecPaths(&spec, lease.tenant(), output);
+  absl::StatusOr<fs::path> resolved = paths_->ResolveOutput(lease.tenant(), "output_dir", output);
+  if (s.ok() && !resolved.ok()) s = resolved.status();
+  if (!s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("this world's roots refuse the job: ", s.message()));
+  }
+  spec.set_output_dir(resolved->string());
+  return spec;
+}
+
+absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
+  {
+    absl::MutexLock lock(&mu_);
+    job_stop_ = false;
+    ++stats_.jobs;
+  }
+  const absl::Duration ttl = absl::Milliseconds(lease.ttl_ms() > 0 ? lease.ttl_ms() : 30000);
+  absl::StatusOr<proto::JobSpec> spec = CheckSpec(lease);
+  std::unique_ptr<StderrTee> tee;
+  if (is_root() && spec.ok()) {
+    std::error_code error;
+    fs::create_directories(spec->output_dir(), error);
+    if (error) {
+      spec = absl::PermissionDeniedError(absl::StrCat("output_dir: cannot create ",
+                                                      spec->output_dir(), ": ", error.message()));
+    } else if (options_.log_to_output) {
+      absl::StatusOr<std::unique_ptr<StderrTee>> t =
+          StderrTee::Start(spec->output_dir() + "/train.log");
+      if (t.ok()) {
+        tee = std::move(*t);
+      } else {
+        Log(absl::StrCat("warning: no train.log: ", t.status().ToString()));
+      }
+    }
+  }
+  if (is_root()) {
+    Log(absl::StrCat("job ", lease.job_id(), " (tenant ", lease.tenant(), ", attempt ",
+                     lease.attempt(), ") on world ", world_id_, " with ", world_size_,
+                     " ranks; output ", spec.ok() ? spec->output_dir() : lease.output_dir()));
+  } else if (!spec.ok()) {
+    Log(std::string(spec.status().message()));
+  }
+  auto complete = [&](proto::CompleteJobRequest request, absl::Time give_up) {
+    request.set_lease_id(lease.lease_id());
+    if (tee) {
+      if (absl::Status s = tee->Stop(); !s.ok()) Log(absl::StrCat("train.log: ", s.ToString()));
+    }
+    Complete(request, give_up);
+  };
+
+  double prepare_failed = spec.ok() ? 0 : 1;
+  RETURN_IF_ERROR(SumAcrossRanks(&prepare_failed, 1));
+  if (prepare_failed > 0) {
+    if (is_root()) {
+      proto::CompleteJobRequest request;
+      request.set_error(spec.ok() ? "another rank refused the job's paths (see its log)"
+                                  : std::string(spec.status().message()));
+      // A world whose roots differ from the coordinator's is misconfigured;
+      // another world may run the job, so the failure is not permanent.
+      request.set_permanent(false);
+      Log(absl::StrCat("cannot run job ", lease.job_id(), ": ", request.error()));
+      complete(request, received + ttl);
+      absl::MutexLock lock(&mu_);
+      ++stats_.failed;
+    }
+    return absl::OkStatus();
+  }
+
+  std::unique_ptr<LeaseKeeper> keeper;
+  if (is_root()) {
+    LeaseKeeper::Options ko;
+    ko.ttl = ttl;
+    ko.heartbeat_interval = absl::Milliseconds(lease.heartbeat_interval_ms());
+    ko.on_verdict = [this](LeaseVerdict v) {
+      Log(absl::StrCat("lease verdict: ", LeaseVerdictName(v), ": stopping the job after this step"));
+      StopCurrentJob();
+    };
+    ko.log = [this](absl::string_view line) { Log(line); };
+    keeper = LeaseKeeper::Start(client_.get(), lease.lease_id(), received, std::move(ko));
+  }
+  // On a broken world: give the job back (retryable) when the lease is
+  // still ours, and fail.
+  auto broken = [&](const absl::Status& status) {
+    if (is_root()) {
+      keeper->Stop();
+      if (keeper->verdict() == LeaseVerdict::kKeepGoing || keeper->verdict() == LeaseVerdict::kCancel) {
+        proto::CompleteJobRequest request;
+        request.set_error(absl::StrCat("the worker world broke: ", status.message()));
+        *request.mutable_progress() = keeper->progress();
+        complete(request, keeper->expiry());
+      }
+    }
+    Log(absl::StrCat("the world is broken: ", status.ToString()));
+    return status;
+  };
+
+  TrainerOptions topts;
+  topts.resume = true;
+  topts.comm = comm_;
+  LeaseKeeper* k = keeper.get();
+  if (is_root()) {
+    topts.on_progress = [k](const TrainProgress& p) {
+      k->SetProgress(ToProto(p), {{"lr", p.lr}, {"grad_norm", p.grad_norm}});
+    };
+  }
+  absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(*spec, topts);
+  bool stop_before_run = false;
+  if (trainer.ok()) {
+    absl::MutexLock lock(&mu_);
+    trainer_ = trainer->get();
+    stop_before_run = job_stop_ || stop_requested_;
+  } else {
+    Log(absl::StrCat("setting up the job failed: ", trainer.status().ToString()));
+  }
+  if (trainer.ok() && is_root()) {
+    proto::Progress p;
+    p.set_total_steps((*trainer)->total_steps());
+    k->SetProgress(p, {});
+  }
+  double setup[2] = {trainer.ok() ? 0.0 : 1.0, stop_before_run ? 1.0 : 0.0};
+  if (absl::Status s = SumAcrossRanks(setup, 2); !s.ok()) {
+    absl::MutexLock lock(&mu_);
+    trainer_ = nullptr;
+    return broken(s);
+  }
+  absl::StatusOr<TrainResult> result = absl::UnknownError("not run");
+  bool ran = false;
+  if (setup[0] == 0 && setup[1] == 0) {
+    if (is_root()) {
+      // The trainer writes spec.yaml only for fresh (non-resume) runs.
+      const std::string spec_yaml = spec->output_dir() + "/spec.yaml";
+      if (!fs::exists(spec_yaml)) {
+        std::ofstream f(spec_yaml, std::ios::trunc);
+        f << "# Resolved job spec (defaults applied) of job " << lease.job_id()
+          << "; `sheaf train --resume " << spec->output_dir() << "` reads it.\n"
+          << JobSpecToYaml((*trainer)->spec());
+      }
+    }
+    result = (*trainer)->Run();
+    ran = true;
+    if (!result.ok()) Log(absl::StrCat("training failed: ", result.status().ToString()));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    trainer_ = nullptr;
+  }
+  const bool finished = ran && result.ok() && result->steps >= (*trainer)->total_steps();
+  double outcome[3] = {ran && !result.ok() ? 1.0 : 0.0, stop_requested() ? 1.0 : 0.0,
+                       finished ? 1.0 : 0.0};
+  if (absl::Status s = SumAcrossRanks(outcome, 3); !s.ok()) return broken(s);
+  if (outcome[1] > 0) {
+    // A rank was told to stop (SIGTERM may reach only some ranks, or reach
+    // them one by one): the whole world stops after this job, rank 0
+    // without leasing another first.
+    absl::MutexLock lock(&mu_);
+    stop_requested_ = true;
+  }
+  if (!is_root()) return absl::OkStatus();
+
+  keeper->Stop();
+  const LeaseVerdict verdict = keeper->verdict();
+  if (verdict == LeaseVerdict::kLeaseLost || verdict == LeaseVerdict::kExpired) {
+    Log(absl::StrCat("job ", lease.job_id(), ": the lease is lost (", LeaseVerdictName(verdict),
+                     "); not completing it (the coordinator re-leases it)"));
+    if (tee) tee->Stop().IgnoreError();
+    absl::MutexLock lock(&mu_);
+    ++stats_.lost;
+    return absl::OkStatus();
+  }
+  proto::CompleteJobRequest request;
+  *request.mutable_progress() = keeper->progress();
+  enum { kSucceeded, kFailed, kCancelled, kGivenBack } kind = kFailed;
+  if (setup[0] > 0) {
+    const absl::Status s = trainer.ok() ? absl::InternalError("another rank could not set up the job "
+                                                              "(see its log)")
+                                        : trainer.status();
+    request.set_error(std::string(s.message()));
+    request.set_permanent(IsPermanentFailure(s));
+  } else if (outcome[0] > 0) {
+    const absl::Status s = result.ok() ? absl::InternalError("another rank failed (see its log)")
+                                       : result.status();
+    request.set_error(std::string(s.message()));
+    request.set_permanent(IsPermanentFailure(s));
+  } else if (outcome[2] >= world_size_) {
+    kind = kSucceeded;
+    request.set_success(true);
+    request.set_artifact_dir(spec->output_dir());
+  } else if (verdict == LeaseVerdict::kCancel) {
+    kind = kCancelled;
+    request.set_error("cancelled");
+  } else if (outcome[1] > 0 || setup[1] > 0) {
+    kind = kGivenBack;
+    request.set_error(kStoppedError);
+  } else {
+    request.set_error("training stopped before its last step");
+  }
+  Log(absl::StrCat("job ", lease.job_id(), ": ",
+                   request.success() ? "succeeded"
+                                     : absl::StrCat("failed: ", request.error(),
+                                                    request.permanent() ? " (permanent)" : ""),
+                   " at step ", request.progress().step(), "/", request.progress().total_steps()));
+  complete(request, keeper->expiry());
+  absl::MutexLock lock(&mu_);
+  switch (kind) {
+    case kSucceeded:
+      ++stats_.succeeded;
+      break;
+    case kCancelled:
+      ++stats_.cancelled;
+      ++stats_.failed;
+      break;
+    case kGivenBack:
+      ++stats_.given_back;
+      break;
+    case kFailed:
+      ++stats_.failed;
+      break;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace sheaf::worker
