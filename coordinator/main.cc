@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "core/flags.h"
 #include "coordinator/auth.h"
 #include "coordinator/clock.h"
 #include "coordinator/http_server.h"
@@ -73,26 +74,13 @@ int Main(int argc, char** argv) {
       {"lease-ttl", "30s"},       {"max-attempts", "3"}, {"metrics-port", "9464"},
       {"metrics-address", "127.0.0.1"},
   };
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (!absl::StartsWith(arg, "--")) return Usage("unexpected argument " + arg);
-    arg = arg.substr(2);
-    std::string value;
-    const size_t eq = arg.find('=');
-    if (eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      return Usage("--" + arg + " needs a value");
-    }
-    if (flags.find(arg) == flags.end()) return Usage("unknown flag --" + arg);
-    flags[arg] = value;
+  ParsedFlags parsed;
+  if (absl::Status st = ParseLongFlags(argc, argv, &flags, {}, &parsed); !st.ok()) {
+    return Usage(std::string(st.message()));
+  }
+  if (parsed.help) {
+    std::fputs(kUsage, stdout);
+    return 0;
   }
   for (const char* required :
        {"db", "tokens", "model-root", "data-root", "output-root"}) {

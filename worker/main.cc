@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "dist/communicator.h"
 #include "dist/mpi_communicator.h"
+#include "core/flags.h"
 #include "worker/worker.h"
 
 namespace sheaf::worker {
@@ -133,32 +134,15 @@ int Main(int argc, char** argv) {
       {"idle-exit-s", "0"},
       {"acquire-wait-s", "20"},
   };
-  bool once = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (arg == "--once") {
-      once = true;
-      continue;
-    }
-    if (!absl::StartsWith(arg, "--")) return Usage("unexpected argument " + arg);
-    arg = arg.substr(2);
-    std::string value;
-    const size_t eq = arg.find('=');
-    if (eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      return Usage("--" + arg + " needs a value");
-    }
-    if (flags.find(arg) == flags.end()) return Usage("unknown flag --" + arg);
-    flags[arg] = value;
+  ParsedFlags parsed;
+  if (absl::Status st = ParseLongFlags(argc, argv, &flags, {"once"}, &parsed); !st.ok()) {
+    return Usage(std::string(st.message()));
   }
+  if (parsed.help) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  const bool once = parsed.switches_set.count("once") > 0;
 
   WorkerOptions options;
   options.once = once;
