@@ -12,7 +12,7 @@ PKGS=(
   libopenmpi-dev openmpi-bin
   libopenblas-dev libopenblas-openmp-dev libopenblas0-openmp
   libyaml-cpp-dev libsqlite3-dev
-  python3-torch python3-numpy
+  python3-torch python3-numpy python3-yaml openssl
   manpages
   man-db groff-base bsdextrautils
 )
