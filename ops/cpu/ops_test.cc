@@ -453,15 +453,17 @@ TEST(RopeTest, Gradients) {
 struct AttentionShape {
   int nh;
   int kvh;
+  int t = 5;  // > 64 exercises the query-block path (blocks of 64 rows)
 };
 
 void PrintTo(const AttentionShape& s, std::ostream* os) {
-  *os << "NH=" << s.nh << " KVH=" << s.kvh;
+  *os << "NH=" << s.nh << " KVH=" << s.kvh << " T=" << s.t;
 }
 
 class AttentionTest : public ::testing::TestWithParam<AttentionShape> {
  protected:
-  static constexpr int B = 2, T = 5, HD = 4;
+  static constexpr int B = 2, HD = 4;
+  const int T = GetParam().t;
 };
 
 // Naive causal GQA in double: returns out [B,T,NH*HD] and probs [B,NH,T,T].
@@ -544,10 +546,13 @@ TEST_P(AttentionTest, Gradients) {
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
                          ::testing::Values(AttentionShape{2, 2},
                                            AttentionShape{4, 2},
-                                           AttentionShape{4, 1}),
+                                           AttentionShape{4, 1},
+                                           AttentionShape{4, 2, 150},
+                                           AttentionShape{2, 1, 128}),
                          [](const auto& info) {
                            return "NH" + std::to_string(info.param.nh) + "KVH" +
-                                  std::to_string(info.param.kvh);
+                                  std::to_string(info.param.kvh) + "T" +
+                                  std::to_string(info.param.t);
                          });
 
 // ----------------------------------------------------------------------------
