@@ -1,5 +1,6 @@
 #include "core/lora.h"
 
+#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -85,7 +86,10 @@ absl::Status LoraOptions::Validate(const ModelConfig& config) const {
 }
 
 LoraAdapter::LoraAdapter(const ModelConfig& config, const LoraOptions& options)
-    : config_(config), options_(options), scale_(options.scale()) {}
+    : config_(config), options_(options), scale_(options.scale()) {
+  static std::atomic<uint64_t> next_id{1};
+  instance_id_ = next_id.fetch_add(1);
+}
 
 absl::StatusOr<std::unique_ptr<LoraAdapter>> LoraAdapter::Create(const ModelConfig& config,
                                                                  const LoraOptions& options) {

@@ -89,6 +89,15 @@ class LoraAdapter {
   // that a resumed run draws the same masks).
   void set_dropout_seed(uint64_t seed) { dropout_seed_ = seed; }
   uint64_t dropout_seed() const { return dropout_seed_; }
+  // Global index of this rank's first token row (B*T rows per rank): masks
+  // are drawn per global (row, column), so N ranks with batch b draw the
+  // masks one rank with batch N*b would (and a resume on another world size
+  // stays exact).
+  void set_dropout_row_offset(int64_t rows) { dropout_row_offset_ = rows; }
+  int64_t dropout_row_offset() const { return dropout_row_offset_; }
+  // Unique per adapter object for the life of the process (activation plans
+  // are keyed on it; an address can be reused by a later adapter).
+  uint64_t instance_id() const { return instance_id_; }
 
   // PEFT layout: adapter_config.json + adapter_model.safetensors in `dir`.
   absl::Status SavePeft(const std::string& dir,
@@ -112,6 +121,8 @@ class LoraAdapter {
   std::vector<std::array<LoraModule*, kNumProj>> modules_;
   LoraModule* lm_head_ = nullptr;
   uint64_t dropout_seed_ = 0;
+  int64_t dropout_row_offset_ = 0;
+  uint64_t instance_id_ = 0;
 };
 
 }  // namespace sheaf

@@ -24,12 +24,13 @@ inline uint64_t SplitMix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-void FillDropoutMask(float* mask, int64_t n, float p, uint64_t seed, int module_id) {
+void FillDropoutMask(float* mask, int64_t n, int64_t first_index, float p, uint64_t seed,
+                     int module_id) {
   const uint64_t base = SplitMix(seed ^ SplitMix(static_cast<uint64_t>(module_id) + 1));
   const float keep_scale = 1.0f / (1.0f - p);
 #pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; ++i) {
-    const float u = static_cast<float>(SplitMix(base + static_cast<uint64_t>(i)) >> 40) *
+    const float u = static_cast<float>(SplitMix(base + static_cast<uint64_t>(first_index + i)) >> 40) *
                     (1.0f / 16777216.0f);
     mask[i] = u < p ? 0.0f : keep_scale;
   }
@@ -228,7 +229,8 @@ absl::Status Model::Save(const std::string& dir) const {
 }
 
 void Model::PlanActivations(int B, int T, const LoraAdapter* adapter) {
-  if (B <= planned_B_ && T == planned_T_ && adapter == planned_adapter_) return;
+  const uint64_t adapter_id = adapter ? adapter->instance_id() : 0;
+  if (B <= planned_B_ && T == planned_T_ && adapter_id == planned_adapter_id_) return;
   B = std::max(B, planned_B_);
   acts_.Reset();
   scratch_.Reset();
@@ -347,7 +349,7 @@ void Model::PlanActivations(int B, int T, const LoraAdapter* adapter) {
   scr_.lora_tmp = scratch_.view(tmp);
   planned_B_ = B;
   planned_T_ = T;
-  planned_adapter_ = adapter;
+  planned_adapter_id_ = adapter_id;
 }
 
 namespace {
@@ -362,8 +364,8 @@ struct LinearCall {
 };
 
 void LinearWithLoraForward(float* y, const float* x, const LinearCall& c, int64_t n,
-                           float scale, float dropout, uint64_t seed, bool training,
-                           float* tmp) {
+                           float scale, float dropout, uint64_t seed, int64_t row_offset,
+                           bool training, float* tmp) {
   const int out = static_cast<int>(c.w->value.dim(0)), in = static_cast<int>(c.w->value.dim(1));
   ops::LinearForward(y, x, c.w->value.data, c.bias && c.bias->value ? c.bias->value.data : nullptr,
                      static_cast<int>(n), in, out);
@@ -371,7 +373,7 @@ void LinearWithLoraForward(float* y, const float* x, const LinearCall& c, int64_
   const float* xin = x;
   if (c.mask) {
     if (training) {
-      FillDropoutMask(c.mask.data, n * in, dropout, seed, c.lora->id);
+      FillDropoutMask(c.mask.data, n * in, row_offset * in, dropout, seed, c.lora->id);
       Mul(tmp, x, c.mask.data, n * in);
       xin = tmp;
     }
@@ -435,6 +437,7 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
   const float scale = adapter ? adapter->scale() : 0.0f;
   const float dropout = adapter ? adapter->options().dropout : 0.0f;
   const uint64_t seed = adapter ? adapter->dropout_seed() : 0;
+  const int64_t row_offset = adapter ? adapter->dropout_row_offset() : 0;
   float* tmp = scr_.lora_tmp.data;
 
   if (edges_held_) {  // a training Forward that was never followed by Backward
@@ -461,21 +464,21 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
     };
     ops::RmsNormForward(a.n1.data, a.rstd1.data, a.x.data, w.input_norm.value.data,
                         static_cast<int>(N), C, c.rms_norm_eps);
-    LinearWithLoraForward(a.q.data, a.n1.data, call(Proj::kQ, &w.q_bias), N, scale, dropout, seed, training, tmp);
-    LinearWithLoraForward(a.k.data, a.n1.data, call(Proj::kK, &w.k_bias), N, scale, dropout, seed, training, tmp);
-    LinearWithLoraForward(a.v.data, a.n1.data, call(Proj::kV, &w.v_bias), N, scale, dropout, seed, training, tmp);
+    LinearWithLoraForward(a.q.data, a.n1.data, call(Proj::kQ, &w.q_bias), N, scale, dropout, seed, row_offset, training, tmp);
+    LinearWithLoraForward(a.k.data, a.n1.data, call(Proj::kK, &w.k_bias), N, scale, dropout, seed, row_offset, training, tmp);
+    LinearWithLoraForward(a.v.data, a.n1.data, call(Proj::kV, &w.v_bias), N, scale, dropout, seed, row_offset, training, tmp);
     ops::RopeForward(a.q.data, a.q.data, act_.cos.data, act_.sin.data, B, T, s.num_heads, HD);
     ops::RopeForward(a.k.data, a.k.data, act_.cos.data, act_.sin.data, B, T, s.num_kv_heads, HD);
     ops::AttentionForward(a.att.data, a.probs.data, a.q.data, a.k.data, a.v.data, B, T,
                           s.num_heads, s.num_kv_heads, HD);
-    LinearWithLoraForward(a.h.data, a.att.data, call(Proj::kO, nullptr), N, scale, dropout, seed, training, tmp);
+    LinearWithLoraForward(a.h.data, a.att.data, call(Proj::kO, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
     ops::Add(a.h.data, a.h.data, a.x.data, N * C);
     ops::RmsNormForward(a.n2.data, a.rstd2.data, a.h.data, w.post_norm.value.data,
                         static_cast<int>(N), C, c.rms_norm_eps);
-    LinearWithLoraForward(a.gate.data, a.n2.data, call(Proj::kGate, nullptr), N, scale, dropout, seed, training, tmp);
-    LinearWithLoraForward(a.up.data, a.n2.data, call(Proj::kUp, nullptr), N, scale, dropout, seed, training, tmp);
+    LinearWithLoraForward(a.gate.data, a.n2.data, call(Proj::kGate, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
+    LinearWithLoraForward(a.up.data, a.n2.data, call(Proj::kUp, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
     ops::SwiGluForward(a.act.data, a.gate.data, a.up.data, N * s.intermediate);
-    LinearWithLoraForward(out, a.act.data, call(Proj::kDown, nullptr), N, scale, dropout, seed, training, tmp);
+    LinearWithLoraForward(out, a.act.data, call(Proj::kDown, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
     ops::Add(out, out, a.h.data, N * C);
     ReleaseGroup(LayerGroup(l));
   }
@@ -488,7 +491,7 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
                       static_cast<int>(N), C, c.rms_norm_eps);
   LinearCall head{&weights_.lm_head, nullptr, adapter ? adapter->lm_head() : nullptr,
                   act_.head_xa, act_.head_mask};
-  LinearWithLoraForward(act_.logits.data, act_.nf.data, head, N, scale, dropout, seed, training, tmp);
+  LinearWithLoraForward(act_.logits.data, act_.nf.data, head, N, scale, dropout, seed, row_offset, training, tmp);
 
   LossStats stats;
   if (targets) {

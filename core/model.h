@@ -208,7 +208,7 @@ class Model {
   GradReadyListener* grad_listener_ = nullptr;
   bool edges_held_ = false;  // training Forward keeps group 0 for Backward
   int planned_B_ = 0, planned_T_ = 0;
-  const LoraAdapter* planned_adapter_ = nullptr;
+  uint64_t planned_adapter_id_ = 0;  // LoraAdapter::instance_id(), 0 = none
   // State of the last Forward, for Backward.
   const int32_t* last_tokens_ = nullptr;
   const int32_t* last_targets_ = nullptr;

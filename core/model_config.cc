@@ -64,7 +64,11 @@ absl::StatusOr<std::vector<int>> PerLayer(const Json& j, absl::string_view sourc
     if (!def) return FieldError(source, key, "missing (required)");
     return std::vector<int>(static_cast<size_t>(num_layers), *def);
   }
-  if (v->is_int64()) return std::vector<int>(static_cast<size_t>(num_layers), static_cast<int>(v->as_int64()));
+  constexpr int64_t kMaxDim = int64_t{1} << 24;
+  if (v->is_int64()) {
+    if (v->as_int64() > kMaxDim) return FieldError(source, key, "must be <= 2^24");
+    return std::vector<int>(static_cast<size_t>(num_layers), static_cast<int>(v->as_int64()));
+  }
   if (!v->is_array()) return FieldError(source, key, "must be an integer or a per-layer list");
   if (static_cast<int>(v->size()) != num_layers) {
     return FieldError(source, key,
@@ -72,7 +76,9 @@ absl::StatusOr<std::vector<int>> PerLayer(const Json& j, absl::string_view sourc
   }
   std::vector<int> out;
   for (size_t i = 0; i < v->size(); ++i) {
-    if (!(*v)[i].is_int64()) return FieldError(source, absl::StrCat(key, "[", i, "]"), "must be an integer");
+    if (!(*v)[i].is_int64() || (*v)[i].as_int64() > kMaxDim) {
+      return FieldError(source, absl::StrCat(key, "[", i, "]"), "must be an integer <= 2^24");
+    }
     out.push_back(static_cast<int>((*v)[i].as_int64()));
   }
   return out;
@@ -197,7 +203,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   ASSIGN_OR_RETURN(int64_t hidden, RequiredInt(j, source, "hidden_size"));
   ASSIGN_OR_RETURN(int64_t layers, RequiredInt(j, source, "num_hidden_layers"));
   ASSIGN_OR_RETURN(int64_t vocab, RequiredInt(j, source, "vocab_size"));
-  if (hidden <= 0) return FieldError(source, "hidden_size", "must be > 0");
+  // Range checks before narrowing to int (a value like 2^32+8 must not wrap).
+  constexpr int64_t kMaxDim = int64_t{1} << 24;
+  if (hidden <= 0 || hidden > kMaxDim) return FieldError(source, "hidden_size", "must be in [1, 2^24]");
+  if (vocab > kMaxDim) return FieldError(source, "vocab_size", "must be <= 2^24");
   if (layers <= 0 || layers > 4096) return FieldError(source, "num_hidden_layers", "must be in [1, 4096]");
   if (vocab <= 0) return FieldError(source, "vocab_size", "must be > 0");
   c.hidden_size = static_cast<int>(hidden);

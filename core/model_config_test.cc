@@ -92,6 +92,8 @@ TEST(ModelConfig, ErrorsNameTheField) {
       "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 5, "rope_scaling": {"type": "linear"}})",
               "rope_scaling");
   ExpectError("{not json", "bad.json");
+  ExpectError(R"({"architectures": ["LlamaForCausalLM"], "hidden_size": 4294967304, "intermediate_size": 8,
+      "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 5})", "hidden_size: must be in");
 }
 
 }  // namespace

@@ -279,3 +279,46 @@ TEST(Model, MergingLmHeadLoraIntoTiedEmbeddingsIsRefused) {
 
 }  // namespace
 }  // namespace sheaf
+
+namespace sheaf {
+namespace {
+
+// Activation plans are keyed on the adapter object, not its address: a new
+// adapter (other targets, rank, dropout) allocated where a destroyed one
+// lived must get a fresh plan.
+TEST(Model, NewAdapterAtAReusedAddressGetsItsOwnPlan) {
+  const ModelConfig c = MakeConfig(kVariants[1]);
+  auto m = Model::Create(c, NothingTrainable);
+  ASSERT_TRUE(m.ok());
+  (*m)->InitRandom(4, 0.5f);
+  const Batch b = MakeBatch(c.vocab_size, 12);
+  {
+    LoraOptions small;
+    small.rank = 1;
+    small.targets = {"q_proj"};
+    auto a = LoraAdapter::Create(c, small);
+    ASSERT_TRUE(a.ok());
+    ASSERT_TRUE((*m)->Forward(b.tokens.data(), b.targets.data(), kB, kT, a->get(), true).ok());
+  }
+  LoraOptions big;
+  big.rank = 8;
+  big.dropout = 0.5f;
+  for (int i = 0; i < 4; ++i) {  // whichever lands on the old address
+    auto a = LoraAdapter::Create(c, big);
+    ASSERT_TRUE(a.ok());
+    std::mt19937 rng(i);
+    for (LoraModule* mod : (*a)->all_modules()) Randomise(mod->b, rng, 0.3f);
+    auto got = (*m)->Forward(b.tokens.data(), b.targets.data(), kB, kT, a->get(), true);
+    ASSERT_TRUE(got.ok());
+    ASSERT_TRUE((*m)->Backward(1.0f).ok());
+    auto fresh = Model::Create(c, NothingTrainable);
+    ASSERT_TRUE(fresh.ok());
+    (*fresh)->InitRandom(4, 0.5f);
+    auto want = (*fresh)->Forward(b.tokens.data(), b.targets.data(), kB, kT, a->get(), true);
+    ASSERT_TRUE(want.ok());
+    EXPECT_EQ(got->loss_sum, want->loss_sum);
+  }
+}
+
+}  // namespace
+}  // namespace sheaf

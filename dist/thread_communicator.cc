@@ -1,6 +1,11 @@
 #include "dist/thread_communicator.h"
 
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+
+#include "absl/strings/str_cat.h"
 
 namespace sheaf::dist {
 
@@ -16,7 +21,7 @@ class ThreadCommunicator final : public Communicator {
                                   Purpose purpose) override {
     const int n = w_->n_;
     w_->inputs_[static_cast<size_t>(r_)] = in;
-    w_->Arrive();
+    w_->ArriveChecked(r_, absl::StrCat("all_gather(", count, ")"));
     std::vector<float> tmp(static_cast<size_t>(count * n));
     for (int s = 0; s < n; ++s) {
       if (count) std::memcpy(tmp.data() + s * count, w_->inputs_[static_cast<size_t>(s)], static_cast<size_t>(count) * 4);
@@ -31,7 +36,7 @@ class ThreadCommunicator final : public Communicator {
                                       Purpose purpose) override {
     const int n = w_->n_;
     w_->inputs_[static_cast<size_t>(r_)] = in;
-    w_->Arrive();
+    w_->ArriveChecked(r_, absl::StrCat("reduce_scatter(", count, ")"));
     std::vector<double> acc(static_cast<size_t>(count), 0.0);
     for (int s = 0; s < n; ++s) {
       const float* src = static_cast<const float*>(w_->inputs_[static_cast<size_t>(s)]) + r_ * count;
@@ -48,7 +53,7 @@ class ThreadCommunicator final : public Communicator {
   std::unique_ptr<Work> AllReduce(float* data, int64_t count, ReduceOp op, Purpose purpose) override {
     const int n = w_->n_;
     w_->inputs_[static_cast<size_t>(r_)] = data;
-    w_->Arrive();
+    w_->ArriveChecked(r_, absl::StrCat("all_reduce(", count, ")"));
     // Sum in rank order (the same on every rank, so results are identical).
     std::vector<float> acc(static_cast<size_t>(count), 0.0f);
     for (int s = 0; s < n; ++s) {
@@ -66,7 +71,7 @@ class ThreadCommunicator final : public Communicator {
   std::unique_ptr<Work> Broadcast(void* data, int64_t bytes, int root, Purpose purpose) override {
     const int n = w_->n_;
     w_->inputs_[static_cast<size_t>(r_)] = data;
-    w_->Arrive();
+    w_->ArriveChecked(r_, absl::StrCat("broadcast(", bytes, ", root ", root, ")"));
     std::vector<char> tmp(static_cast<size_t>(bytes));
     if (bytes) std::memcpy(tmp.data(), w_->inputs_[static_cast<size_t>(root)], static_cast<size_t>(bytes));
     w_->Arrive();
@@ -76,7 +81,7 @@ class ThreadCommunicator final : public Communicator {
   }
 
   std::unique_ptr<Work> Barrier() override {
-    w_->Arrive();
+    w_->ArriveChecked(r_, "barrier");
     Count(Purpose::kPurposeControl, 0);
     return CompletedWork();
   }
@@ -86,19 +91,35 @@ class ThreadCommunicator final : public Communicator {
   int r_;
 };
 
-ThreadWorld::ThreadWorld(int world_size) : n_(world_size), inputs_(static_cast<size_t>(world_size)) {
+ThreadWorld::ThreadWorld(int world_size)
+    : n_(world_size), inputs_(static_cast<size_t>(world_size)), ops_(static_cast<size_t>(world_size)) {
   for (int r = 0; r < n_; ++r) comms_.push_back(std::make_unique<ThreadCommunicator>(this, r));
 }
 
-void ThreadWorld::Arrive() {
+void ThreadWorld::Arrive() { ArriveChecked(-1, ""); }
+
+void ThreadWorld::ArriveChecked(int rank, const std::string& what) {
   std::unique_lock<std::mutex> lock(mu_);
+  if (rank >= 0) ops_[static_cast<size_t>(rank)] = what;
   const int64_t gen = generation_;
   if (++arrived_ == n_) {
+    // The last rank to arrive sees every rank's op before anyone can move on.
+    if (rank >= 0) {
+      for (int r = 0; r < n_; ++r) {
+        if (ops_[static_cast<size_t>(r)] != what) {
+          std::fprintf(stderr, "ThreadWorld: collective mismatch: rank %d issued %s, rank %d issued %s\n",
+                       rank, what.c_str(), r, ops_[static_cast<size_t>(r)].c_str());
+          std::abort();
+        }
+      }
+    }
     arrived_ = 0;
     ++generation_;
     cv_.notify_all();
-  } else {
-    cv_.wait(lock, [&] { return generation_ != gen; });
+  } else if (!cv_.wait_for(lock, std::chrono::seconds(60), [&] { return generation_ != gen; })) {
+    std::fprintf(stderr, "ThreadWorld: ranks waited 60 s in a collective: a rank stopped issuing "
+                         "collectives (an error on one rank only?)\n");
+    std::abort();
   }
 }
 

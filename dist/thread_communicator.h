@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "dist/communicator.h"
@@ -24,14 +25,20 @@ class ThreadWorld {
 
  private:
   friend class ThreadCommunicator;
-  // Blocks until all ranks arrived at this generation.
+  // Blocks until all ranks arrived at this generation. Aborts the process
+  // (a test failure, not a hang) when the ranks wait longer than 60 s.
   void Arrive();
+  // First rendezvous of a collective: every rank must be issuing the same
+  // operation with the same count (c10d's contract); a mismatch is a bug in
+  // the caller and aborts with both descriptions.
+  void ArriveChecked(int rank, const std::string& what);
   int n_;
   std::mutex mu_;
   std::condition_variable cv_;
   int arrived_ = 0;
   int64_t generation_ = 0;
   std::vector<const void*> inputs_;  // per rank, valid between two Arrive()s
+  std::vector<std::string> ops_;     // per rank, the collective being issued
   std::vector<std::unique_ptr<Communicator>> comms_;
 };
 

@@ -253,20 +253,18 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const proto::JobSpec& s
         "output_dir: ", out, " already holds checkpoints of a run; resume it with "
         "`sheaf train --resume ", out, "` or choose another output_dir"));
   }
-  if (t->world_rank_ != 0) {
-    RETURN_IF_ERROR(t->Barrier());
-    return t;
+  absl::Status prepared = absl::OkStatus();
+  if (t->world_rank_ == 0) {
+    std::error_code ec;
+    fs::create_directories(ckpt_dir, ec);
+    if (ec) {
+      prepared = absl::PermissionDeniedError(
+          absl::StrCat("output_dir: cannot create ", ckpt_dir, ": ", ec.message()));
+    } else if (!options.resume) {  // a resume rewrites it once the checkpoint is accepted
+      prepared = t->WriteSpecFile();
+    }
   }
-  std::error_code ec;
-  fs::create_directories(ckpt_dir, ec);
-  if (ec) return absl::PermissionDeniedError(absl::StrCat("output_dir: cannot create ", ckpt_dir, ": ", ec.message()));
-  if (!options.resume) {
-    std::ofstream f(out + "/spec.yaml", std::ios::trunc);
-    f << "# Resolved job spec (defaults applied); `sheaf train --resume " << out << "` reads it.\n"
-      << JobSpecToYaml(spec);
-    if (!f) return absl::InternalError(absl::StrCat("cannot write ", out, "/spec.yaml"));
-  }
-  RETURN_IF_ERROR(t->Barrier());
+  RETURN_IF_ERROR(t->AgreeOnStatus(prepared, "preparing output_dir"));
   return t;
 }
 
@@ -283,6 +281,28 @@ absl::Status Trainer::SumAcrossRanks(double* values, int n) {
                                        dist::Purpose::kPurposeControl);
   RETURN_IF_ERROR(work->Wait(std::chrono::minutes(5)));
   for (int i = 0; i < n; ++i) values[i] = static_cast<double>(buf[2 * i]) + buf[2 * i + 1];
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::WriteSpecFile() {
+  const std::string path = spec_.output_dir() + "/spec.yaml";
+  std::ofstream f(path, std::ios::trunc);
+  f << "# Resolved job spec (defaults applied); `sheaf train --resume " << spec_.output_dir()
+    << "` reads it.\n"
+    << JobSpecToYaml(spec_);
+  if (!f) return absl::InternalError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::AgreeOnStatus(const absl::Status& local, const char* what) {
+  if (world_size_ == 1) return local;
+  double failed = local.ok() ? 0.0 : 1.0;
+  RETURN_IF_ERROR(SumAcrossRanks(&failed, 1));
+  if (!local.ok()) return local;
+  if (failed > 0) {
+    return absl::AbortedError(absl::StrCat(what, " failed on ", static_cast<int>(failed),
+                                           " other rank(s); see their error"));
+  }
   return absl::OkStatus();
 }
 
@@ -353,22 +373,23 @@ absl::StatusOr<double> Trainer::Evaluate() {
 
 absl::Status Trainer::SaveCheckpoint(int64_t step) {
   // One consistent checkpoint: every rank holds the same trainable state,
-  // rank 0 writes it while the others wait.
+  // rank 0 writes it while the others wait, and all learn whether it worked.
   RETURN_IF_ERROR(Barrier());
-  if (!is_root()) return Barrier();
-  CheckpointWriter w;
-  RETURN_IF_ERROR(w.AddTensor("trainable", {trainable_params_->size()}, trainable_params_->data()));
-  RETURN_IF_ERROR(w.AddTensor("optimizer", {static_cast<int64_t>(optimizer_->state().size())},
-                              optimizer_->state().data()));
-  const int64_t meta[2] = {step, optimizer_->step_count()};
-  RETURN_IF_ERROR(w.AddBytes("step", std::string_view(reinterpret_cast<const char*>(meta), sizeof(meta))));
-  RETURN_IF_ERROR(w.AddBytes("optimizer_layout", optimizer_->StateLayout()));
-  RETURN_IF_ERROR(w.AddBytes("cursor", dataset_->EncodeCursor(cursor_)));
-  RETURN_IF_ERROR(w.AddBytes("spec", JobSpecToYaml(spec_)));
-  CheckpointDir dir(spec_.output_dir() + "/checkpoints", spec_.train().keep_checkpoints());
-  absl::Status saved = dir.Save(step, w);
-  RETURN_IF_ERROR(Barrier());
-  return saved;
+  if (!is_root()) return AgreeOnStatus(absl::OkStatus(), "writing the checkpoint");
+  auto write = [&]() -> absl::Status {
+    CheckpointWriter w;
+    RETURN_IF_ERROR(w.AddTensor("trainable", {trainable_params_->size()}, trainable_params_->data()));
+    RETURN_IF_ERROR(w.AddTensor("optimizer", {static_cast<int64_t>(optimizer_->state().size())},
+                                optimizer_->state().data()));
+    const int64_t meta[2] = {step, optimizer_->step_count()};
+    RETURN_IF_ERROR(w.AddBytes("step", std::string_view(reinterpret_cast<const char*>(meta), sizeof(meta))));
+    RETURN_IF_ERROR(w.AddBytes("optimizer_layout", optimizer_->StateLayout()));
+    RETURN_IF_ERROR(w.AddBytes("cursor", dataset_->EncodeCursor(cursor_)));
+    RETURN_IF_ERROR(w.AddBytes("spec", JobSpecToYaml(spec_)));
+    CheckpointDir dir(spec_.output_dir() + "/checkpoints", spec_.train().keep_checkpoints());
+    return dir.Save(step, w);
+  };
+  return AgreeOnStatus(write(), "writing the checkpoint");
 }
 
 absl::StatusOr<int64_t> Trainer::RestoreCheckpoint() {
@@ -384,6 +405,31 @@ absl::StatusOr<int64_t> Trainer::RestoreCheckpoint() {
     return 0;
   }
   const Checkpoint& c = latest->second;
+  // The fields that define what is being trained must not change on resume
+  // (optimizer settings, schedule and step counts may).
+  if (c.Has("spec")) {
+    ASSIGN_OR_RETURN(std::string_view saved_yaml, c.Bytes("spec"));
+    absl::StatusOr<proto::JobSpec> saved = ParseJobSpecYaml(saved_yaml);
+    if (saved.ok()) {
+      ApplyDefaults(&*saved);
+      auto differs = [](const google::protobuf::Message& a, const google::protobuf::Message& b) {
+        return a.SerializeAsString() != b.SerializeAsString();
+      };
+      const char* changed = nullptr;
+      if (saved->base_model() != spec_.base_model()) changed = "base_model";
+      else if (saved->seed() != spec_.seed()) changed = "seed";
+      else if (differs(saved->data(), spec_.data())) changed = "data";
+      else if (differs(saved->lora(), spec_.lora())) changed = "lora";
+      else if (differs(saved->pretrain(), spec_.pretrain())) changed = "pretrain";
+      else if (saved->train().batch_size() != spec_.train().batch_size()) changed = "train.batch_size";
+      else if (saved->train().grad_accum() != spec_.train().grad_accum()) changed = "train.grad_accum";
+      if (changed != nullptr) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            c.path(), ": ", changed, " differs from the run that wrote this checkpoint; resuming "
+            "would train something else (start a new output_dir instead)"));
+      }
+    }
+  }
   ASSIGN_OR_RETURN(std::span<const float> params, c.Tensor("trainable", {trainable_params_->size()}));
   std::copy(params.begin(), params.end(), trainable_params_->data());
   ASSIGN_OR_RETURN(std::span<const float> opt, c.Tensor("optimizer", {static_cast<int64_t>(optimizer_->state().size())}));
@@ -433,7 +479,21 @@ absl::StatusOr<TrainResult> Trainer::Run() {
   const std::string metrics_path = spec_.output_dir() + "/metrics.jsonl";
   int64_t step = 0;
   if (options_.resume) {
-    ASSIGN_OR_RETURN(step, RestoreCheckpoint());
+    // Every rank reads the checkpoint (shared filesystem); all must succeed
+    // and agree on the step, or their collectives would not match.
+    absl::StatusOr<int64_t> restored = RestoreCheckpoint();
+    RETURN_IF_ERROR(AgreeOnStatus(restored.status(), "restoring the checkpoint"));
+    step = *restored;
+    double sum = static_cast<double>(step);
+    RETURN_IF_ERROR(SumAcrossRanks(&sum, 1));
+    if (sum != static_cast<double>(step) * world_size_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "ranks restored different checkpoints (rank ", world_rank_, " has step ", step,
+          "): output_dir must be on a filesystem every rank sees"));
+    }
+    // Record what this run uses (e.g. --set overrides of the step budget),
+    // so the next resume continues with the same spec.
+    if (is_root()) RETURN_IF_ERROR(WriteSpecFile());
   }
   // Keep metrics consistent with the restored state: drop lines past `step`.
   if (is_root()) {
@@ -493,17 +553,33 @@ absl::StatusOr<TrainResult> Trainer::Run() {
                                                    absl::MakeSpan(targets_.data() + off, B * T)));
       for (size_t i = off; i < off + static_cast<size_t>(B * T); ++i) valid += targets_[i] != kIgnoreIndex;
     }
+    // Tokens are checked here, before any collective, so that bad data on
+    // one rank fails every rank instead of leaving them in a gather.
+    const int32_t vocab = model_->config().vocab_size;
+    int64_t bad = 0;
+    for (size_t i = 0; i < inputs_.size(); ++i) {
+      bad += inputs_[i] < 0 || inputs_[i] >= vocab ||
+             (targets_[i] != kIgnoreIndex && (targets_[i] < 0 || targets_[i] >= vocab));
+    }
     // The mean is over the valid targets of the whole global batch.
-    double global_valid = static_cast<double>(valid);
-    RETURN_IF_ERROR(SumAcrossRanks(&global_valid, 1));
-    valid = static_cast<int64_t>(global_valid);
+    double counts[2] = {static_cast<double>(valid), static_cast<double>(bad)};
+    RETURN_IF_ERROR(SumAcrossRanks(counts, 2));
+    valid = static_cast<int64_t>(counts[0]);
+    if (counts[1] > 0) {
+      return absl::DataLossError(absl::StrCat(
+          "step ", step + 1, ": ", static_cast<int64_t>(counts[1]),
+          " token(s) outside the model's vocabulary [0, ", vocab, ") in the training data"));
+    }
     if (valid == 0) return absl::InternalError("a training step has no valid target token");
     trainable_grads_->Zero();
     double loss_sum = 0;
     for (int64_t m = 0; m < accum; ++m) {
       if (reducer_) reducer_->set_enabled(m == accum - 1);
       const size_t off = static_cast<size_t>(m * B * T);
-      if (adapter_) adapter_->set_dropout_seed(Mix(Mix(spec_.seed()) ^ Mix(static_cast<uint64_t>(step * accum + m))));
+      if (adapter_) {
+        adapter_->set_dropout_seed(Mix(Mix(spec_.seed()) ^ Mix(static_cast<uint64_t>(step * accum + m))));
+        adapter_->set_dropout_row_offset(static_cast<int64_t>(world_rank_) * B * T);
+      }
       ASSIGN_OR_RETURN(LossStats s, model_->Forward(inputs_.data() + off, targets_.data() + off,
                                                     static_cast<int>(B), static_cast<int>(T),
                                                     adapter_.get(), true));
@@ -571,6 +647,13 @@ absl::StatusOr<TrainResult> Trainer::Run() {
   }
   if (result.final_val_loss < 0) {
     ASSIGN_OR_RETURN(result.final_val_loss, Evaluate());
+  }
+  if (steps_this_run == 0) {
+    // Resumed a run that had already finished: re-export, keep its summary.
+    if (!is_root()) return result;
+    if (!options_.quiet) std::fprintf(stderr, "the run had already finished at step %lld\n", static_cast<long long>(step));
+    RETURN_IF_ERROR(Export(&result));
+    return result;
   }
   RETURN_IF_ERROR(Export(&result));
   if (!is_root()) return result;

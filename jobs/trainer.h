@@ -118,7 +118,12 @@ class Trainer {
   std::unique_ptr<dist::ShardedWeights> sharded_;
   std::unique_ptr<dist::GradReducer> reducer_;
   absl::Status SumAcrossRanks(double* values, int n);
+  // Every rank learns whether any rank failed: returns `local` where it
+  // failed, an Aborted error naming the failing ranks' count elsewhere, so a
+  // failure on one rank never leaves the others waiting in a collective.
+  absl::Status AgreeOnStatus(const absl::Status& local, const char* what);
   absl::Status Barrier();
+  absl::Status WriteSpecFile();  // output_dir/spec.yaml (rank 0)
   bool is_root() const { return world_rank_ == 0; }
   std::string CommJson() const;
 };

@@ -52,7 +52,7 @@ std::string Spec(const std::string& out, int steps) {
          "optimizer: {lr: 0.01}\n"
          "train: {batch_size: 8, grad_accum: 2, max_steps: " + std::to_string(steps) +
          ", eval_every: 10, checkpoint_every: 5, threads: 1}\n"
-         "lora: {adapter: {rank: 4, alpha: 8, dropout: 0.0}}\n";
+         "lora: {adapter: {rank: 4, alpha: 8, dropout: 0.1}}\n";
 }
 
 struct WorldRun {

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 
 #include "core/checkpoint.h"
 #include "core/model.h"
@@ -167,6 +168,30 @@ TEST(Trainer, CorruptNewestCheckpointFallsBackToPrevious) {
   ASSERT_TRUE(rc.ok()) << rc.status();
   ASSERT_EQ(rc->step_losses.size(), 4u);
   for (size_t i = 0; i < 4; ++i) EXPECT_EQ(rc->step_losses[i], ra->step_losses[i + 4]);
+}
+
+TEST(Trainer, ResumeRefusesASpecThatTrainsSomethingElse) {
+  const std::string out = Root() + "/changed";
+  auto a = Make(LoraSpec(out, 4, 2));
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE((*a)->Run().ok());
+  // Same parameter shapes (the optimizer layout matches), different scale.
+  auto b = Make(LoraSpec(out, 8, 2), /*resume=*/true, {"lora.adapter.alpha=64"});
+  ASSERT_TRUE(b.ok()) << b.status();
+  auto r = (*b)->Run();
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("lora differs"), std::string::npos) << r.status();
+  // The refused spec did not replace the run's spec.yaml.
+  std::ifstream spec_file(out + "/spec.yaml");
+  std::stringstream text;
+  text << spec_file.rdbuf();
+  EXPECT_EQ(text.str().find("alpha: 64"), std::string::npos);
+  // Changing only the step budget is fine.
+  auto c = Make(LoraSpec(out, 8, 2), /*resume=*/true);
+  ASSERT_TRUE(c.ok());
+  auto rc = (*c)->Run();
+  ASSERT_TRUE(rc.ok()) << rc.status();
+  EXPECT_EQ(rc->step_losses.size(), 4u);
 }
 
 TEST(Trainer, RefusesToOverwriteARunWithoutResume) {
