@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/match.h"
@@ -19,13 +20,39 @@ namespace {
 
 // Requests larger than this are refused (a GET line and a few headers).
 constexpr size_t kMaxRequestBytes = 8192;
+// How long one connection may take in all (request and answer).
+constexpr std::chrono::milliseconds kConnectionDeadline(5000);
 
-void WriteAll(int fd, const std::string& data) {
+// Milliseconds left until `deadline` (0 when it has passed).
+int RemainingMs(std::chrono::steady_clock::time_point deadline) {
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - std::chrono::steady_clock::now());
+  return left.count() > 0 ? static_cast<int>(left.count()) : 0;
+}
+
+// Waits until `fd` is ready for `events` or the deadline passes.
+bool WaitReady(int fd, short events,
+               std::chrono::steady_clock::time_point deadline) {
+  while (true) {
+    const int left = RemainingMs(deadline);
+    if (left <= 0) return false;
+    pollfd pfd{fd, events, 0};
+    const int r = poll(&pfd, 1, left);
+    if (r < 0 && errno == EINTR) continue;
+    return r > 0;
+  }
+}
+
+void WriteAll(int fd, const std::string& data,
+              std::chrono::steady_clock::time_point deadline) {
   size_t sent = 0;
   while (sent < data.size()) {
-    const ssize_t n =
-        send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
+    if (!WaitReady(fd, POLLOUT, deadline)) return;  // Too slow: drop it.
+    const ssize_t n = send(fd, data.data() + sent, data.size() - sent,
+                           MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {
+      continue;
+    }
     if (n <= 0) return;  // The scraper went away; nothing to do.
     sent += static_cast<size_t>(n);
   }
@@ -96,22 +123,30 @@ void MetricsHttpServer::Serve() {
 }
 
 void MetricsHttpServer::HandleConnection(int fd) {
-  // A client that sends nothing must not hold the (only) serving thread.
-  timeval timeout{2, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+  // The one serving thread must not be held by a slow client: the whole
+  // connection (reading the request and writing the answer) gets one
+  // deadline, however the client trickles its bytes.
+  const auto deadline =
+      std::chrono::steady_clock::now() + kConnectionDeadline;
+  auto write = [&](const std::string& data) { WriteAll(fd, data, deadline); };
   std::string request;
   char buffer[1024];
   while (request.find("\r\n\r\n") == std::string::npos &&
          request.find("\n\n") == std::string::npos) {
     if (request.size() > kMaxRequestBytes) {
-      WriteAll(fd, Response("431 Request Header Fields Too Large",
-                            "text/plain", "request too large\n"));
+      write(Response("431 Request Header Fields Too Large", "text/plain",
+                     "request too large\n"));
       return;
     }
-    const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;  // Closed or timed out: answer what we have.
+    if (!WaitReady(fd, POLLIN, deadline)) {
+      // Too slow (or silent): close without answering.
+      return;
+    }
+    const ssize_t n = recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {
+      continue;
+    }
+    if (n <= 0) break;  // Closed: answer what we have.
     request.append(buffer, static_cast<size_t>(n));
   }
   const absl::string_view first_line =
@@ -119,22 +154,22 @@ void MetricsHttpServer::HandleConnection(int fd) {
   std::vector<absl::string_view> parts =
       absl::StrSplit(first_line, ' ', absl::SkipEmpty());
   if (parts.size() < 2) {
-    WriteAll(fd, Response("400 Bad Request", "text/plain", "bad request\n"));
+    write(Response("400 Bad Request", "text/plain", "bad request\n"));
     return;
   }
   if (parts[0] != "GET") {
-    WriteAll(fd, Response("405 Method Not Allowed", "text/plain",
+    write(Response("405 Method Not Allowed", "text/plain",
                           "only GET is supported\n"));
     return;
   }
   absl::string_view path = parts[1];
   path = path.substr(0, path.find('?'));
   if (path != "/metrics") {
-    WriteAll(fd, Response("404 Not Found", "text/plain",
+    write(Response("404 Not Found", "text/plain",
                           "not found; try /metrics\n"));
     return;
   }
-  WriteAll(fd, Response("200 OK", "text/plain; version=0.0.4; charset=utf-8",
+  write(Response("200 OK", "text/plain; version=0.0.4; charset=utf-8",
                         render_()));
 }
 

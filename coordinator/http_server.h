@@ -1,7 +1,9 @@
 // A tiny HTTP/1.0 server on its own thread that answers GET /metrics with
 // whatever `render` returns (Prometheus text format); 404 for other paths,
 // 405 for other methods. One request per connection, served one at a time:
-// it is for a scraper, not for traffic.
+// it is for a scraper, not for traffic. Each connection has one overall
+// deadline (5 s for the request and the answer together), so a client that
+// trickles its bytes cannot hold the serving thread.
 //
 // Lifecycle: Start() binds and starts the thread; the destructor stops it.
 #ifndef SHEAF_COORDINATOR_HTTP_SERVER_H_

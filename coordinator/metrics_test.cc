@@ -5,7 +5,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <string>
+#include <thread>
 
 #include "coordinator/http_server.h"
 #include "gtest/gtest.h"
@@ -89,6 +92,44 @@ TEST(MetricsHttpServerTest, ServesMetricsAndRefusesTheRest) {
   EXPECT_TRUE(Contains(HttpRequest(port, "GET /metrics HTTP/1.0\r\n\r\n"),
                        "sheaf_up 1"));
   EXPECT_FALSE(MetricsHttpServer::Start("not-an-ip", 0, [] { return ""; }).ok());
+}
+
+TEST(MetricsHttpServerTest, ASlowClientDoesNotBlockTheScraper) {
+  auto server = MetricsHttpServer::Start("127.0.0.1", 0, [] {
+    return std::string("sheaf_up 1\n");
+  });
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+  // A client that sends one byte every 1.5 s (each recv alone would be
+  // within a per-recv timeout) for up to 15 s.
+  std::atomic<bool> done{false};
+  std::thread slow([&] {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    const std::string request = "GET /metrics HTTP/1.0\r\nX-Slow: aaaaaaaa";
+    const auto start = std::chrono::steady_clock::now();
+    for (size_t i = 0; !done && i < request.size() &&
+                       std::chrono::steady_clock::now() - start < std::chrono::seconds(15);
+         ++i) {
+      if (send(fd, &request[i], 1, MSG_NOSIGNAL) != 1) break;  // Closed on us.
+      for (int t = 0; t < 15 && !done; ++t) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
+    close(fd);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto start = std::chrono::steady_clock::now();
+  const std::string response = HttpRequest(port, "GET /metrics HTTP/1.0\r\n\r\n");
+  const auto took = std::chrono::steady_clock::now() - start;
+  done = true;
+  slow.join();
+  EXPECT_TRUE(Contains(response, "sheaf_up 1")) << response;
+  EXPECT_LT(took, std::chrono::seconds(8));
 }
 
 }  // namespace

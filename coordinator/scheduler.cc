@@ -3,6 +3,7 @@
 #include <sys/random.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -60,7 +61,9 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(
   std::unique_ptr<Scheduler> scheduler(
       new Scheduler(store, clock, options, observer));
   RETURN_IF_ERROR(scheduler->RecoverOrphans());
-  RETURN_IF_ERROR(scheduler->ExpireLeases().status());
+  // Not ExpireLeases(): a coordinator that was down longer than the TTL
+  // would otherwise cost every running job an attempt.
+  RETURN_IF_ERROR(scheduler->ExtendLeasesAfterRestart());
   if (options.run_sweeper) {
     scheduler->sweeper_ = std::thread([s = scheduler.get()] { s->SweepLoop(); });
   }
@@ -128,6 +131,20 @@ absl::Status Scheduler::RecoverOrphans() {
   }));
   Notify(transitions);
   return absl::OkStatus();
+}
+
+absl::Status Scheduler::ExtendLeasesAfterRestart() {
+  const absl::Time now = clock_->Now();
+  const absl::Time extended = now + options_.lease_ttl;
+  return store_->Write([&](StoreTxn& txn) -> absl::Status {
+    // Every lease: those expiring before `extended` are the ones to move.
+    ASSIGN_OR_RETURN(std::vector<LeaseRecord> leases,
+                     txn.LeasesExpiredBefore(extended));
+    for (const LeaseRecord& lease : leases) {
+      RETURN_IF_ERROR(txn.RenewLease(lease.lease_id, extended));
+    }
+    return absl::OkStatus();
+  });
 }
 
 absl::StatusOr<proto::Job> Scheduler::Submit(proto::Job job) {
@@ -225,7 +242,7 @@ absl::StatusOr<WorldRecord> Scheduler::FindWorld(absl::string_view world_id) {
 }
 
 absl::StatusOr<std::optional<proto::Lease>> Scheduler::TryLease(
-    const WorldRecord& world) {
+    const WorldRecord& world, const std::function<bool()>& cancelled) {
   const absl::Time now = clock_->Now();
   std::optional<proto::Lease> lease;
   std::vector<Transition> transitions;
@@ -239,6 +256,8 @@ absl::StatusOr<std::optional<proto::Lease>> Scheduler::TryLease(
     if (!next.has_value()) return absl::OkStatus();
     proto::Job job = std::move(*next);
     const absl::Duration in_from = Since(job, now);
+    const std::string next_world_id = job.world_id();
+    const int64_t pending_since_ms = job.updated_unix_ms();
     job.set_state(proto::JOB_STATE_LEASED);
     job.set_attempts(job.attempts() + 1);
     job.set_world_id(world.world_id);
@@ -252,6 +271,16 @@ absl::StatusOr<std::optional<proto::Lease>> Scheduler::TryLease(
     record.granted_at = now;
     record.expires_at = now + options_.lease_ttl;
     RETURN_IF_ERROR(txn.InsertLease(record));
+    // The call was cancelled while the lease was being granted: undo it in
+    // the same transaction (the job stays PENDING, no attempt counted).
+    if (cancelled && cancelled()) {
+      RETURN_IF_ERROR(txn.DeleteLease(lease_id));
+      job.set_state(proto::JOB_STATE_PENDING);
+      job.set_attempts(job.attempts() - 1);
+      job.set_world_id(next_world_id);
+      job.set_updated_unix_ms(pending_since_ms);
+      return txn.UpdateJob(job, proto::JOB_STATE_LEASED);
+    }
 
     proto::Lease out;
     out.set_job_id(job.id());
@@ -286,8 +315,12 @@ absl::StatusOr<std::optional<proto::Lease>> Scheduler::Acquire(
       if (shutdown_) return std::optional<proto::Lease>();
       generation = wake_generation_;
     }
+    // The caller may be gone (a world killed during its long poll): never
+    // hand it a lease it would not receive.
+    if (cancelled && cancelled()) return std::optional<proto::Lease>();
     RETURN_IF_ERROR(ExpireLeases().status());
-    ASSIGN_OR_RETURN(std::optional<proto::Lease> lease, TryLease(world));
+    ASSIGN_OR_RETURN(std::optional<proto::Lease> lease,
+                     TryLease(world, cancelled));
     if (lease.has_value()) return lease;
     const absl::Time now = absl::Now();
     if (now >= deadline || (cancelled && cancelled())) return lease;
@@ -455,6 +488,16 @@ absl::StatusOr<proto::JobState> Scheduler::Complete(
     } else if (job.cancel_requested()) {
       job.set_state(proto::JOB_STATE_CANCELLED);
       reason = "cancelled by tenant";
+    } else if (request.released()) {
+      // Handed back (the world stopped, or cannot run the job here): not
+      // the job's fault, so the attempt does not count.
+      job.set_last_error(absl::StrCat(
+          "attempt ", lease->attempt, " released by world ", lease->world_id,
+          ": ",
+          request.error().empty() ? "no reason given" : request.error()));
+      job.set_attempts(std::max(0, job.attempts() - 1));
+      job.set_state(proto::JOB_STATE_PENDING);
+      reason = absl::StrCat(job.last_error(), "; back in the queue");
     } else {
       job.set_last_error(absl::StrCat(
           "attempt ", lease->attempt, ": ",

@@ -19,8 +19,13 @@
 //  - Cancel: a PENDING job is CANCELLED at once; a leased one is flagged,
 //    its world reads CANCEL in its next heartbeat answer, and the job is
 //    CANCELLED when the world completes it (or its lease expires).
-//  - Create() recovers after a crash: leases that expired while the
-//    coordinator was down are expired as above (the attempt counts).
+//  - A world that hands a job back (Complete with released = true: it was
+//    stopped, or cannot run the job) returns it to PENDING without counting
+//    the attempt; the reason goes to last_error.
+//  - Create() recovers after a crash: every lease is extended to one TTL
+//    from the restart (worlds that are alive renew them with their next
+//    heartbeat; dead ones expire one TTL later), so a coordinator outage
+//    longer than the TTL costs no job an attempt.
 //
 // Every method that changes a job returns only after the change is durable.
 // Time comes from a Clock (tests use FakeClock); waiting in Acquire and the
@@ -154,8 +159,12 @@ class Scheduler {
 
   absl::StatusOr<WorldRecord> FindWorld(absl::string_view world_id);
   // One attempt to lease a job to `world`; nullopt when none fits.
+  // A lease granted while `cancelled` turned true is undone in the same
+  // transaction (nullopt).
   absl::StatusOr<std::optional<proto::Lease>> TryLease(
-      const WorldRecord& world);
+      const WorldRecord& world, const std::function<bool()>& cancelled);
+  // At startup: every lease expires no sooner than one TTL from now.
+  absl::Status ExtendLeasesAfterRestart();
   // Inside a write transaction: ends `lease` (whose job is `job`) as lost.
   absl::Status ExpireLeaseInTxn(StoreTxn& txn, const LeaseRecord& lease,
                                 absl::Time now,

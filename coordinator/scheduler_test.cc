@@ -362,7 +362,7 @@ TEST_F(SchedulerTest, CancelledJobWhoseWorldIsLostEndsCancelled) {
   EXPECT_EQ(Get("job-1").state(), proto::JOB_STATE_CANCELLED);
 }
 
-TEST_F(SchedulerTest, RestartRecoversExpiredLeasesAndKeepsLiveOnes) {
+TEST_F(SchedulerTest, RestartExtendsLeasesByOneTtlInsteadOfExpiringThem) {
   ASSERT_TRUE(scheduler_->Submit(NewJob("lost", 1)).ok());
   ASSERT_TRUE(scheduler_->Submit(NewJob("alive", 0)).ok());
   const std::string world = Register(1);
@@ -371,17 +371,29 @@ TEST_F(SchedulerTest, RestartRecoversExpiredLeasesAndKeepsLiveOnes) {
   const proto::Lease alive = *AcquireNow(world);
   ASSERT_EQ(lost.job_id(), "lost");
   ASSERT_EQ(alive.job_id(), "alive");
-  // The coordinator goes away for 15 s: `lost`'s lease (granted at 0,
-  // TTL 30) expires meanwhile, `alive`'s (granted at 20) does not.
-  Restart();
-  clock_.Advance(absl::Seconds(15));
-  Restart();
+  // The coordinator goes away for 45 s, longer than the TTL (30): both
+  // leases would have expired meanwhile. The restart must not charge
+  // either job an attempt: every lease gets one TTL from the restart.
+  scheduler_.reset();
+  store_.reset();
+  clock_.Advance(absl::Seconds(45));
+  Start();
+  EXPECT_EQ(Get("lost").state(), proto::JOB_STATE_LEASED);
+  EXPECT_EQ(Get("alive").state(), proto::JOB_STATE_LEASED);
+  ASSERT_TRUE(scheduler_->ExpireLeases().ok());
+  EXPECT_EQ(Get("lost").state(), proto::JOB_STATE_LEASED);
+  // `alive`'s world heartbeats (the world registered before the restart
+  // still works); `lost`'s does not and expires one TTL after the restart.
+  clock_.Advance(absl::Seconds(20));
+  EXPECT_EQ(Beat(alive.lease_id()), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  clock_.Advance(absl::Seconds(11));
+  auto expired = scheduler_->ExpireLeases();
+  ASSERT_TRUE(expired.ok());
+  EXPECT_EQ(*expired, 1);
   proto::Job job = Get("lost");
   EXPECT_EQ(job.state(), proto::JOB_STATE_PENDING);
   EXPECT_EQ(job.attempts(), 1);
-  EXPECT_EQ(Get("alive").state(), proto::JOB_STATE_LEASED);
-  // The world registered before the restart still works, and the live
-  // lease keeps going.
+  EXPECT_EQ(Get("alive").state(), proto::JOB_STATE_RUNNING);
   EXPECT_EQ(Beat(alive.lease_id()), proto::HEARTBEAT_ACTION_KEEP_GOING);
   const proto::Lease again = *AcquireNow(world);
   EXPECT_EQ(again.job_id(), "lost");
@@ -423,8 +435,13 @@ TEST_F(SchedulerTest, RecoversAfterTheCoordinatorIsKilled) {
   waitpid(pid, &status, 0);
   ASSERT_TRUE(WIFSIGNALED(status));
 
-  clock_.Advance(absl::Minutes(1));  // The lease expired while nobody ran.
+  clock_.Advance(absl::Minutes(1));  // The lease ran out while nobody ran.
   Start();
+  // The restart gives the lease one TTL for its world to heartbeat...
+  EXPECT_EQ(Get("leased").state(), proto::JOB_STATE_LEASED);
+  // ...and nobody does.
+  clock_.Advance(absl::Seconds(31));
+  ASSERT_TRUE(scheduler_->ExpireLeases().ok());
   proto::Job leased = Get("leased");
   EXPECT_EQ(leased.state(), proto::JOB_STATE_PENDING);
   EXPECT_EQ(leased.attempts(), 1);
@@ -435,6 +452,75 @@ TEST_F(SchedulerTest, RecoversAfterTheCoordinatorIsKilled) {
   const proto::Lease again = *AcquireNow(Register(1));
   EXPECT_EQ(again.job_id(), "leased");
   EXPECT_EQ(again.attempt(), 2);
+}
+
+TEST_F(SchedulerTest, ACancelledAcquireIsNeverHandedALease) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const std::string world = Register(1);
+  // The caller went away before the scheduler looked for a job.
+  auto none = scheduler_->Acquire(world, absl::Now() + absl::Seconds(5),
+                                  [] { return true; });
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_FALSE(none->has_value());
+  proto::Job job = Get("job-1");
+  EXPECT_EQ(job.state(), proto::JOB_STATE_PENDING);
+  EXPECT_EQ(job.attempts(), 0);
+}
+
+TEST_F(SchedulerTest, ALeaseGrantedAsTheCallIsCancelledIsUndone) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const std::string world = Register(1);
+  // Not cancelled when the iteration starts, cancelled by the time the
+  // lease is granted.
+  int calls = 0;
+  auto none = scheduler_->Acquire(world, absl::Now() + absl::Seconds(5),
+                                  [&calls] { return ++calls > 1; });
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_FALSE(none->has_value());
+  proto::Job job = Get("job-1");
+  EXPECT_EQ(job.state(), proto::JOB_STATE_PENDING);
+  EXPECT_EQ(job.attempts(), 0);
+  int64_t leases = -1;
+  ASSERT_TRUE(store_
+                  ->Read([&](StoreTxn& txn) -> absl::Status {
+                    auto n = txn.CountLeases();
+                    if (!n.ok()) return n.status();
+                    leases = *n;
+                    return absl::OkStatus();
+                  })
+                  .ok());
+  EXPECT_EQ(leases, 0);
+  // The job goes to the next caller as a first attempt.
+  const proto::Lease lease = *AcquireNow(world);
+  EXPECT_EQ(lease.job_id(), "job-1");
+  EXPECT_EQ(lease.attempt(), 1);
+}
+
+TEST_F(SchedulerTest, AReleasedJobGoesBackWithoutCountingAnAttempt) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const std::string world = Register(1);
+  // More hand-backs than max_attempts (3): none of them counts.
+  for (int i = 0; i < 5; ++i) {
+    const proto::Lease lease = *AcquireNow(world);
+    EXPECT_EQ(lease.attempt(), 1);
+    proto::CompleteJobRequest request;
+    request.set_lease_id(lease.lease_id());
+    request.set_released(true);
+    request.set_error("worker stopped (SIGTERM)");
+    auto state = scheduler_->Complete(request);
+    ASSERT_TRUE(state.ok()) << state.status();
+    EXPECT_EQ(*state, proto::JOB_STATE_PENDING);
+    proto::Job job = Get("job-1");
+    EXPECT_EQ(job.state(), proto::JOB_STATE_PENDING);
+    EXPECT_EQ(job.attempts(), 0);
+    EXPECT_NE(job.last_error().find("worker stopped (SIGTERM)"), std::string::npos)
+        << job.last_error();
+    EXPECT_NE(job.last_error().find("released"), std::string::npos);
+  }
+  // A real failure still counts.
+  const proto::Lease lease = *AcquireNow(world);
+  ASSERT_TRUE(Complete(lease.lease_id(), false, "boom").ok());
+  EXPECT_EQ(Get("job-1").attempts(), 1);
 }
 
 TEST_F(SchedulerTest, LongPollWakesWhenAJobArrives) {

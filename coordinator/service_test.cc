@@ -939,7 +939,9 @@ TEST_F(ServiceTest, RestartKeepsEveryJob) {
   EXPECT_TRUE(same.Complete(*lease, true).ok());
   EXPECT_EQ(StateOf(*stub_, ids[0]), proto::JOB_STATE_SUCCEEDED);
 
-  // A restart after the lease expired puts the job back in the queue.
+  // A coordinator down for longer than the TTL does not cost the job an
+  // attempt: the restart gives every lease one TTL for its world to
+  // heartbeat...
   lease = same.Acquire();  // The world id survives the restart too.
   ASSERT_TRUE(lease.ok()) << lease.status();
   EXPECT_EQ(lease->job_id(), ids[1]);
@@ -948,6 +950,24 @@ TEST_F(ServiceTest, RestartKeepsEveryJob) {
   ASSERT_TRUE(local_->Restart().ok());
   stub_ = local_->NewStub();
   proto::Job job;
+  ASSERT_TRUE(GetJob(*stub_, kAlice, ids[1], &job).ok());
+  EXPECT_EQ(job.state(), proto::JOB_STATE_LEASED);
+  EXPECT_EQ(job.attempts(), 1);
+  World again(local_->target());
+  again.set_id(world.id());
+  EXPECT_EQ(*again.Beat(*lease, 1), proto::HEARTBEAT_ACTION_KEEP_GOING);
+
+  // ...and a lease whose world is gone expires one TTL after the restart.
+  local_->Stop();
+  clock_.Advance(absl::Minutes(5));
+  ASSERT_TRUE(local_->Restart().ok());
+  stub_ = local_->NewStub();
+  ASSERT_TRUE(GetJob(*stub_, kAlice, ids[1], &job).ok());
+  EXPECT_EQ(job.state(), proto::JOB_STATE_RUNNING);
+  clock_.Advance(SchedulerOptions().lease_ttl + absl::Seconds(1));
+  World late(local_->target());
+  late.set_id(world.id());
+  EXPECT_EQ(*late.Beat(*lease, 2), proto::HEARTBEAT_ACTION_LEASE_LOST);
   ASSERT_TRUE(GetJob(*stub_, kAlice, ids[1], &job).ok());
   EXPECT_EQ(job.state(), proto::JOB_STATE_PENDING);
   EXPECT_EQ(job.attempts(), 1);

@@ -1,7 +1,7 @@
 // SIGTERM to every rank of a world, as Slurm (srun) and Kubernetes send it
 // before they kill: the world finishes its step, writes a checkpoint, gives
-// the job back (CompleteJob, not permanent: PENDING again) and every rank
-// exits 0. The next world resumes from that checkpoint.
+// the job back (CompleteJob with released: PENDING again, the attempt not
+// counted) and every rank exits 0. The next world resumes from that checkpoint.
 //
 // (SIGTERM to mpirun itself is different: OpenMPI 4 passes it on to the
 // ranks only after odls_base_sigkill_timeout seconds, SIGKILLs them the same
@@ -50,6 +50,7 @@ TEST(E2eSigtermTest, ATerminatedWorldGivesItsJobBackWithACheckpointAndExitsZero)
   EXPECT_EQ(given_back->state(), proto::JOB_STATE_PENDING) << given_back->last_error();
   EXPECT_NE(given_back->last_error().find("worker stopped (SIGTERM)"), std::string::npos)
       << given_back->last_error();
+  EXPECT_EQ(given_back->attempts(), 0) << "a hand-back must not use up an attempt";
   const int64_t stopped_at = given_back->progress().step();
   EXPECT_GE(stopped_at, 3);
   EXPECT_LT(stopped_at, 80) << "finished before the signal arrived";
@@ -64,7 +65,7 @@ TEST(E2eSigtermTest, ATerminatedWorldGivesItsJobBackWithACheckpointAndExitsZero)
       *id, [](const proto::Job& j) { return j.state() == proto::JOB_STATE_SUCCEEDED; },
       absl::Seconds(60));
   ASSERT_TRUE(done.ok()) << done.status() << "\n" << ReadFile((*second)->log_path());
-  EXPECT_EQ(done->attempts(), 2);
+  EXPECT_EQ(done->attempts(), 1);
   const std::string log = ReadFile(c.OutputOf("terminated") + "/train.log");
   EXPECT_NE(log.find(absl::StrCat("resumed from ", c.OutputOf("terminated"),
                                   "/checkpoints/ckpt-", std::string(9 - std::to_string(stopped_at).size(), '0'),

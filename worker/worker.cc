@@ -2,11 +2,14 @@
 
 #include <unistd.h>
 
+#include <cerrno>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -61,7 +64,72 @@ bool IsFinalRpcError(const absl::Status& s) {
          absl::IsNotFound(s);
 }
 
+// The file in an output_dir that names the job whose run it holds.
+constexpr char kJobMarker[] = ".sheaf-job";
+
+std::string Trimmed(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
 }  // namespace
+
+absl::StatusOr<OutputClaim> ClaimOutputDir(const std::string& dir, const std::string& job_id) {
+  const fs::path marker = fs::path(dir) / kJobMarker;
+  for (int tries = 0; tries < 3; ++tries) {
+    std::error_code error;
+    if (fs::exists(marker, error)) {
+      std::ifstream f(marker);
+      std::stringstream text;
+      text << f.rdbuf();
+      if (!f) {
+        return absl::UnavailableError(absl::StrCat("cannot read ", marker.string()));
+      }
+      const std::string owner = Trimmed(text.str());
+      if (owner.empty()) {
+        // A claim being written right now (or torn): look again.
+        absl::SleepFor(absl::Milliseconds(50));
+        continue;
+      }
+      if (owner == job_id) return OutputClaim::kResume;
+      return absl::FailedPreconditionError(
+          absl::StrCat("output_dir ", dir, " holds job ", owner,
+                       "'s run; submit with another output_dir"));
+    }
+    // No claim: the directory must not hold a run of something else (a
+    // `sheaf train` run, or one from before claims existed).
+    const fs::path checkpoints = fs::path(dir) / "checkpoints";
+    if (fs::exists(checkpoints, error) && !fs::is_empty(checkpoints, error)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("output_dir ", dir,
+                       " holds checkpoints of another run (it has no ", kJobMarker,
+                       " naming this job); submit with another output_dir"));
+    }
+    // Claim it atomically: write a temporary file, then link it into place
+    // (link fails when another claim got there first).
+    const std::string tmp = absl::StrCat(marker.string(), ".tmp.", getpid(), ".",
+                                         absl::ToUnixNanos(absl::Now()));
+    {
+      std::ofstream f(tmp, std::ios::trunc);
+      f << job_id << "\n";
+      f.flush();
+      if (!f) {
+        std::remove(tmp.c_str());
+        return absl::UnavailableError(absl::StrCat("cannot write ", tmp));
+      }
+    }
+    const int linked = link(tmp.c_str(), marker.c_str());
+    const int link_errno = errno;
+    std::remove(tmp.c_str());
+    if (linked == 0) return OutputClaim::kFresh;
+    if (link_errno != EEXIST) {
+      return absl::UnavailableError(absl::StrCat("cannot create ", marker.string(), ": ",
+                                                 std::strerror(link_errno)));
+    }
+    // Someone claimed it meanwhile: read whose it is.
+  }
+  return absl::UnavailableError(absl::StrCat("cannot read the claim in ", marker.string()));
+}
 
 bool IsPermanentFailure(const absl::Status& status) {
   return absl::IsInvalidArgument(status) || absl::IsNotFound(status) ||
@@ -203,6 +271,7 @@ absl::Status Worker::Run() {
         proto::CompleteJobRequest give_back;
         give_back.set_lease_id(d.lease.lease_id());
         give_back.set_error(kStoppedError);
+        give_back.set_released(true);
         Log(absl::StrCat("stopping: giving job ", d.lease.job_id(), " back"));
         Complete(give_back, d.lease_received + absl::Milliseconds(d.lease.ttl_ms()));
         absl::MutexLock lock(&mu_);
@@ -380,13 +449,19 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
   }
   const absl::Duration ttl = absl::Milliseconds(lease.ttl_ms() > 0 ? lease.ttl_ms() : 30000);
   absl::StatusOr<proto::JobSpec> spec = CheckSpec(lease);
+  const bool paths_refused = !spec.ok();
   std::unique_ptr<StderrTee> tee;
+  // Rank 0: whose run output_dir holds (this job's, or nobody's yet).
+  absl::Status claim = absl::OkStatus();
   if (is_root() && spec.ok()) {
     std::error_code error;
     fs::create_directories(spec->output_dir(), error);
     if (error) {
-      spec = absl::PermissionDeniedError(absl::StrCat("output_dir: cannot create ",
-                                                      spec->output_dir(), ": ", error.message()));
+      claim = absl::UnavailableError(absl::StrCat("output_dir: cannot create ",
+                                                  spec->output_dir(), ": ", error.message()));
+    } else if (absl::StatusOr<OutputClaim> c = ClaimOutputDir(spec->output_dir(), lease.job_id());
+               !c.ok()) {
+      claim = c.status();
     } else if (options_.log_to_output) {
       absl::StatusOr<std::unique_ptr<StderrTee>> t =
           StderrTee::Start(spec->output_dir() + "/train.log");
@@ -412,17 +487,41 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
     Complete(request, give_up);
   };
 
-  double prepare_failed = spec.ok() ? 0 : 1;
-  RETURN_IF_ERROR(SumAcrossRanks(&prepare_failed, 1));
-  if (prepare_failed > 0) {
+  // Every rank learns both outcomes: [any rank refuses the paths, rank 0's
+  // output_dir belongs to another job, rank 0 could not claim it].
+  double prepare[3] = {paths_refused ? 1.0 : 0.0,
+                       absl::IsFailedPrecondition(claim) ? 1.0 : 0.0,
+                       !claim.ok() && !absl::IsFailedPrecondition(claim) ? 1.0 : 0.0};
+  RETURN_IF_ERROR(SumAcrossRanks(prepare, 3));
+  if (prepare[0] > 0) {
+    // This world's roots differ from the coordinator's: it is misconfigured,
+    // not the job. Hand the job back (no attempt counted; another world may
+    // run it) and stop taking jobs: every lease would end the same way.
+    const std::string why = spec.ok() ? "another rank refused the job's paths (see its log)"
+                                      : std::string(spec.status().message());
     if (is_root()) {
       proto::CompleteJobRequest request;
-      request.set_error(spec.ok() ? "another rank refused the job's paths (see its log)"
-                                  : std::string(spec.status().message()));
-      // A world whose roots differ from the coordinator's is misconfigured;
-      // another world may run the job, so the failure is not permanent.
-      request.set_permanent(false);
-      Log(absl::StrCat("cannot run job ", lease.job_id(), ": ", request.error()));
+      request.set_error(why);
+      request.set_released(true);
+      Log(absl::StrCat("cannot run job ", lease.job_id(), ": ", why,
+                       "; released it, and the world exits: fix the worker's roots "
+                       "(--model-root, --data-root, --output-root)"));
+      complete(request, received + ttl);
+      absl::MutexLock lock(&mu_);
+      ++stats_.given_back;
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this world's roots refuse job ", lease.job_id(), "'s paths (", why,
+        "); the job was released; fix the worker's roots"));
+  }
+  if (prepare[1] > 0 || prepare[2] > 0) {
+    if (is_root()) {
+      proto::CompleteJobRequest request;
+      request.set_error(std::string(claim.message()));
+      // Another job's run: no attempt can fix that. An I/O error may pass.
+      request.set_permanent(prepare[1] > 0);
+      Log(absl::StrCat("cannot run job ", lease.job_id(), ": ", claim.message(),
+                       request.permanent() ? " (permanent)" : ""));
       complete(request, received + ttl);
       absl::MutexLock lock(&mu_);
       ++stats_.failed;
@@ -555,6 +654,7 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
   } else if (outcome[1] > 0 || setup[1] > 0) {
     kind = kGivenBack;
     request.set_error(kStoppedError);
+    request.set_released(true);  // not the job's fault: no attempt counted
   } else {
     request.set_error("training stopped before its last step");
   }

@@ -16,11 +16,16 @@
 //              or exit. So no rank ever waits in a collective for longer
 //              than one poll, however long the world stays idle.
 //   a job:     every rank re-checks the spec's paths against its own roots
-//              (vote), builds the Trainer with the lease's output_dir and
-//              resume = true (a re-leased job continues from its newest
-//              valid checkpoint; a first attempt starts at step 0, or
-//              resumes what a crashed earlier try of it left), (vote), runs
-//              it, and votes on the outcome; rank 0 completes the lease.
+//              while rank 0 claims the output_dir for the job
+//              (ClaimOutputDir: OUTPUT/.sheaf-job names the job whose run
+//              it holds), (vote: a rank refusing the paths -> the job is
+//              released and the world exits with an error, since its roots
+//              are misconfigured; another job's output_dir -> the job
+//              fails permanently), builds the Trainer with the lease's
+//              output_dir and resume = true (the directory is this job's:
+//              a re-leased job continues from its newest valid checkpoint,
+//              a first attempt starts at step 0), (vote), runs it, and
+//              votes on the outcome; rank 0 completes the lease.
 //
 // Rank 0, while a job runs: a LeaseKeeper heartbeats with the trainer's
 // progress. CANCEL -> the trainer stops after its step (checkpoint), then
@@ -31,8 +36,8 @@
 // CompleteJob(success = false, error, permanent for spec and data errors:
 // kInvalidArgument, kNotFound, kUnimplemented). RequestStop (SIGTERM) ->
 // the trainer stops after its step with a checkpoint, CompleteJob(success
-// = false, "worker stopped (SIGTERM)", permanent = false) so that the job
-// goes back to PENDING, and Run() returns OK.
+// = false, "worker stopped (SIGTERM)", released = true) so that the job
+// goes back to PENDING without counting the attempt, and Run() returns OK.
 //
 // Rank 0 also copies its stderr into OUTPUT/train.log while a job runs
 // (log_tee.h), closing it before CompleteJob so that fetched artifacts are
@@ -187,6 +192,17 @@ class Worker {
 
 // Whether another attempt cannot fix a job that failed with `status`.
 bool IsPermanentFailure(const absl::Status& status);
+
+enum class OutputClaim { kFresh, kResume };
+
+// Claims `dir` (an existing output_dir) for `job_id` through the file
+// DIR/.sheaf-job, which names the job whose run the directory holds:
+// absent -> written atomically (link of a complete temporary file), kFresh;
+// present with `job_id` -> kResume (a re-leased job continues from its
+// checkpoints); present with another id, or absent while DIR/checkpoints
+// holds a run -> kFailedPrecondition "output_dir DIR holds job OTHER's run;
+// submit with another output_dir" (permanent). kUnavailable on I/O errors.
+absl::StatusOr<OutputClaim> ClaimOutputDir(const std::string& dir, const std::string& job_id);
 
 }  // namespace sheaf::worker
 

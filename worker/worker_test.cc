@@ -248,8 +248,8 @@ TEST_F(WorkerTest, AStopOnOneRankStopsTheWholeWorldAndGivesTheJobBack) {
   ASSERT_TRUE(status[0].ok()) << status[0];
   ASSERT_TRUE(status[1].ok()) << status[1];
   proto::Job job = Get(id);
-  EXPECT_EQ(job.state(), proto::JOB_STATE_PENDING);
-  EXPECT_EQ(job.attempts(), 1) << "rank 0 must not lease it again before stopping";
+  EXPECT_EQ(job.state(), proto::JOB_STATE_PENDING) << "rank 0 must not lease it again before stopping";
+  EXPECT_EQ(job.attempts(), 0) << "a hand-back does not count as an attempt";
   EXPECT_NE(job.last_error().find("worker stopped (SIGTERM)"), std::string::npos) << job.last_error();
   EXPECT_EQ(workers[0]->stats().given_back, 1);
 }
@@ -291,19 +291,93 @@ TEST_F(WorkerTest, PathsOutsideTheWorldsRootsAreRefusedBeforeAnythingIsOpened) {
   Start(options);
   const std::string id = Submit(JobYaml(2), "refused");
   WorkerOptions o = Options();
+  o.once = false;  // the refusal alone must end the world
   const std::string elsewhere = lc_->dir() + "/other-models";
   fs::create_directories(elsewhere);
   o.roots.model_root = elsewhere;
   auto world = RunWorld(o);
   world->Join();
-  ASSERT_TRUE(world->status.ok()) << world->status;
+  // A misconfigured world: it hands the job back and exits with an error
+  // instead of taking (and refusing) jobs again.
+  EXPECT_EQ(world->status.code(), absl::StatusCode::kFailedPrecondition) << world->status;
+  EXPECT_NE(world->status.message().find("roots"), std::string::npos) << world->status;
+  EXPECT_EQ(world->worker->stats().jobs, 1);
+  EXPECT_EQ(world->worker->stats().given_back, 1);
   proto::Job job = Get(id);
-  EXPECT_EQ(job.state(), proto::JOB_STATE_FAILED);
+  // Released: back in the queue for another world, no attempt counted
+  // (max_attempts is 1).
+  EXPECT_EQ(job.state(), proto::JOB_STATE_PENDING);
+  EXPECT_EQ(job.attempts(), 0);
   EXPECT_NE(job.last_error().find("this world's roots refuse the job: base_model"), std::string::npos)
       << job.last_error();
-  // Not permanent: another world might run it (here attempts ran out).
-  EXPECT_EQ(job.last_error().find("(permanent)"), std::string::npos);
   EXPECT_FALSE(fs::exists(Out("refused") + "/checkpoints"));
+
+  // A world with the right roots runs it.
+  auto good = RunWorld(Options());
+  good->Join();
+  ASSERT_TRUE(good->status.ok()) << good->status;
+  EXPECT_EQ(Get(id).state(), proto::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(WorkerTest, ANewJobNeverResumesAnotherJobsRunInItsOutputDir) {
+  Start();  // max_attempts 3: only a permanent failure ends it at once
+  const std::string first = Submit(JobYaml(4, 2), "shared");
+  auto world = RunWorld(Options());
+  world->Join();
+  ASSERT_TRUE(world->status.ok()) << world->status;
+  ASSERT_EQ(Get(first).state(), proto::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(ReadFile(Out("shared") + "/.sheaf-job"), first + "\n");
+  ASSERT_FALSE(fs::is_empty(Out("shared") + "/checkpoints"));
+
+  // A second job with the same output_dir, on a world of two ranks: both
+  // ranks learn the refusal, nobody waits, the job fails at once.
+  const std::string second = Submit(JobYaml(8, 2), "shared");
+  dist::ThreadWorld two(2);
+  std::unique_ptr<Worker> workers[2];
+  absl::Status status[2];
+  for (int r = 0; r < 2; ++r) {
+    auto w = Worker::Create(Options(), two.rank(r));
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers[r] = std::move(*w);
+  }
+  std::thread t1([&] { status[1] = workers[1]->Run(); });
+  status[0] = workers[0]->Run();
+  t1.join();
+  ASSERT_TRUE(status[0].ok()) << status[0];
+  ASSERT_TRUE(status[1].ok()) << status[1];
+  proto::Job job = Get(second);
+  EXPECT_EQ(job.state(), proto::JOB_STATE_FAILED);
+  EXPECT_EQ(job.attempts(), 1);
+  EXPECT_NE(job.last_error().find(absl::StrCat("output_dir ", Out("shared"), " holds job ", first,
+                                               "'s run; submit with another output_dir")),
+            std::string::npos)
+      << job.last_error();
+  EXPECT_EQ(ReadFile(Out("shared") + "/.sheaf-job"), first + "\n");
+  EXPECT_EQ(workers[0]->stats().failed, 1);
+  EXPECT_EQ(workers[1]->stats().jobs, 1);
+}
+
+TEST(ClaimOutputDirTest, ClaimsOnceAndRefusesOthers) {
+  const std::string dir = absl::StrCat(std::getenv("TEST_TMPDIR"), "/claim");
+  fs::create_directories(dir);
+  auto c = ClaimOutputDir(dir, "job-a");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(*c, OutputClaim::kFresh);
+  c = ClaimOutputDir(dir, "job-a");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(*c, OutputClaim::kResume);
+  c = ClaimOutputDir(dir, "job-b");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(c.status().message().find("holds job job-a's run"), std::string::npos) << c.status();
+  // No stray temporary files.
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(dir)) ++files, (void)e;
+  EXPECT_EQ(files, 1);
+  // An unclaimed directory with another run's checkpoints is not taken.
+  const std::string old = absl::StrCat(std::getenv("TEST_TMPDIR"), "/old-run");
+  fs::create_directories(old + "/checkpoints/step-2");
+  EXPECT_EQ(ClaimOutputDir(old, "job-c").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_FALSE(fs::exists(old + "/.sheaf-job"));
 }
 
 TEST_F(WorkerTest, ASpecOrDataErrorFailsTheJobPermanently) {
@@ -350,6 +424,7 @@ TEST_F(WorkerTest, AStopRequestGivesTheJobBackAndTheNextWorldResumesIt) {
   proto::Job job = Get(id);
   ASSERT_EQ(job.state(), proto::JOB_STATE_PENDING);
   EXPECT_NE(job.last_error().find("worker stopped (SIGTERM)"), std::string::npos);
+  EXPECT_EQ(job.attempts(), 0) << "a hand-back does not count as an attempt";
   const int64_t stopped_at = job.progress().step();
   EXPECT_GE(stopped_at, 5);
   EXPECT_LT(stopped_at, 200);
@@ -359,11 +434,11 @@ TEST_F(WorkerTest, AStopRequestGivesTheJobBackAndTheNextWorldResumesIt) {
   ASSERT_TRUE(second->status.ok()) << second->status;
   job = Get(id);
   ASSERT_EQ(job.state(), proto::JOB_STATE_SUCCEEDED) << job.last_error();
-  EXPECT_EQ(job.attempts(), 2);
+  EXPECT_EQ(job.attempts(), 1);
   const std::string log = ReadFile(Out("stop") + "/train.log");
   EXPECT_NE(log.find(absl::StrCat("(step ", stopped_at, ")")), std::string::npos)
-      << "the second attempt must resume from the stop's checkpoint:\n" << log;
-  EXPECT_NE(log.find("attempt 2"), std::string::npos);
+      << "the second lease must resume from the stop's checkpoint:\n" << log;
+  EXPECT_EQ(ReadFile(Out("stop") + "/.sheaf-job"), id + "\n");
 }
 
 TEST_F(WorkerTest, ALostLeaseStopsTheJobWithoutCompletingIt) {
