@@ -140,5 +140,38 @@ TEST(TrainerDist, CheckpointFromTwoRanksResumesOnFour) {
   }
 }
 
+// A failure on one rank only (rank 0 cannot write the checkpoint) must fail
+// every rank promptly instead of leaving the others in a collective (the
+// thread world aborts the test after 60 s of waiting).
+TEST(TrainerDist, ACheckpointFailureOnRankZeroFailsEveryRank) {
+  const std::string out = Root() + "/ckpt_fail";
+  dist::ThreadWorld world(2);
+  std::vector<absl::Status> results(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      auto spec = ParseJobSpecYaml(Spec(out, 10));
+      ASSERT_TRUE(spec.ok());
+      TrainerOptions o;
+      o.quiet = true;
+      o.comm = world.rank(r);
+      o.on_progress = [&](const TrainProgress& p) {
+        if (p.step == 2) {  // rank 0 only: the checkpoint dir becomes a file
+          fs::remove_all(out + "/checkpoints");
+          std::ofstream(out + "/checkpoints") << "not a directory";
+        }
+      };
+      auto t = Trainer::Create(*spec, o);
+      ASSERT_TRUE(t.ok()) << t.status();
+      results[static_cast<size_t>(r)] = (*t)->Run().status();
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_FALSE(results[0].ok());
+  EXPECT_NE(std::string(results[0].message()).find("checkpoints"), std::string::npos) << results[0];
+  EXPECT_EQ(results[1].code(), absl::StatusCode::kAborted) << results[1];
+  EXPECT_NE(std::string(results[1].message()).find("writing the checkpoint"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace sheaf
