@@ -701,18 +701,10 @@ TEST_F(RemoteTest, UnknownJobsAreExit4) {
 }
 
 TEST(RemoteTlsTest, VerifiesTheCoordinatorAgainstTheCa) {
-  const char* base = std::getenv("TEST_TMPDIR");
-  std::string dir = absl::StrCat(base ? base : "/tmp", "/tls.XXXXXX");
-  ASSERT_NE(mkdtemp(dir.data()), nullptr);
-  const std::string cert = dir + "/cert.pem";
-  const std::string key = dir + "/key.pem";
-  const std::string command = absl::StrCat(
-      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
-      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout ",
-      key, " -out ", cert, " >/dev/null 2>&1");
-  if (std::system(command.c_str()) != 0) {
-    GTEST_SKIP() << "openssl is not available to make a test certificate";
-  }
+  auto certificate = coordinator::MakeTestCertificate();
+  ASSERT_TRUE(certificate.ok()) << certificate.status();
+  const std::string cert = certificate->cert_path;
+  const std::string key = certificate->key_path;
   LocalCoordinatorOptions options;
   options.tls_cert_path = cert;
   options.tls_key_path = key;
@@ -741,15 +733,11 @@ TEST(RemoteTlsTest, VerifiesTheCoordinatorAgainstTheCa) {
   std::tie(code, text) = run({});
   EXPECT_EQ(code, 3) << text;
   EXPECT_TRUE(absl::StartsWith(text, "sheaf: cannot reach coordinator at ")) << text;
-  const std::string other = dir + "/other.pem";
-  ASSERT_EQ(std::system(absl::StrCat("openssl req -x509 -newkey rsa:2048 -nodes -days 1 "
-                                     "-subj /CN=localhost -keyout ",
-                                     dir, "/other.key -out ", other, " >/dev/null 2>&1")
-                            .c_str()),
-            0);
-  std::tie(code, text) = run({"--ca", other});
+  auto other = coordinator::MakeTestCertificate();  // an unrelated CA
+  ASSERT_TRUE(other.ok()) << other.status();
+  std::tie(code, text) = run({"--ca", other->cert_path});
   EXPECT_EQ(code, 3) << text;
-  std::tie(code, text) = run({"--ca", dir + "/missing.pem"});
+  std::tie(code, text) = run({"--ca", cert + ".missing"});
   EXPECT_EQ(code, 2) << text;
 }
 

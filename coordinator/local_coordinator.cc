@@ -11,6 +11,23 @@ namespace sheaf::coordinator {
 
 namespace fs = std::filesystem;
 
+absl::StatusOr<TestCertificate> MakeTestCertificate() {
+  const char* base = std::getenv("TEST_TMPDIR");
+  std::string dir = absl::StrCat(base ? base : "/tmp", "/tls.XXXXXX");
+  if (mkdtemp(dir.data()) == nullptr) {
+    return absl::InternalError(absl::StrCat("mkdtemp ", dir, " failed"));
+  }
+  TestCertificate c{dir + "/cert.pem", dir + "/key.pem"};
+  const std::string command = absl::StrCat(
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout ",
+      c.key_path, " -out ", c.cert_path, " >/dev/null 2>&1");
+  if (std::system(command.c_str()) != 0) {
+    return absl::InternalError("`openssl req` failed to make a test certificate (tools/setup.sh installs openssl)");
+  }
+  return c;
+}
+
 void SetBearerToken(grpc::ClientContext* context, absl::string_view token) {
   context->AddMetadata("authorization", absl::StrCat("Bearer ", token));
 }

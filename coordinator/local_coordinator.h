@@ -34,6 +34,15 @@
 
 namespace sheaf::coordinator {
 
+// A self-signed certificate for localhost / 127.0.0.1 made with the
+// `openssl` command (installed by tools/setup.sh) in a new directory under
+// $TEST_TMPDIR or /tmp, for TLS tests. Internal error when openssl fails.
+struct TestCertificate {
+  std::string cert_path;
+  std::string key_path;
+};
+absl::StatusOr<TestCertificate> MakeTestCertificate();
+
 struct LocalCoordinatorOptions {
   // Created (mkdtemp under $TEST_TMPDIR or /tmp) when empty.
   std::string dir;

@@ -975,18 +975,10 @@ TEST_F(ServiceTest, RestartKeepsEveryJob) {
 }
 
 TEST(TlsTest, ServesOverTlsWhenGivenACertificate) {
-  const char* base = std::getenv("TEST_TMPDIR");
-  std::string dir = absl::StrCat(base ? base : "/tmp", "/tls.XXXXXX");
-  ASSERT_NE(mkdtemp(dir.data()), nullptr);
-  const std::string cert = dir + "/cert.pem";
-  const std::string key = dir + "/key.pem";
-  const std::string command = absl::StrCat(
-      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
-      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout ",
-      key, " -out ", cert, " >/dev/null 2>&1");
-  if (std::system(command.c_str()) != 0) {
-    GTEST_SKIP() << "openssl is not available to make a test certificate";
-  }
+  auto certificate = MakeTestCertificate();
+  ASSERT_TRUE(certificate.ok()) << certificate.status();
+  const std::string cert = certificate->cert_path;
+  const std::string key = certificate->key_path;
   LocalCoordinatorOptions options;
   options.tls_cert_path = cert;
   options.tls_key_path = key;
