@@ -240,113 +240,75 @@ void Model::PlanActivations(int B, int T, const LoraAdapter* adapter) {
   const bool dropout = adapter && adapter->options().dropout > 0;
   int64_t max_q = 0, max_kv = 0, max_i = 0;
 
-  // Slot indices, resolved after Allocate().
-  struct LayerSlots {
-    int x, n1, rstd1, q, k, v, probs, att, h, n2, rstd2, gate, up, act;
-    std::array<int, kNumProj> xa, mask;
+  // Each view is planned and bound in one place; the data pointers are
+  // filled in once the arenas are allocated.
+  std::vector<std::pair<Tensor*, int>> acts_binds, scratch_binds;
+  auto act = [&](Tensor* t, const char* name, std::vector<int64_t> shape) {
+    acts_binds.emplace_back(t, acts_.Add(name, std::move(shape)));
   };
-  std::vector<LayerSlots> ls(static_cast<size_t>(c.num_layers));
+  auto scratch = [&](Tensor* t, const char* name, std::vector<int64_t> shape) {
+    scratch_binds.emplace_back(t, scratch_.Add(name, std::move(shape)));
+  };
+  act_ = Acts{};
+  act_.layers.assign(static_cast<size_t>(c.num_layers), {});
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerShape& s = c.layers[static_cast<size_t>(l)];
     const int64_t q_out = s.num_heads * HD, kv_out = s.num_kv_heads * HD, I = s.intermediate;
     max_q = std::max(max_q, q_out);
     max_kv = std::max(max_kv, kv_out);
     max_i = std::max(max_i, I);
-    LayerSlots& sl = ls[static_cast<size_t>(l)];
-    sl.x = acts_.Add("x", {N, C});
-    sl.n1 = acts_.Add("n1", {N, C});
-    sl.rstd1 = acts_.Add("rstd1", {N});
-    sl.q = acts_.Add("q", {N, q_out});
-    sl.k = acts_.Add("k", {N, kv_out});
-    sl.v = acts_.Add("v", {N, kv_out});
-    sl.probs = acts_.Add("probs", {B, s.num_heads, T, T});
-    sl.att = acts_.Add("att", {N, q_out});
-    sl.h = acts_.Add("h", {N, C});
-    sl.n2 = acts_.Add("n2", {N, C});
-    sl.rstd2 = acts_.Add("rstd2", {N});
-    sl.gate = acts_.Add("gate", {N, I});
-    sl.up = acts_.Add("up", {N, I});
-    sl.act = acts_.Add("act", {N, I});
+    LayerActs& a = act_.layers[static_cast<size_t>(l)];
+    act(&a.x, "x", {N, C});
+    act(&a.n1, "n1", {N, C});
+    act(&a.rstd1, "rstd1", {N});
+    act(&a.q, "q", {N, q_out});
+    act(&a.k, "k", {N, kv_out});
+    act(&a.v, "v", {N, kv_out});
+    act(&a.probs, "probs", {B, s.num_heads, T, T});
+    act(&a.att, "att", {N, q_out});
+    act(&a.h, "h", {N, C});
+    act(&a.n2, "n2", {N, C});
+    act(&a.rstd2, "rstd2", {N});
+    act(&a.gate, "gate", {N, I});
+    act(&a.up, "up", {N, I});
+    act(&a.act, "act", {N, I});
     for (int p = 0; p < kNumProj; ++p) {
-      sl.xa[p] = sl.mask[p] = -1;
       const LoraModule* m = adapter ? adapter->module(l, static_cast<Proj>(p)) : nullptr;
       if (!m) continue;
-      sl.xa[p] = acts_.Add("lora_xa", {N, R});
-      if (dropout) sl.mask[p] = acts_.Add("lora_mask", {N, m->in});
+      act(&a.lora_xa[p], "lora_xa", {N, R});
+      if (dropout) act(&a.lora_mask[p], "lora_mask", {N, m->in});
     }
   }
-  const int x_final = acts_.Add("x_final", {N, C});
-  const int nf = acts_.Add("nf", {N, C});
-  const int rstdf = acts_.Add("rstdf", {N});
-  const int logits = acts_.Add("logits", {N, V});
-  const int cos = acts_.Add("cos", {T, HD / 2});
-  const int sin = acts_.Add("sin", {T, HD / 2});
-  int head_xa = -1, head_mask = -1;
+  act(&act_.x_final, "x_final", {N, C});
+  act(&act_.nf, "nf", {N, C});
+  act(&act_.rstdf, "rstdf", {N});
+  act(&act_.logits, "logits", {N, V});
+  act(&act_.cos, "cos", {T, HD / 2});
+  act(&act_.sin, "sin", {T, HD / 2});
   if (adapter && adapter->lm_head()) {
-    head_xa = acts_.Add("head_xa", {N, R});
-    if (dropout) head_mask = acts_.Add("head_mask", {N, C});
+    act(&act_.head_xa, "head_xa", {N, R});
+    if (dropout) act(&act_.head_mask, "head_mask", {N, C});
   }
   const int64_t max_in = std::max({C, max_q, max_i});
-  const int dx = scratch_.Add("dx", {N, C});
-  const int dn = scratch_.Add("dn", {N, C});
-  const int dq = scratch_.Add("dq", {N, max_q});
+  scr_ = Scratch{};
+  scratch(&scr_.dx, "dx", {N, C});
+  scratch(&scr_.dn, "dn", {N, C});
+  scratch(&scr_.dq, "dq", {N, max_q});
   // dq, dk and datt trade buffers during RoPE backward: all sized for q.
-  const int dk = scratch_.Add("dk", {N, max_q});
-  const int dv = scratch_.Add("dv", {N, max_kv});
-  const int datt = scratch_.Add("datt", {N, max_q});
-  const int dgate = scratch_.Add("dgate", {N, max_i});
-  const int dup = scratch_.Add("dup", {N, max_i});
-  const int dact = scratch_.Add("dact", {N, max_i});
-  const int dlogits = scratch_.Add("dlogits", {N, V});
-  const int dyb = scratch_.Add("lora_dyb", {N, std::max(R, 1)});
-  const int tmp = scratch_.Add("lora_tmp", {N, dropout ? 2 * max_in : 1});
+  scratch(&scr_.dk, "dk", {N, max_q});
+  scratch(&scr_.dv, "dv", {N, max_kv});
+  scratch(&scr_.datt, "datt", {N, max_q});
+  scratch(&scr_.dgate, "dgate", {N, max_i});
+  scratch(&scr_.dup, "dup", {N, max_i});
+  scratch(&scr_.dact, "dact", {N, max_i});
+  scratch(&scr_.dlogits, "dlogits", {N, V});
+  scratch(&scr_.lora_dyb, "lora_dyb", {N, std::max(R, 1)});
+  scratch(&scr_.lora_tmp, "lora_tmp", {N, dropout ? 2 * max_in : 1});
   acts_.Allocate();
   scratch_.Allocate();
-
-  act_.layers.assign(static_cast<size_t>(c.num_layers), {});
-  for (int l = 0; l < c.num_layers; ++l) {
-    const LayerSlots& sl = ls[static_cast<size_t>(l)];
-    LayerActs& a = act_.layers[static_cast<size_t>(l)];
-    a.x = acts_.view(sl.x);
-    a.n1 = acts_.view(sl.n1);
-    a.rstd1 = acts_.view(sl.rstd1);
-    a.q = acts_.view(sl.q);
-    a.k = acts_.view(sl.k);
-    a.v = acts_.view(sl.v);
-    a.probs = acts_.view(sl.probs);
-    a.att = acts_.view(sl.att);
-    a.h = acts_.view(sl.h);
-    a.n2 = acts_.view(sl.n2);
-    a.rstd2 = acts_.view(sl.rstd2);
-    a.gate = acts_.view(sl.gate);
-    a.up = acts_.view(sl.up);
-    a.act = acts_.view(sl.act);
-    for (int p = 0; p < kNumProj; ++p) {
-      a.lora_xa[p] = sl.xa[p] >= 0 ? acts_.view(sl.xa[p]) : Tensor{};
-      a.lora_mask[p] = sl.mask[p] >= 0 ? acts_.view(sl.mask[p]) : Tensor{};
-    }
-  }
-  act_.x_final = acts_.view(x_final);
-  act_.nf = acts_.view(nf);
-  act_.rstdf = acts_.view(rstdf);
-  act_.logits = acts_.view(logits);
-  act_.cos = acts_.view(cos);
-  act_.sin = acts_.view(sin);
-  act_.head_xa = head_xa >= 0 ? acts_.view(head_xa) : Tensor{};
-  act_.head_mask = head_mask >= 0 ? acts_.view(head_mask) : Tensor{};
+  for (auto& [t, slot] : acts_binds) *t = acts_.view(slot);
+  for (auto& [t, slot] : scratch_binds) *t = scratch_.view(slot);
   ops::RopeTables(act_.cos.data, act_.sin.data, T, static_cast<int>(HD), c.rope_theta);
-  scr_.dx = scratch_.view(dx);
-  scr_.dn = scratch_.view(dn);
-  scr_.dq = scratch_.view(dq);
-  scr_.dk = scratch_.view(dk);
-  scr_.dv = scratch_.view(dv);
-  scr_.datt = scratch_.view(datt);
-  scr_.dgate = scratch_.view(dgate);
-  scr_.dup = scratch_.view(dup);
-  scr_.dact = scratch_.view(dact);
-  scr_.dlogits = scratch_.view(dlogits);
-  scr_.lora_dyb = scratch_.view(dyb);
-  scr_.lora_tmp = scratch_.view(tmp);
   planned_B_ = B;
   planned_T_ = T;
   planned_adapter_id_ = adapter_id;

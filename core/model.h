@@ -210,8 +210,6 @@ class Model {
   int planned_B_ = 0, planned_T_ = 0;
   uint64_t planned_adapter_id_ = 0;  // LoraAdapter::instance_id(), 0 = none
   // State of the last Forward, for Backward.
-  const int32_t* last_tokens_ = nullptr;
-  const int32_t* last_targets_ = nullptr;
   std::vector<int32_t> last_tokens_copy_, last_targets_copy_;
   int last_B_ = 0, last_T_ = 0;
   LoraAdapter* last_adapter_ = nullptr;
