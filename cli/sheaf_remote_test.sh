@@ -23,6 +23,9 @@ cat > "$work/tokens" <<EOT
 $tenant_token alice
 worker-token-0123456789 @worker
 EOT
+# Created before the coordinator starts: the background redirection opens it
+# asynchronously, and reading a missing file would end this set -e script.
+: > "$work/coordinator.log"
 "$coordinator" --listen 127.0.0.1:0 --metrics-port 0 --db "$work/jobs.db" \
   --tokens "$work/tokens" --model-root "$work/models" --data-root "$work/data" \
   --output-root "$work/out" 2> "$work/coordinator.log" &

@@ -79,6 +79,9 @@ mkdir -p runs
 
 echo "== starting a coordinator (SQLite in $work)"
 # A short lease TTL: heartbeats (and so progress reports) every few seconds.
+# Created before the coordinator starts: the background redirection opens it
+# asynchronously, and reading a missing file would end this set -e script.
+: > "$work/coordinator.log"
 "$bin/coordinator/sheaf-coordinator" --listen 127.0.0.1:0 --metrics-port 0 --lease-ttl 10s \
   --db "$work/jobs.db" --tokens "$work/tokens" \
   --model-root "$repo/models" --data-root "$repo/data" --output-root "$repo/runs" \
