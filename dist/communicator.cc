@@ -24,6 +24,59 @@ const char* PurposeName(Purpose p) {
   return "unknown";
 }
 
+const char* ReduceOpName(ReduceOp op) {
+  return op == ReduceOp::kReduceAvg ? "avg" : "sum";
+}
+
+absl::Status CheckCollectiveDType(const char* what, DType dtype, int64_t count, bool reduce,
+                                  ReduceOp op) {
+  if (reduce) {
+    const bool floating = dtype == DType::kDTypeF32 || dtype == DType::kDTypeBF16;
+    const bool sum_only = dtype == DType::kDTypeI32;
+    if (!floating && !(sum_only && op == ReduceOp::kReduceSum)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": no ", ReduceOpName(op), " reduction over ", DTypeName(dtype),
+                       " (reductions take f32 or bf16, and i32 for sum)"));
+    }
+    return absl::OkStatus();
+  }
+  if (dtype == DType::kDTypeNF4 && count % kNf4BlockSize != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": nf4 count ", count, " is not a multiple of the block size ",
+                     kNf4BlockSize, " (a shard must be whole blocks)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Work::WaitOnStream(void* /*stream*/) {
+  return absl::UnimplementedError(
+      "WaitOnStream: this backend works on host memory and has no streams; call Wait");
+}
+
+std::unique_ptr<Work> Communicator::AllGather(void* out, const void* in, int64_t count,
+                                              DType dtype, Purpose purpose) {
+  if (absl::Status s = CheckCollectiveDType("all_gather", dtype, count, false); !s.ok()) {
+    return CompletedWork(std::move(s));
+  }
+  return DoAllGather(out, in, count, dtype, purpose);
+}
+
+std::unique_ptr<Work> Communicator::ReduceScatter(void* out, const void* in, int64_t count,
+                                                  DType dtype, ReduceOp op, Purpose purpose) {
+  if (absl::Status s = CheckCollectiveDType("reduce_scatter", dtype, count, true, op); !s.ok()) {
+    return CompletedWork(std::move(s));
+  }
+  return DoReduceScatter(out, in, count, dtype, op, purpose);
+}
+
+std::unique_ptr<Work> Communicator::AllReduce(void* data, int64_t count, DType dtype,
+                                              ReduceOp op, Purpose purpose) {
+  if (absl::Status s = CheckCollectiveDType("all_reduce", dtype, count, true, op); !s.ok()) {
+    return CompletedWork(std::move(s));
+  }
+  return DoAllReduce(data, count, dtype, op, purpose);
+}
+
 namespace {
 
 class CompletedWorkImpl final : public Work {

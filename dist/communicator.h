@@ -13,6 +13,22 @@
 // wire: frozen_gather (sharded base weights), adapter_grad (the only
 // gradients ever reduced), control (specs, metrics, barriers, broadcasts).
 //
+// Element types (core/dtype.h). Counts are in elements of the collective's
+// DType and bytes are counted by its storage size (DTypeBytes):
+//   AllGather      any dtype; NF4 only in whole blocks (count a multiple of
+//                  kNf4BlockSize), since a rank's shard is a run of blocks.
+//   ReduceScatter, AllReduce
+//                  f32 and bf16 (sum, avg), i32 (sum). bf16 is added in f32
+//                  and rounded to bf16 (nearest even) where a backend writes
+//                  a result: once for the thread backend, once per combine
+//                  step for MPI (a user-defined op on 16-bit elements, so the
+//                  wire carries 2 bytes per element) and as NCCL does. Sums
+//                  of values whose partial sums are all representable in
+//                  bf16 are therefore exact on every backend; others may
+//                  differ between backends in the last bit. i32 sums wrap
+//                  modulo 2^32. f16 and NF4 reductions: InvalidArgument.
+// The float* overloads are the f32 case, kept for existing callers.
+//
 // Thread-safety: collectives are issued from one thread per rank; Wait may
 // be called from any thread; counters are atomic.
 #ifndef SHEAF_DIST_COMMUNICATOR_H_
@@ -27,8 +43,13 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/dtype.h"
 
 namespace sheaf::dist {
+
+// core's element types and devices (dist used to have its own Device).
+using ::sheaf::Device;
+using ::sheaf::DType;
 
 enum class Purpose { kPurposeFrozenGather, kPurposeAdapterGrad, kPurposeControl };
 inline constexpr int kNumPurposes = 3;
@@ -36,7 +57,14 @@ const char* PurposeName(Purpose p);  // "frozen_gather", "adapter_grad", "contro
 
 enum class ReduceOp { kReduceSum, kReduceAvg };
 
-enum class Device { kDeviceCpu, kDeviceCuda };
+const char* ReduceOpName(ReduceOp op);  // "sum", "avg"
+
+// OK when `dtype` and `count` suit the collective `what` (see the file
+// comment); `reduce` says whether it reduces (then `op` is checked too).
+// InvalidArgument naming the collective, the dtype and the op otherwise.
+// The typed collectives below call it before a backend sees the call.
+absl::Status CheckCollectiveDType(const char* what, DType dtype, int64_t count, bool reduce,
+                                  ReduceOp op = ReduceOp::kReduceSum);
 
 // A pending collective.
 class Work {
@@ -49,6 +77,15 @@ class Work {
   virtual absl::Status Wait(std::chrono::milliseconds timeout) = 0;
   // Non-blocking: true once Wait would return immediately.
   virtual bool Done() = 0;
+  // Device-side wait: makes work queued later on `stream` (a cudaStream_t,
+  // passed as void* so that this header needs no CUDA) wait for the
+  // collective, without blocking the host. OK means only that the wait was
+  // queued: a collective that then fails or times out is reported by Wait
+  // or Done, so a caller still checks one of them before trusting the
+  // result on the host. Backends over host memory (local, threads, MPI)
+  // have no streams and return Unimplemented: call Wait. The NCCL backend
+  // implements it.
+  virtual absl::Status WaitOnStream(void* stream);
 };
 
 // A Work that is already complete (with the given status).
@@ -74,18 +111,36 @@ class Communicator {
   virtual Device device() const = 0;
   virtual std::string backend_name() const = 0;
 
+  // Collectives with an element type. Each validates the dtype first
+  // (CheckCollectiveDType; a completed Work with InvalidArgument otherwise)
+  // and then calls the backend.
+  //
   // out[r * count + i] = in_r[i] for every rank r: each rank contributes
-  // `count` floats; `out` holds world_size * count. in may alias
-  // out + world_rank * count.
-  virtual std::unique_ptr<Work> AllGather(float* out, const float* in, int64_t count,
-                                          Purpose purpose) = 0;
+  // `count` elements; `out` holds world_size * count. in may alias
+  // out + world_rank * count (for NF4: byte offset DTypeBytes(nf4, world_rank
+  // * count)).
+  std::unique_ptr<Work> AllGather(void* out, const void* in, int64_t count, DType dtype,
+                                  Purpose purpose);
   // out[i] = op over ranks of in_r[world_rank * count + i]; `in` holds
-  // world_size * count floats, `out` count.
-  virtual std::unique_ptr<Work> ReduceScatter(float* out, const float* in, int64_t count,
-                                              ReduceOp op, Purpose purpose) = 0;
+  // world_size * count elements, `out` count.
+  std::unique_ptr<Work> ReduceScatter(void* out, const void* in, int64_t count, DType dtype,
+                                      ReduceOp op, Purpose purpose);
   // In place: data[i] = op over ranks of data_r[i].
-  virtual std::unique_ptr<Work> AllReduce(float* data, int64_t count, ReduceOp op,
-                                          Purpose purpose) = 0;
+  std::unique_ptr<Work> AllReduce(void* data, int64_t count, DType dtype, ReduceOp op,
+                                  Purpose purpose);
+
+  // The same on f32 buffers (what every caller before dtypes used).
+  std::unique_ptr<Work> AllGather(float* out, const float* in, int64_t count, Purpose purpose) {
+    return AllGather(out, in, count, DType::kDTypeF32, purpose);
+  }
+  std::unique_ptr<Work> ReduceScatter(float* out, const float* in, int64_t count, ReduceOp op,
+                                      Purpose purpose) {
+    return ReduceScatter(out, in, count, DType::kDTypeF32, op, purpose);
+  }
+  std::unique_ptr<Work> AllReduce(float* data, int64_t count, ReduceOp op, Purpose purpose) {
+    return AllReduce(data, count, DType::kDTypeF32, op, purpose);
+  }
+
   // Bytes from `root` to every rank, in place.
   virtual std::unique_ptr<Work> Broadcast(void* data, int64_t bytes, int root,
                                           Purpose purpose) = 0;
@@ -102,6 +157,15 @@ class Communicator {
     stats_.bytes_sent[static_cast<int>(p)] += bytes;
     stats_.calls[static_cast<int>(p)] += 1;
   }
+  // The backends' collectives, called with a dtype and count that passed
+  // CheckCollectiveDType (and, for reductions, an op valid for the dtype).
+  virtual std::unique_ptr<Work> DoAllGather(void* out, const void* in, int64_t count,
+                                            DType dtype, Purpose purpose) = 0;
+  virtual std::unique_ptr<Work> DoReduceScatter(void* out, const void* in, int64_t count,
+                                                DType dtype, ReduceOp op, Purpose purpose) = 0;
+  virtual std::unique_ptr<Work> DoAllReduce(void* data, int64_t count, DType dtype, ReduceOp op,
+                                            Purpose purpose) = 0;
+
   CommStats stats_;
 };
 

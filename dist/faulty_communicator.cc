@@ -98,20 +98,21 @@ std::unique_ptr<Work> FaultyCommunicator::Apply(
   return work;
 }
 
-std::unique_ptr<Work> FaultyCommunicator::AllGather(float* out, const float* in, int64_t count,
-                                                    Purpose purpose) {
-  return Apply(purpose, [&] { return inner_->AllGather(out, in, count, purpose); });
+std::unique_ptr<Work> FaultyCommunicator::DoAllGather(void* out, const void* in, int64_t count,
+                                                      DType dtype, Purpose purpose) {
+  return Apply(purpose, [&] { return inner_->AllGather(out, in, count, dtype, purpose); });
 }
 
-std::unique_ptr<Work> FaultyCommunicator::ReduceScatter(float* out, const float* in,
-                                                        int64_t count, ReduceOp op,
-                                                        Purpose purpose) {
-  return Apply(purpose, [&] { return inner_->ReduceScatter(out, in, count, op, purpose); });
+std::unique_ptr<Work> FaultyCommunicator::DoReduceScatter(void* out, const void* in,
+                                                          int64_t count, DType dtype, ReduceOp op,
+                                                          Purpose purpose) {
+  return Apply(purpose,
+               [&] { return inner_->ReduceScatter(out, in, count, dtype, op, purpose); });
 }
 
-std::unique_ptr<Work> FaultyCommunicator::AllReduce(float* data, int64_t count, ReduceOp op,
-                                                    Purpose purpose) {
-  return Apply(purpose, [&] { return inner_->AllReduce(data, count, op, purpose); });
+std::unique_ptr<Work> FaultyCommunicator::DoAllReduce(void* data, int64_t count, DType dtype,
+                                                      ReduceOp op, Purpose purpose) {
+  return Apply(purpose, [&] { return inner_->AllReduce(data, count, dtype, op, purpose); });
 }
 
 std::unique_ptr<Work> FaultyCommunicator::Broadcast(void* data, int64_t bytes, int root,

@@ -50,12 +50,6 @@ class FaultyCommunicator final : public Communicator {
   Device device() const override { return inner_->device(); }
   std::string backend_name() const override { return "faulty(" + inner_->backend_name() + ")"; }
 
-  std::unique_ptr<Work> AllGather(float* out, const float* in, int64_t count,
-                                  Purpose purpose) override;
-  std::unique_ptr<Work> ReduceScatter(float* out, const float* in, int64_t count, ReduceOp op,
-                                      Purpose purpose) override;
-  std::unique_ptr<Work> AllReduce(float* data, int64_t count, ReduceOp op,
-                                  Purpose purpose) override;
   std::unique_ptr<Work> Broadcast(void* data, int64_t bytes, int root,
                                   Purpose purpose) override;
   std::unique_ptr<Work> Barrier() override;
@@ -65,6 +59,15 @@ class FaultyCommunicator final : public Communicator {
   int64_t issued() const { return next_index_; }
   // Faults that have fired so far.
   int64_t fired() const { return fired_; }
+
+ protected:
+  // Forwarded with their dtype to the inner communicator's typed calls.
+  std::unique_ptr<Work> DoAllGather(void* out, const void* in, int64_t count, DType dtype,
+                                    Purpose purpose) override;
+  std::unique_ptr<Work> DoReduceScatter(void* out, const void* in, int64_t count, DType dtype,
+                                        ReduceOp op, Purpose purpose) override;
+  std::unique_ptr<Work> DoAllReduce(void* data, int64_t count, DType dtype, ReduceOp op,
+                                    Purpose purpose) override;
 
  private:
   // Runs `run` on the inner communicator unless a fault applies.

@@ -18,38 +18,40 @@ absl::Status CheckBuffer(const char* op, const char* name, const void* ptr, int6
   return absl::OkStatus();
 }
 
-// out = in over `count` floats; memmove because the interface lets them
-// overlap (AllGather's in may alias out + world_rank * count).
-void CopyIfDistinct(float* out, const float* in, int64_t count) {
-  if (out != in && count > 0) std::memmove(out, in, static_cast<size_t>(count) * sizeof(float));
+// out = in over `count` elements of `dtype`; memmove because the interface
+// lets them overlap (AllGather's in may alias out + world_rank * count).
+void CopyIfDistinct(void* out, const void* in, int64_t count, DType dtype) {
+  if (out != in && count > 0) {
+    std::memmove(out, in, static_cast<size_t>(DTypeBytes(dtype, count)));
+  }
 }
 
 }  // namespace
 
-std::unique_ptr<Work> LocalCommunicator::AllGather(float* out, const float* in, int64_t count,
-                                                   Purpose purpose) {
+std::unique_ptr<Work> LocalCommunicator::DoAllGather(void* out, const void* in, int64_t count,
+                                                     DType dtype, Purpose purpose) {
   absl::Status status = CheckBuffer("all_gather", "out", out, count);
   if (status.ok()) status = CheckBuffer("all_gather", "in", in, count);
   if (!status.ok()) return CompletedWork(status);
-  CopyIfDistinct(out, in, count);
+  CopyIfDistinct(out, in, count, dtype);
   Count(purpose, 0);
   return CompletedWork();
 }
 
-std::unique_ptr<Work> LocalCommunicator::ReduceScatter(float* out, const float* in,
-                                                       int64_t count, ReduceOp /*op*/,
-                                                       Purpose purpose) {
+std::unique_ptr<Work> LocalCommunicator::DoReduceScatter(void* out, const void* in,
+                                                         int64_t count, DType dtype,
+                                                         ReduceOp /*op*/, Purpose purpose) {
   // Sum and average over one rank are both the identity.
   absl::Status status = CheckBuffer("reduce_scatter", "out", out, count);
   if (status.ok()) status = CheckBuffer("reduce_scatter", "in", in, count);
   if (!status.ok()) return CompletedWork(status);
-  CopyIfDistinct(out, in, count);
+  CopyIfDistinct(out, in, count, dtype);
   Count(purpose, 0);
   return CompletedWork();
 }
 
-std::unique_ptr<Work> LocalCommunicator::AllReduce(float* data, int64_t count, ReduceOp /*op*/,
-                                                   Purpose purpose) {
+std::unique_ptr<Work> LocalCommunicator::DoAllReduce(void* data, int64_t count, DType /*dtype*/,
+                                                     ReduceOp /*op*/, Purpose purpose) {
   absl::Status status = CheckBuffer("all_reduce", "data", data, count);
   if (!status.ok()) return CompletedWork(status);
   Count(purpose, 0);

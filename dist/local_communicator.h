@@ -29,15 +29,18 @@ class LocalCommunicator final : public Communicator {
 
   // Each returns a completed Work: OK, or InvalidArgument for a negative
   // count, a null buffer with a positive count, or (Broadcast) root != 0.
-  std::unique_ptr<Work> AllGather(float* out, const float* in, int64_t count,
-                                  Purpose purpose) override;
-  std::unique_ptr<Work> ReduceScatter(float* out, const float* in, int64_t count, ReduceOp op,
-                                      Purpose purpose) override;
-  std::unique_ptr<Work> AllReduce(float* data, int64_t count, ReduceOp op,
-                                  Purpose purpose) override;
+  // Every dtype of communicator.h is the identity as well.
   std::unique_ptr<Work> Broadcast(void* data, int64_t bytes, int root,
                                   Purpose purpose) override;
   std::unique_ptr<Work> Barrier() override;
+
+ protected:
+  std::unique_ptr<Work> DoAllGather(void* out, const void* in, int64_t count, DType dtype,
+                                    Purpose purpose) override;
+  std::unique_ptr<Work> DoReduceScatter(void* out, const void* in, int64_t count, DType dtype,
+                                        ReduceOp op, Purpose purpose) override;
+  std::unique_ptr<Work> DoAllReduce(void* data, int64_t count, DType dtype, ReduceOp op,
+                                    Purpose purpose) override;
 };
 
 }  // namespace sheaf::dist

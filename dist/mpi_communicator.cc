@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "core/safetensors.h"
 
 namespace sheaf::dist {
 namespace {
@@ -74,12 +75,42 @@ bool Overlap(const void* a, int64_t a_bytes, const void* b, int64_t b_bytes) {
   return a_bytes > 0 && b_bytes > 0 && pa < pb + b_bytes && pb < pa + a_bytes;
 }
 
-absl::Status CheckCount(const char* op, int64_t count) {
+// The MPI element that carries `dtype` and how many of them `count`
+// elements of it are (NF4 travels as its bytes).
+struct MpiElements {
+  MPI_Datatype type;
+  int64_t count;
+};
+MpiElements ToMpi(DType dtype, int64_t count) {
+  switch (dtype) {
+    case DType::kDTypeF32:
+      return {MPI_FLOAT, count};
+    case DType::kDTypeBF16:
+    case DType::kDTypeF16:
+      return {MPI_UINT16_T, count};
+    case DType::kDTypeI32:
+      return {MPI_INT32_T, count};
+    case DType::kDTypeNF4:
+      return {MPI_BYTE, DTypeBytes(dtype, count)};
+  }
+  return {MPI_BYTE, DTypeBytes(dtype, count)};
+}
+
+// The bf16 sum of MpiCommunicator (an MPI_User_function on MPI_UINT16_T):
+// inout[i] = bf16(f32(in[i]) + f32(inout[i])), rounded to nearest even.
+void Bf16Sum(void* in, void* inout, int* len, MPI_Datatype* /*type*/) {
+  const uint16_t* a = static_cast<const uint16_t*>(in);
+  uint16_t* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = F32ToBf16(Bf16ToF32(a[i]) + Bf16ToF32(b[i]));
+}
+
+absl::Status CheckCount(const char* op, int64_t count, DType dtype = DType::kDTypeF32) {
   if (count < 0) return absl::InvalidArgumentError(absl::StrCat(op, ": negative count ", count));
-  if (count > INT_MAX) {
+  if (ToMpi(dtype, count).count > INT_MAX) {
     return absl::InvalidArgumentError(
         absl::StrCat(op, ": count ", count, " exceeds MPI's limit of ", INT_MAX,
-                     " elements per call; split the buffer"));
+                     dtype == DType::kDTypeNF4 ? " bytes" : " elements",
+                     " per call; split the buffer"));
   }
   return absl::OkStatus();
 }
@@ -99,10 +130,14 @@ struct MpiCommunicator::Op {
   int64_t seq = 0;
   Purpose purpose = Purpose::kPurposeControl;
   ReduceOp reduce = ReduceOp::kReduceSum;
-  float* out = nullptr;       // all_gather, reduce_scatter, all_reduce (in place)
-  const float* in = nullptr;  // all_gather (nullptr = in place), reduce_scatter
-  void* data = nullptr;       // broadcast
-  int count = 0;              // elements (bytes for broadcast), per rank
+  DType dtype = DType::kDTypeF32;
+  void* out = nullptr;       // all_gather, reduce_scatter, all_reduce (in place)
+  const void* in = nullptr;  // all_gather (nullptr = in place), reduce_scatter
+  void* data = nullptr;      // broadcast
+  // Per rank, in units of mpi_type (bytes for broadcast and NF4).
+  int count = 0;
+  MPI_Datatype mpi_type = MPI_BYTE;
+  MPI_Op mpi_op = MPI_SUM;   // reductions
   int root = 0;
   Clock::time_point issued;
 
@@ -323,6 +358,8 @@ absl::Status MpiCommunicator::InitMpi() {
   }
   rc = MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   if (rc != MPI_SUCCESS) return MpiError("MPI_Comm_set_errhandler", rc);
+  rc = MPI_Op_create(&Bf16Sum, /*commute=*/1, &bf16_sum_);
+  if (rc != MPI_SUCCESS) return MpiError("MPI_Op_create (bf16 sum)", rc);
   MPI_Comm_rank(comm_, &world_rank_);
   MPI_Comm_size(comm_, &world_size_);
   return absl::OkStatus();
@@ -376,17 +413,17 @@ void MpiCommunicator::ProgressLoop() {
         switch (op.kind) {
           case Kind::kAllGather:
             call = "MPI_Iallgather";
-            rc = MPI_Iallgather(op.in == nullptr ? MPI_IN_PLACE : op.in, op.count, MPI_FLOAT,
-                                op.out, op.count, MPI_FLOAT, comm_, &op.request);
+            rc = MPI_Iallgather(op.in == nullptr ? MPI_IN_PLACE : op.in, op.count, op.mpi_type,
+                                op.out, op.count, op.mpi_type, comm_, &op.request);
             break;
           case Kind::kReduceScatter:
             call = "MPI_Ireduce_scatter_block";
-            rc = MPI_Ireduce_scatter_block(op.in, op.out, op.count, MPI_FLOAT, MPI_SUM, comm_,
-                                           &op.request);
+            rc = MPI_Ireduce_scatter_block(op.in, op.out, op.count, op.mpi_type, op.mpi_op,
+                                           comm_, &op.request);
             break;
           case Kind::kAllReduce:
             call = "MPI_Iallreduce";
-            rc = MPI_Iallreduce(MPI_IN_PLACE, op.out, op.count, MPI_FLOAT, MPI_SUM, comm_,
+            rc = MPI_Iallreduce(MPI_IN_PLACE, op.out, op.count, op.mpi_type, op.mpi_op, comm_,
                                 &op.request);
             break;
           case Kind::kBroadcast:
@@ -431,7 +468,13 @@ void MpiCommunicator::ProgressLoop() {
         // mpi_mu, so never after a timed-out Wait has returned).
         if (!op.done && op.reduce == ReduceOp::kReduceAvg) {
           const float n = static_cast<float>(world_size_);
-          for (int j = 0; j < op.count; ++j) op.out[j] /= n;
+          if (op.dtype == DType::kDTypeBF16) {
+            uint16_t* out = static_cast<uint16_t*>(op.out);
+            for (int j = 0; j < op.count; ++j) out[j] = F32ToBf16(Bf16ToF32(out[j]) / n);
+          } else {  // f32 (CheckCollectiveDType allows no other average)
+            float* out = static_cast<float*>(op.out);
+            for (int j = 0; j < op.count; ++j) out[j] /= n;
+          }
         }
         Shared::CompleteLocked(op, absl::OkStatus());
         active.erase(active.begin() + static_cast<std::ptrdiff_t>(i));
@@ -489,6 +532,7 @@ void MpiCommunicator::Shutdown() {
                  world_rank_, std::string(health.message()).c_str());
     return;
   }
+  if (bf16_sum_ != MPI_OP_NULL) MPI_Op_free(&bf16_sum_);
   MPI_Comm_free(&comm_);
   if (owns_mpi_ && options_.finalize) MPI_Finalize();
 }
@@ -504,15 +548,15 @@ std::unique_ptr<Work> MpiCommunicator::Issue(std::shared_ptr<Op> op, int64_t byt
   return std::make_unique<MpiWork>(std::move(op), shared_);
 }
 
-std::unique_ptr<Work> MpiCommunicator::AllGather(float* out, const float* in, int64_t count,
-                                                 Purpose purpose) {
+std::unique_ptr<Work> MpiCommunicator::DoAllGather(void* out, const void* in, int64_t count,
+                                                   DType dtype, Purpose purpose) {
   const int64_t n = world_size_;
-  absl::Status status = CheckCount("all_gather", count);
+  const int64_t bytes = DTypeBytes(dtype, count);
+  absl::Status status = CheckCount("all_gather", count, dtype);
   if (status.ok()) status = CheckPointer("all_gather", "out", out, count);
   if (status.ok()) status = CheckPointer("all_gather", "in", in, count);
-  const bool in_place = count > 0 && in == out + world_rank_ * count;
-  if (status.ok() && !in_place &&
-      Overlap(out, n * count * 4, in, count * 4)) {
+  const bool in_place = count > 0 && in == static_cast<char*>(out) + world_rank_ * bytes;
+  if (status.ok() && !in_place && Overlap(out, n * bytes, in, bytes)) {
     status = absl::InvalidArgumentError(
         "all_gather: in overlaps out other than at out + world_rank * count");
   }
@@ -520,20 +564,24 @@ std::unique_ptr<Work> MpiCommunicator::AllGather(float* out, const float* in, in
   auto op = std::make_shared<Op>();
   op->kind = Kind::kAllGather;
   op->purpose = purpose;
+  op->dtype = dtype;
   op->out = out;
   op->in = in_place ? nullptr : in;
-  op->count = static_cast<int>(count);
-  return Issue(std::move(op), (n - 1) * count * 4);
+  const MpiElements elements = ToMpi(dtype, count);
+  op->mpi_type = elements.type;
+  op->count = static_cast<int>(elements.count);
+  return Issue(std::move(op), (n - 1) * bytes);
 }
 
-std::unique_ptr<Work> MpiCommunicator::ReduceScatter(float* out, const float* in,
-                                                     int64_t count, ReduceOp reduce,
-                                                     Purpose purpose) {
+std::unique_ptr<Work> MpiCommunicator::DoReduceScatter(void* out, const void* in, int64_t count,
+                                                       DType dtype, ReduceOp reduce,
+                                                       Purpose purpose) {
   const int64_t n = world_size_;
-  absl::Status status = CheckCount("reduce_scatter", count);
+  const int64_t bytes = DTypeBytes(dtype, count);
+  absl::Status status = CheckCount("reduce_scatter", count, dtype);
   if (status.ok()) status = CheckPointer("reduce_scatter", "out", out, count);
   if (status.ok()) status = CheckPointer("reduce_scatter", "in", in, count);
-  if (status.ok() && Overlap(out, count * 4, in, n * count * 4)) {
+  if (status.ok() && Overlap(out, bytes, in, n * bytes)) {
     status = absl::InvalidArgumentError("reduce_scatter: out overlaps in");
   }
   if (!status.ok()) return CompletedWork(status);
@@ -541,27 +589,35 @@ std::unique_ptr<Work> MpiCommunicator::ReduceScatter(float* out, const float* in
   op->kind = Kind::kReduceScatter;
   op->purpose = purpose;
   op->reduce = reduce;
+  op->dtype = dtype;
   op->out = out;
   op->in = in;
-  op->count = static_cast<int>(count);
-  // A ring reduce-scatter of n·count floats sends (N-1)/N of them.
-  return Issue(std::move(op), (n - 1) * count * 4);
+  const MpiElements elements = ToMpi(dtype, count);
+  op->mpi_type = elements.type;
+  op->mpi_op = dtype == DType::kDTypeBF16 ? bf16_sum_ : MPI_SUM;
+  op->count = static_cast<int>(elements.count);
+  // A ring reduce-scatter of n·count elements sends (N-1)/N of them.
+  return Issue(std::move(op), (n - 1) * bytes);
 }
 
-std::unique_ptr<Work> MpiCommunicator::AllReduce(float* data, int64_t count, ReduceOp reduce,
-                                                 Purpose purpose) {
+std::unique_ptr<Work> MpiCommunicator::DoAllReduce(void* data, int64_t count, DType dtype,
+                                                   ReduceOp reduce, Purpose purpose) {
   const int64_t n = world_size_;
-  absl::Status status = CheckCount("all_reduce", count);
+  absl::Status status = CheckCount("all_reduce", count, dtype);
   if (status.ok()) status = CheckPointer("all_reduce", "data", data, count);
   if (!status.ok()) return CompletedWork(status);
   auto op = std::make_shared<Op>();
   op->kind = Kind::kAllReduce;
   op->purpose = purpose;
   op->reduce = reduce;
+  op->dtype = dtype;
   op->out = data;
-  op->count = static_cast<int>(count);
+  const MpiElements elements = ToMpi(dtype, count);
+  op->mpi_type = elements.type;
+  op->mpi_op = dtype == DType::kDTypeBF16 ? bf16_sum_ : MPI_SUM;
+  op->count = static_cast<int>(elements.count);
   // Ring: a reduce-scatter then an all-gather, each (N-1)/N of the bytes.
-  return Issue(std::move(op), 2 * (n - 1) * count * 4 / n);
+  return Issue(std::move(op), 2 * (n - 1) * DTypeBytes(dtype, count) / n);
 }
 
 std::unique_ptr<Work> MpiCommunicator::Broadcast(void* data, int64_t bytes, int root,

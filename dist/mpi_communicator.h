@@ -1,4 +1,10 @@
-// The MPI backend: collectives on CPU float buffers over OpenMPI.
+// The MPI backend: collectives on CPU buffers over OpenMPI.
+//
+// Element types (communicator.h): f32 travels as MPI_FLOAT, i32 as
+// MPI_INT32_T, bf16 and f16 as MPI_UINT16_T (bf16 sums use a user-defined
+// MPI_Op that adds in f32 and rounds to bf16 at each combine step), NF4
+// blocks as MPI_BYTE (gathers only). The averages divide the sum by N after
+// MPI is done, on the progress thread (for bf16: in f32, then rounded).
 //
 // Threading. Every MPI call this class makes runs on ONE dedicated progress
 // thread, which also initialises MPI (so it is MPI's "main thread"). Issuing
@@ -89,17 +95,12 @@ class MpiCommunicator final : public Communicator {
 
   // Each returns at once. The Work's Wait returns OK; DeadlineExceeded
   // (timeout, watchdog); Unavailable (broken communicator, MPI error);
-  // InvalidArgument (negative count, count above INT_MAX elements, null
-  // buffer with a positive count, root out of range, or buffers that overlap
-  // other than AllGather's in == out + world_rank * count). Zero counts
-  // complete at once without an MPI call (every rank skips alike).
-  // ReduceScatter's out must not overlap in.
-  std::unique_ptr<Work> AllGather(float* out, const float* in, int64_t count,
-                                  Purpose purpose) override;
-  std::unique_ptr<Work> ReduceScatter(float* out, const float* in, int64_t count, ReduceOp op,
-                                      Purpose purpose) override;
-  std::unique_ptr<Work> AllReduce(float* data, int64_t count, ReduceOp op,
-                                  Purpose purpose) override;
+  // InvalidArgument (negative count, count above INT_MAX elements (NF4:
+  // bytes), null buffer with a positive count, root out of range, or
+  // buffers that overlap other than AllGather's in == out + world_rank *
+  // count). Zero counts complete at once without an MPI call (every rank
+  // skips alike). ReduceScatter's out must not overlap in. WaitOnStream:
+  // Unimplemented (host memory).
   std::unique_ptr<Work> Broadcast(void* data, int64_t bytes, int root,
                                   Purpose purpose) override;
   std::unique_ptr<Work> Barrier() override;
@@ -116,6 +117,14 @@ class MpiCommunicator final : public Communicator {
   int thread_level() const { return thread_level_; }
   // OK while healthy; otherwise the failure that broke it.
   absl::Status health() const;
+
+ protected:
+  std::unique_ptr<Work> DoAllGather(void* out, const void* in, int64_t count, DType dtype,
+                                    Purpose purpose) override;
+  std::unique_ptr<Work> DoReduceScatter(void* out, const void* in, int64_t count, DType dtype,
+                                        ReduceOp op, Purpose purpose) override;
+  std::unique_ptr<Work> DoAllReduce(void* data, int64_t count, DType dtype, ReduceOp op,
+                                    Purpose purpose) override;
 
  private:
   struct Op;
@@ -142,6 +151,7 @@ class MpiCommunicator final : public Communicator {
   int world_size_ = 1;
   int thread_level_ = MPI_THREAD_SINGLE;
   bool owns_mpi_ = false;  // this communicator called MPI_Init_thread
+  MPI_Op bf16_sum_ = MPI_OP_NULL;  // created by InitMpi, freed by Shutdown
   int64_t next_seq_ = 0;   // issuing thread only
 };
 

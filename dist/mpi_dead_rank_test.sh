@@ -29,7 +29,11 @@ source "$(dirname "$0")/mpi_test_lib.sh" 2>/dev/null ||
   source "$TEST_SRCDIR/sheaf/dist/mpi_test_lib.sh"
 CHECK=$(find_runfile dist/mpi_collectives_check)
 TMP="${TEST_TMPDIR:-$(mktemp -d)}"
-LIMIT_S=30
+# Only a hang-stopper: each case must end through its own timeout (5 s, or
+# the 3 s watchdog under a 60 s Wait), which expect_detected checks from the
+# message; 100 s leaves mpirun's start-up on a loaded 2-core machine room and
+# stays below the 120 s kill.
+LIMIT_S=100
 
 # run_case NAME EXTRA_MPIRUN_ARGS...; check_args: extra flags for the check.
 # Sets rc, elapsed, out.

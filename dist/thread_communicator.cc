@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "core/safetensors.h"
 
 namespace sheaf::dist {
 
@@ -17,57 +18,120 @@ class ThreadCommunicator final : public Communicator {
   Device device() const override { return Device::kDeviceCpu; }
   std::string backend_name() const override { return "threads"; }
 
-  std::unique_ptr<Work> AllGather(float* out, const float* in, int64_t count,
-                                  Purpose purpose) override {
+  // Broadcast and Barrier: below.
+
+ protected:
+  std::unique_ptr<Work> DoAllGather(void* out, const void* in, int64_t count, DType dtype,
+                                    Purpose purpose) override {
     const int n = w_->n_;
+    const int64_t bytes = DTypeBytes(dtype, count);
     w_->inputs_[static_cast<size_t>(r_)] = in;
-    w_->ArriveChecked(r_, absl::StrCat("all_gather(", count, ")"));
-    std::vector<float> tmp(static_cast<size_t>(count * n));
+    w_->ArriveChecked(r_, absl::StrCat("all_gather(", count, " ", DTypeName(dtype), ")"));
+    std::vector<char> tmp(static_cast<size_t>(bytes * n));
     for (int s = 0; s < n; ++s) {
-      if (count) std::memcpy(tmp.data() + s * count, w_->inputs_[static_cast<size_t>(s)], static_cast<size_t>(count) * 4);
+      if (bytes) std::memcpy(tmp.data() + s * bytes, w_->inputs_[static_cast<size_t>(s)], static_cast<size_t>(bytes));
     }
     w_->Arrive();
-    if (count) std::memcpy(out, tmp.data(), tmp.size() * 4);
-    Count(purpose, (n - 1) * count * 4);
+    if (bytes) std::memcpy(out, tmp.data(), tmp.size());
+    Count(purpose, (n - 1) * bytes);
     return CompletedWork();
   }
 
-  std::unique_ptr<Work> ReduceScatter(float* out, const float* in, int64_t count, ReduceOp op,
-                                      Purpose purpose) override {
+  std::unique_ptr<Work> DoReduceScatter(void* out, const void* in, int64_t count, DType dtype,
+                                        ReduceOp op, Purpose purpose) override {
     const int n = w_->n_;
     w_->inputs_[static_cast<size_t>(r_)] = in;
-    w_->ArriveChecked(r_, absl::StrCat("reduce_scatter(", count, ")"));
-    std::vector<double> acc(static_cast<size_t>(count), 0.0);
-    for (int s = 0; s < n; ++s) {
-      const float* src = static_cast<const float*>(w_->inputs_[static_cast<size_t>(s)]) + r_ * count;
-      for (int64_t i = 0; i < count; ++i) acc[static_cast<size_t>(i)] += src[i];
+    w_->ArriveChecked(r_, absl::StrCat("reduce_scatter(", count, " ", DTypeName(dtype), ")"));
+    switch (dtype) {
+      case DType::kDTypeF32: {
+        std::vector<double> acc(static_cast<size_t>(count), 0.0);
+        for (int s = 0; s < n; ++s) {
+          const float* src = static_cast<const float*>(w_->inputs_[static_cast<size_t>(s)]) + r_ * count;
+          for (int64_t i = 0; i < count; ++i) acc[static_cast<size_t>(i)] += src[i];
+        }
+        w_->Arrive();
+        float* dst = static_cast<float*>(out);
+        for (int64_t i = 0; i < count; ++i) {
+          dst[i] = static_cast<float>(op == ReduceOp::kReduceAvg ? acc[static_cast<size_t>(i)] / n : acc[static_cast<size_t>(i)]);
+        }
+        break;
+      }
+      default: {
+        std::vector<char> result(static_cast<size_t>(DTypeBytes(dtype, count)));
+        ReduceNarrow(result.data(), r_ * count, count, dtype, op);
+        w_->Arrive();
+        if (count) std::memcpy(out, result.data(), result.size());
+        break;
+      }
     }
-    w_->Arrive();
-    for (int64_t i = 0; i < count; ++i) {
-      out[i] = static_cast<float>(op == ReduceOp::kReduceAvg ? acc[static_cast<size_t>(i)] / n : acc[static_cast<size_t>(i)]);
-    }
-    Count(purpose, (n - 1) * count * 4);
+    Count(purpose, (n - 1) * DTypeBytes(dtype, count));
     return CompletedWork();
   }
 
-  std::unique_ptr<Work> AllReduce(float* data, int64_t count, ReduceOp op, Purpose purpose) override {
+  std::unique_ptr<Work> DoAllReduce(void* data, int64_t count, DType dtype, ReduceOp op,
+                                    Purpose purpose) override {
     const int n = w_->n_;
     w_->inputs_[static_cast<size_t>(r_)] = data;
-    w_->ArriveChecked(r_, absl::StrCat("all_reduce(", count, ")"));
-    // Sum in rank order (the same on every rank, so results are identical).
-    std::vector<float> acc(static_cast<size_t>(count), 0.0f);
-    for (int s = 0; s < n; ++s) {
-      const float* src = static_cast<const float*>(w_->inputs_[static_cast<size_t>(s)]);
-      for (int64_t i = 0; i < count; ++i) acc[static_cast<size_t>(i)] += src[i];
+    w_->ArriveChecked(r_, absl::StrCat("all_reduce(", count, " ", DTypeName(dtype), ")"));
+    switch (dtype) {
+      case DType::kDTypeF32: {
+        // Sum in rank order (the same on every rank, so results are identical).
+        std::vector<float> acc(static_cast<size_t>(count), 0.0f);
+        for (int s = 0; s < n; ++s) {
+          const float* src = static_cast<const float*>(w_->inputs_[static_cast<size_t>(s)]);
+          for (int64_t i = 0; i < count; ++i) acc[static_cast<size_t>(i)] += src[i];
+        }
+        w_->Arrive();
+        float* dst = static_cast<float*>(data);
+        for (int64_t i = 0; i < count; ++i) {
+          dst[i] = op == ReduceOp::kReduceAvg ? acc[static_cast<size_t>(i)] / static_cast<float>(n) : acc[static_cast<size_t>(i)];
+        }
+        break;
+      }
+      default: {
+        std::vector<char> result(static_cast<size_t>(DTypeBytes(dtype, count)));
+        ReduceNarrow(result.data(), 0, count, dtype, op);
+        w_->Arrive();
+        if (count) std::memcpy(data, result.data(), result.size());
+        break;
+      }
     }
-    w_->Arrive();
-    for (int64_t i = 0; i < count; ++i) {
-      data[i] = op == ReduceOp::kReduceAvg ? acc[static_cast<size_t>(i)] / static_cast<float>(n) : acc[static_cast<size_t>(i)];
-    }
-    Count(purpose, 2 * (n - 1) * count * 4 / n);
+    Count(purpose, 2 * (n - 1) * DTypeBytes(dtype, count) / n);
     return CompletedWork();
   }
 
+ private:
+  // result[i] = op over ranks of input_r[first + i], for the 16- and 32-bit
+  // integer-stored dtypes: bf16 summed in f32 in rank order and rounded once
+  // (nearest even), the average divided in f32 before that rounding; i32
+  // summed in int64 and wrapped to 32 bits. Reads the inputs, so it runs
+  // between the two rendezvous.
+  void ReduceNarrow(char* result, int64_t first, int64_t count, DType dtype, ReduceOp op) {
+    const int n = w_->n_;
+    if (dtype == DType::kDTypeBF16) {
+      uint16_t* dst = reinterpret_cast<uint16_t*>(result);
+      for (int64_t i = 0; i < count; ++i) {
+        float acc = 0.0f;
+        for (int s = 0; s < n; ++s) {
+          acc += Bf16ToF32(static_cast<const uint16_t*>(w_->inputs_[static_cast<size_t>(s)])[first + i]);
+        }
+        if (op == ReduceOp::kReduceAvg) acc /= static_cast<float>(n);
+        dst[i] = F32ToBf16(acc);
+      }
+      return;
+    }
+    // i32, sum only (CheckCollectiveDType).
+    int32_t* dst = reinterpret_cast<int32_t*>(result);
+    for (int64_t i = 0; i < count; ++i) {
+      int64_t acc = 0;
+      for (int s = 0; s < n; ++s) {
+        acc += static_cast<const int32_t*>(w_->inputs_[static_cast<size_t>(s)])[first + i];
+      }
+      dst[i] = static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(acc)));
+    }
+  }
+
+ public:
   std::unique_ptr<Work> Broadcast(void* data, int64_t bytes, int root, Purpose purpose) override {
     const int n = w_->n_;
     w_->inputs_[static_cast<size_t>(r_)] = data;

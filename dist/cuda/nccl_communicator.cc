@@ -66,6 +66,29 @@ int64_t Millis(std::chrono::milliseconds d) { return static_cast<int64_t>(d.coun
 
 ncclRedOp_t ToNccl(ReduceOp op) { return op == ReduceOp::kReduceAvg ? ncclAvg : ncclSum; }
 
+// NCCL's element type for `dtype` and how many of them `count` elements are
+// (NF4 blocks travel as bytes; CheckCollectiveDType keeps them out of
+// reductions).
+struct NcclElements {
+  ncclDataType_t type;
+  size_t count;
+};
+NcclElements ToNccl(DType dtype, int64_t count) {
+  switch (dtype) {
+    case DType::kDTypeF32:
+      return {ncclFloat32, static_cast<size_t>(count)};
+    case DType::kDTypeBF16:
+      return {ncclBfloat16, static_cast<size_t>(count)};
+    case DType::kDTypeF16:
+      return {ncclFloat16, static_cast<size_t>(count)};
+    case DType::kDTypeI32:
+      return {ncclInt32, static_cast<size_t>(count)};
+    case DType::kDTypeNF4:
+      break;
+  }
+  return {ncclUint8, static_cast<size_t>(DTypeBytes(dtype, count))};
+}
+
 // What Create() sends from rank 0: the id, and whether rank 0 got that far
 // (so that the other ranks fail with it instead of timing out in init).
 struct IdMessage {
@@ -248,6 +271,15 @@ class NcclCommunicator::NcclWork final : public Work {
       *sink += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
     }
     return status;
+  }
+
+  // Queues a wait for `done_` on `stream`: kernels queued there later run
+  // after the collective. FailedPrecondition on a broken communicator (its
+  // kernels were aborted and the event may never mean "written").
+  absl::Status WaitOnStream(void* stream) override {
+    if (shared_->broken.load()) return shared_->BrokenStatus();
+    return CudaStatus(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), done_, 0),
+                      "cudaStreamWaitEvent");
   }
 
   bool Done() override {
@@ -528,8 +560,8 @@ std::unique_ptr<Work> NcclCommunicator::Counted(absl::StatusOr<std::unique_ptr<W
   return std::move(work).value();
 }
 
-std::unique_ptr<Work> NcclCommunicator::AllGather(float* out, const float* in, int64_t count,
-                                                  Purpose purpose) {
+std::unique_ptr<Work> NcclCommunicator::DoAllGather(void* out, const void* in, int64_t count,
+                                                    DType dtype, Purpose purpose) {
   if (absl::Status s = CheckCount(count, world_size_, "AllGather count"); !s.ok()) {
     return CompletedWork(s);
   }
@@ -544,13 +576,16 @@ std::unique_ptr<Work> NcclCommunicator::AllGather(float* out, const float* in, i
     }
   }
   auto work = Launch("AllGather", [&](ncclComm_t comm) {
-    return ncclAllGather(in, out, static_cast<size_t>(count), ncclFloat, comm, stream_);
+    const NcclElements e = ToNccl(dtype, count);
+    return ncclAllGather(in, out, e.count, e.type, comm, stream_);
   });
-  return Counted(std::move(work), purpose, AllGatherBytesSent(count * 4, world_size_));
+  return Counted(std::move(work), purpose,
+                 AllGatherBytesSent(DTypeBytes(dtype, count), world_size_));
 }
 
-std::unique_ptr<Work> NcclCommunicator::ReduceScatter(float* out, const float* in, int64_t count,
-                                                      ReduceOp op, Purpose purpose) {
+std::unique_ptr<Work> NcclCommunicator::DoReduceScatter(void* out, const void* in, int64_t count,
+                                                        DType dtype, ReduceOp op,
+                                                        Purpose purpose) {
   if (absl::Status s = CheckCount(count, world_size_, "ReduceScatter count"); !s.ok()) {
     return CompletedWork(s);
   }
@@ -565,14 +600,15 @@ std::unique_ptr<Work> NcclCommunicator::ReduceScatter(float* out, const float* i
     }
   }
   auto work = Launch("ReduceScatter", [&](ncclComm_t comm) {
-    return ncclReduceScatter(in, out, static_cast<size_t>(count), ncclFloat, ToNccl(op), comm,
-                             stream_);
+    const NcclElements e = ToNccl(dtype, count);
+    return ncclReduceScatter(in, out, e.count, e.type, ToNccl(op), comm, stream_);
   });
-  return Counted(std::move(work), purpose, ReduceScatterBytesSent(count * 4, world_size_));
+  return Counted(std::move(work), purpose,
+                 ReduceScatterBytesSent(DTypeBytes(dtype, count), world_size_));
 }
 
-std::unique_ptr<Work> NcclCommunicator::AllReduce(float* data, int64_t count, ReduceOp op,
-                                                  Purpose purpose) {
+std::unique_ptr<Work> NcclCommunicator::DoAllReduce(void* data, int64_t count, DType dtype,
+                                                    ReduceOp op, Purpose purpose) {
   if (absl::Status s = CheckCount(count, world_size_, "AllReduce count"); !s.ok()) {
     return CompletedWork(s);
   }
@@ -584,10 +620,11 @@ std::unique_ptr<Work> NcclCommunicator::AllReduce(float* data, int64_t count, Re
     return CompletedWork(s);
   }
   auto work = Launch("AllReduce", [&](ncclComm_t comm) {
-    return ncclAllReduce(data, data, static_cast<size_t>(count), ncclFloat, ToNccl(op), comm,
-                         stream_);
+    const NcclElements e = ToNccl(dtype, count);
+    return ncclAllReduce(data, data, e.count, e.type, ToNccl(op), comm, stream_);
   });
-  return Counted(std::move(work), purpose, AllReduceBytesSent(count * 4, world_size_));
+  return Counted(std::move(work), purpose,
+                 AllReduceBytesSent(DTypeBytes(dtype, count), world_size_));
 }
 
 std::unique_ptr<Work> NcclCommunicator::Broadcast(void* data, int64_t bytes, int root,

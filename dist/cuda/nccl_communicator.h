@@ -114,12 +114,10 @@ class NcclCommunicator final : public Communicator {
   // queues nothing and completes at once (as on every rank, so the order
   // stays the same). Barrier is a one-float all-reduce of a private scratch
   // buffer; like the other backends it counts a control call and 0 bytes.
-  std::unique_ptr<Work> AllGather(float* out, const float* in, int64_t count,
-                                  Purpose purpose) override;
-  std::unique_ptr<Work> ReduceScatter(float* out, const float* in, int64_t count, ReduceOp op,
-                                      Purpose purpose) override;
-  std::unique_ptr<Work> AllReduce(float* data, int64_t count, ReduceOp op,
-                                  Purpose purpose) override;
+  // Every dtype of communicator.h maps to NCCL's own (bf16 reductions as
+  // NCCL does them); Work::WaitOnStream queues cudaStreamWaitEvent on the
+  // collective's completion event, so a compute stream can consume the
+  // result without the host waiting.
   std::unique_ptr<Work> Broadcast(void* data, int64_t bytes, int root, Purpose purpose) override;
   std::unique_ptr<Work> Barrier() override;
 
@@ -136,6 +134,14 @@ class NcclCommunicator final : public Communicator {
   // Collectives wait for work queued on `stream` before they start. Default:
   // the legacy default stream (0), which also orders all blocking streams.
   void set_compute_stream(cudaStream_t stream) { compute_stream_ = stream; }
+
+ protected:
+  std::unique_ptr<Work> DoAllGather(void* out, const void* in, int64_t count, DType dtype,
+                                    Purpose purpose) override;
+  std::unique_ptr<Work> DoReduceScatter(void* out, const void* in, int64_t count, DType dtype,
+                                        ReduceOp op, Purpose purpose) override;
+  std::unique_ptr<Work> DoAllReduce(void* data, int64_t count, DType dtype, ReduceOp op,
+                                    Purpose purpose) override;
 
  private:
   struct Shared;  // NCCL handle and broken state, shared with Works
