@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/safetensors.h"
 #include "dist/communicator.h"
 #include "dist/cuda/mpi_launch.h"
 #include "dist/cuda/test_kernels.h"
@@ -147,6 +148,73 @@ TEST_F(NcclCommunicatorTest, AllReduceAvg) {
   ExpectFloats(
       data.ToHost(), [&](int64_t i) { return (n_ - 1) + static_cast<float>(i % 5); }, 1e-6f,
       "AllReduce avg");
+}
+
+// bf16 through ncclBfloat16: r + (i%5)/4 summed over N ranks. Every partial
+// sum is a multiple of 1/4 below 16 for N <= 8, exact in bf16 (8 significant
+// bits), so NCCL's bf16 reduction must be exact whatever its order. The
+// average (N-1)/2 + (i%5)/4: NCCL may scale each term by 1/N in bf16 before
+// adding (a premultiplied sum), one rounding per term and per addition, so
+// allow 4 bf16 steps (2^-7 relative each): 1/32 relative (exact anyway when
+// N is a power of two).
+TEST_F(NcclCommunicatorTest, AllReduceBf16) {
+  const int64_t count = 4099;
+  for (ReduceOp op : {ReduceOp::kReduceSum, ReduceOp::kReduceAvg}) {
+    const bool avg = op == ReduceOp::kReduceAvg;
+    std::vector<uint16_t> host(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) {
+      host[i] = F32ToBf16(static_cast<float>(r_) + 0.25f * static_cast<float>(i % 5));
+    }
+    DeviceFloats buffer((count + 1) / 2);  // 2 bytes an element
+    ASSERT_CUDA(cudaMemcpy(buffer.get(), host.data(), host.size() * 2, cudaMemcpyHostToDevice));
+    comm().ResetStats();
+    const absl::Status status = comm()
+                                    .AllReduce(buffer.get(), count, DType::kDTypeBF16, op,
+                                               Purpose::kPurposeAdapterGrad)
+                                    ->Wait(kWait);
+    ASSERT_TRUE(status.ok()) << status;
+    EXPECT_EQ(comm().bytes_sent(Purpose::kPurposeAdapterGrad),
+              AllReduceBytesSent(count * 2, n_));
+    ASSERT_CUDA(cudaMemcpy(host.data(), buffer.get(), host.size() * 2, cudaMemcpyDeviceToHost));
+    std::vector<float> got(host.size());
+    for (size_t i = 0; i < host.size(); ++i) got[i] = Bf16ToF32(host[i]);
+    ExpectFloats(
+        got,
+        [&](int64_t i) {
+          const float sum = n_ * (n_ - 1) / 2.0f + 0.25f * n_ * static_cast<float>(i % 5);
+          return avg ? sum / n_ : sum;
+        },
+        avg ? 1.0f / 32 : 0.0f, avg ? "AllReduce bf16 avg" : "AllReduce bf16 sum");
+  }
+}
+
+// WaitOnStream orders a consumer stream behind the collective without the
+// host waiting: the collective queues behind a 200 ms spin on the compute
+// (legacy) stream, and a copy on a non-blocking stream, which would
+// otherwise start at once, reads the reduced values.
+TEST_F(NcclCommunicatorTest, WaitOnStreamOrdersAConsumerStream) {
+  const int64_t count = 1024;
+  DeviceFloats data(count);
+  FillAffine(data.get(), count, static_cast<float>(r_), 1.0f, 3);
+  ASSERT_CUDA(cuda_test::LaunchSpin(200'000'000, /*stream=*/nullptr));
+  std::unique_ptr<Work> work =
+      comm().AllReduce(data.get(), count, ReduceOp::kReduceSum, Purpose::kPurposeAdapterGrad);
+  cudaStream_t consumer = nullptr;
+  ASSERT_CUDA(cudaStreamCreateWithFlags(&consumer, cudaStreamNonBlocking));
+  float* pinned = nullptr;
+  ASSERT_CUDA(cudaMallocHost(&pinned, count * sizeof(float)));
+  const absl::Status queued = work->WaitOnStream(consumer);
+  EXPECT_TRUE(queued.ok()) << queued;
+  ASSERT_CUDA(cudaMemcpyAsync(pinned, data.get(), count * sizeof(float), cudaMemcpyDeviceToHost,
+                              consumer));
+  ASSERT_CUDA(cudaStreamSynchronize(consumer));
+  std::vector<float> got(pinned, pinned + count);
+  ExpectFloats(
+      got, [&](int64_t i) { return n_ * (n_ - 1) / 2.0f + n_ * static_cast<float>(i % 3); }, 0,
+      "read on a stream after WaitOnStream");
+  EXPECT_TRUE(work->Wait(kWait).ok());
+  cudaFreeHost(pinned);
+  cudaStreamDestroy(consumer);
 }
 
 TEST_F(NcclCommunicatorTest, AllGather) {
