@@ -909,7 +909,11 @@ TEST_F(ServiceTest, WorkerInputIsChecked) {
     status = stub_->AcquireJob(&call.context, request, &response);
     EXPECT_TRUE(status.ok()) << Describe(status);
     EXPECT_FALSE(response.has_lease());
-    EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+    // OK already proves the answer beat the caller's 3 s deadline (gRPC
+    // reports DEADLINE_EXCEEDED otherwise); timing it on this side could only
+    // add scheduling noise. The clock checks that the server did not sit
+    // out the 60 s wait_ms.
+    EXPECT_LT(absl::Now() - start, absl::Milliseconds(request.wait_ms()));
   }
   ASSERT_TRUE(world.Complete(*lease, true).ok());
 }

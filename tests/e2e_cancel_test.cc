@@ -40,11 +40,13 @@ TEST(E2eCancelTest, ACancelledJobStopsAtTheNextHeartbeatAndTheWorldExitsCleanly)
   EXPECT_TRUE(flagged->cancel_requested());
   auto cancelled = c.WaitFor(
       *id, [](const proto::Job& j) { return j.state() == proto::JOB_STATE_CANCELLED; },
-      absl::Seconds(30));
+      absl::Seconds(120));
   ASSERT_TRUE(cancelled.ok()) << cancelled.status() << "\n" << ReadFile((*world)->log_path());
   const absl::Duration took = absl::Now() - cancel_time;
-  // One heartbeat interval, one step, one checkpoint, the completion.
-  EXPECT_LT(took, absl::Seconds(10));
+  // One heartbeat interval, one step, one checkpoint, the completion:
+  // seconds. The job has hours of steps left, so only the cancel ends it
+  // within 60 s, a bound a loaded 2-core machine does not reach.
+  EXPECT_LT(took, absl::Seconds(60));
   EXPECT_EQ(cancelled->attempts(), 1);
 
   auto exit_code = (*world)->Wait(absl::Seconds(30));

@@ -183,12 +183,14 @@ TEST_F(LeaseKeeperTest, AnUnreachableCoordinatorExpiresTheLeaseLocally) {
   ASSERT_GE(keeper->heartbeats_sent(), 1);
   const absl::Time stopped = absl::Now();
   lc_->Stop();
-  ASSERT_TRUE(notified_.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(notified_.WaitForNotificationWithTimeout(absl::Seconds(50)));
   EXPECT_EQ(last_verdict_.load(), LeaseVerdict::kExpired);
-  // Not before the lease could have expired, and not long after.
+  // Not before the lease could have expired, and not long after: the keeper
+  // itself gave up on its 900 ms lease, well before the 50 s hang-stopper
+  // (a bound a loaded machine cannot reach).
   const absl::Duration waited = absl::Now() - stopped;
   EXPECT_GE(absl::Now(), keeper->expiry());
-  EXPECT_LT(waited, absl::Seconds(3));
+  EXPECT_LT(waited, absl::Seconds(25));
   EXPECT_GE(keeper->heartbeats_failed(), 1);
   keeper->Stop();
 }

@@ -405,7 +405,10 @@ TEST_F(WorkerTest, CancelStopsTheRunningJobAtTheNextHeartbeat) {
   world->Join();
   const absl::Duration took = absl::Now() - cancelled;
   ASSERT_TRUE(world->status.ok()) << world->status;
-  EXPECT_LT(took, absl::Seconds(5));  // a 1 s heartbeat, one step, a checkpoint
+  // A 1 s heartbeat, one step, a checkpoint: seconds. The job has 100000
+  // steps left (minutes at least), so only the cancel can end it within 60 s,
+  // a bound that a loaded machine does not reach.
+  EXPECT_LT(took, absl::Seconds(60));
   proto::Job job = Get(id);
   EXPECT_EQ(job.state(), proto::JOB_STATE_CANCELLED);
   EXPECT_EQ(world->worker->stats().cancelled, 1);
@@ -471,7 +474,9 @@ TEST_F(WorkerTest, AnIdleWorldExitsAndABadTokenIsRefused) {
   idle->Join();
   EXPECT_TRUE(idle->status.ok()) << idle->status;
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(1500));
-  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  // Its idle timer ended it (nothing else does with once = false); the bound
+  // only stops a world that never exits.
+  EXPECT_LT(absl::Now() - start, absl::Seconds(60));
 
   o.client.token = LocalCoordinator::kAliceToken;  // a tenant's token
   auto refused = RunWorld(o);
