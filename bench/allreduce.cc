@@ -19,7 +19,10 @@
 //
 // Flags: --min_bytes=4 --max_bytes=67108864 --step=4 --warmup=5 --iters=20
 //        --max_seconds=2 (per size: fewer timed iterations for large sizes
-//        when one would take longer; rank 0 decides, all ranks follow).
+//        when one would take longer; rank 0 decides, all ranks follow)
+//        --dtype=f32 (or bf16: the same sizes in bytes, twice the elements;
+//        the check's values are integers up to 13·N(N+1)/2, exact in bf16
+//        for N <= 4, and so are all their partial sums).
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -30,6 +33,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/string_view.h"
+#include "core/safetensors.h"
 #include "dist/communicator.h"
 #include "dist/mpi_communicator.h"
 
@@ -46,6 +50,7 @@ struct Flags {
   int64_t warmup = 5;
   int64_t iters = 20;
   double max_seconds = 2.0;
+  DType dtype = DType::kDTypeF32;
 };
 
 bool ParseFlags(int argc, char** argv, Flags& flags) {
@@ -62,6 +67,10 @@ bool ParseFlags(int argc, char** argv, Flags& flags) {
     if (name == "--warmup") ok = absl::SimpleAtoi(value, &flags.warmup);
     if (name == "--iters") ok = absl::SimpleAtoi(value, &flags.iters);
     if (name == "--max_seconds") ok = absl::SimpleAtod(value, &flags.max_seconds);
+    if (name == "--dtype") {
+      ok = value == "f32" || value == "bf16";
+      flags.dtype = value == "bf16" ? DType::kDTypeBF16 : DType::kDTypeF32;
+    }
     if (!ok) return false;
   }
   return flags.min_bytes >= 4 && flags.max_bytes >= flags.min_bytes && flags.step >= 2 &&
@@ -69,9 +78,9 @@ bool ParseFlags(int argc, char** argv, Flags& flags) {
 }
 
 // Issues and waits; a failure ends the benchmark (peers are out of step).
-bool AllReduce(Communicator& comm, float* data, int64_t count, Purpose purpose) {
+bool AllReduce(Communicator& comm, void* data, int64_t count, DType dtype, Purpose purpose) {
   const absl::Status status =
-      comm.AllReduce(data, count, ReduceOp::kReduceSum, purpose)->Wait(kWait);
+      comm.AllReduce(data, count, dtype, ReduceOp::kReduceSum, purpose)->Wait(kWait);
   if (!status.ok()) {
     std::fprintf(stderr, "rank %d: %s\n", comm.world_rank(), status.ToString().c_str());
   }
@@ -88,6 +97,20 @@ bool MaxOverRanks(Communicator& comm, float value, float& max) {
   return true;
 }
 
+// Element i of a buffer of `dtype` (f32 or bf16), read and written as float.
+void Set(std::vector<char>& buffer, DType dtype, int64_t i, float value) {
+  if (dtype == DType::kDTypeBF16) {
+    reinterpret_cast<uint16_t*>(buffer.data())[i] = F32ToBf16(value);
+  } else {
+    reinterpret_cast<float*>(buffer.data())[i] = value;
+  }
+}
+float Get(const std::vector<char>& buffer, DType dtype, int64_t i) {
+  return dtype == DType::kDTypeBF16
+             ? Bf16ToF32(reinterpret_cast<const uint16_t*>(buffer.data())[i])
+             : reinterpret_cast<const float*>(buffer.data())[i];
+}
+
 int Run(const Flags& flags) {
   absl::StatusOr<std::unique_ptr<MpiCommunicator>> created = MpiCommunicator::Create();
   if (!created.ok()) {
@@ -100,7 +123,8 @@ int Run(const Flags& flags) {
   const bool print = me == 0;
   const double bus_factor = 2.0 * static_cast<double>(world - 1) / static_cast<double>(world);
   if (print) {
-    std::printf("# all_reduce sum, float32, backend=%s N=%lld warmup=%lld iters<=%lld\n",
+    std::printf("# all_reduce sum, %s, backend=%s N=%lld warmup=%lld iters<=%lld\n",
+                flags.dtype == DType::kDTypeBF16 ? "bfloat16" : "float32",
                 comm.backend_name().c_str(), static_cast<long long>(world),
                 static_cast<long long>(flags.warmup), static_cast<long long>(flags.iters));
     std::printf("# size_bytes time_us algbw_GBps busbw_GBps check\n");
@@ -108,17 +132,19 @@ int Run(const Flags& flags) {
   }
 
   bool all_ok = true;
-  std::vector<float> data(static_cast<size_t>(flags.max_bytes / 4));
+  const DType dtype = flags.dtype;
+  const int64_t element_bytes = DTypeBytes(dtype, 1);
+  std::vector<char> data(static_cast<size_t>(flags.max_bytes));
   for (int64_t bytes = flags.min_bytes; bytes <= flags.max_bytes; bytes *= flags.step) {
-    const int64_t count = bytes / 4;
+    const int64_t count = bytes / element_bytes;
     const Purpose grad = Purpose::kPurposeAdapterGrad;
     // Timed runs reduce whatever is in the buffer; values may grow, which
     // does not change the time. Small values keep them finite.
-    std::fill(data.begin(), data.begin() + count, 1e-3f);
+    for (int64_t i = 0; i < count; ++i) Set(data, dtype, i, 1e-3f);
 
     const Clock::time_point warm_start = Clock::now();
     for (int64_t i = 0; i < flags.warmup; ++i) {
-      if (!AllReduce(comm, data.data(), count, grad)) return 1;
+      if (!AllReduce(comm, data.data(), count, dtype, grad)) return 1;
     }
     const double warm_s =
         std::chrono::duration<double>(Clock::now() - warm_start).count() /
@@ -134,7 +160,7 @@ int Run(const Flags& flags) {
     if (!comm.Barrier()->Wait(kWait).ok()) return 1;
     const Clock::time_point start = Clock::now();
     for (int32_t i = 0; i < iters; ++i) {
-      if (!AllReduce(comm, data.data(), count, grad)) return 1;
+      if (!AllReduce(comm, data.data(), count, dtype, grad)) return 1;
     }
     const float time_us = static_cast<float>(
         std::chrono::duration<double, std::micro>(Clock::now() - start).count() / iters);
@@ -142,19 +168,19 @@ int Run(const Flags& flags) {
     if (!MaxOverRanks(comm, time_us, slowest_us)) return 1;
 
     // The check: data_r[i] = (r+1)·(i mod 13 + 1) sums to
-    // (i mod 13 + 1)·N(N+1)/2, exactly in float.
+    // (i mod 13 + 1)·N(N+1)/2, exactly in float (and in bf16 for N <= 4).
     for (int64_t i = 0; i < count; ++i) {
-      data[i] = static_cast<float>((me + 1) * (i % 13 + 1));
+      Set(data, dtype, i, static_cast<float>((me + 1) * (i % 13 + 1)));
     }
     const int64_t counted_before = comm.bytes_sent(grad);
-    if (!AllReduce(comm, data.data(), count, grad)) return 1;
+    if (!AllReduce(comm, data.data(), count, dtype, grad)) return 1;
     const int64_t counted = comm.bytes_sent(grad) - counted_before;
     float wrong = 0;
     for (int64_t i = 0; i < count; ++i) {
       const float want = static_cast<float>((i % 13 + 1) * world * (world + 1) / 2);
-      if (data[i] != want) wrong += 1;
+      if (Get(data, dtype, i) != want) wrong += 1;
     }
-    if (counted != 2 * (world - 1) * bytes / world) wrong += 1;
+    if (counted != 2 * (world - 1) * count * element_bytes / world) wrong += 1;
     float wrong_anywhere = 0;
     if (!MaxOverRanks(comm, wrong, wrong_anywhere)) return 1;
     all_ok = all_ok && wrong_anywhere == 0;
@@ -181,7 +207,7 @@ int main(int argc, char** argv) {
   if (!sheaf::dist::ParseFlags(argc, argv, flags)) {
     std::fprintf(stderr,
                  "usage: %s [--min_bytes=4] [--max_bytes=67108864] [--step=4] [--warmup=5] "
-                 "[--iters=20] [--max_seconds=2]\n",
+                 "[--iters=20] [--max_seconds=2] [--dtype=f32|bf16]\n",
                  argv[0]);
     return 2;
   }
