@@ -13,7 +13,9 @@
 //   kFaultHang  the collective is not run and never completes (a dead peer
 //               seen from a world of one): Done() stays false and every Wait
 //               returns DeadlineExceeded after its timeout.
-// Collectives without a fault are forwarded unchanged. Bytes and calls that
+// Collectives without a fault are forwarded unchanged, with their dtype
+// (a dtype the interface rejects is rejected before it gets an index).
+// WaitOnStream of a faulted Work is Unimplemented (the faults are host-side). Bytes and calls that
 // the wrapped communicator counts are mirrored into this one's stats, so
 // code holding a Communicator& sees the same numbers.
 //

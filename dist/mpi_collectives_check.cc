@@ -9,6 +9,11 @@
 //     the typed collectives (bf16, i32, NF4 blocks; dtype_collectives_check).
 //     Exit 0 when all pass, 1 otherwise.
 //
+//   mpi_collectives_check --mode=world
+//     World::FromEnvironment under mpirun: one MpiCommunicator shared by
+//     control and data, agreeing with the launcher; a data all-reduce and a
+//     control broadcast and barrier over it. Exit 0 when all pass.
+//
 //   mpi_collectives_check --mode=dead_rank --dead_rank=R --timeout_ms=T
 //                         [--watchdog_ms=W] [--status_dir=DIR]
 //     Rank R calls _exit(1) before a collective; every other rank waits on
@@ -38,6 +43,7 @@
 #include "dist/communicator.h"
 #include "dist/dtype_collectives_check.h"
 #include "dist/mpi_communicator.h"
+#include "dist/world.h"
 
 namespace sheaf::dist {
 namespace {
@@ -381,6 +387,47 @@ int RunDeadRank(int dead_rank, std::chrono::milliseconds timeout,
   return code;
 }
 
+int RunWorld() {
+  WorldOptions options;
+  options.mpi.timeout = std::chrono::minutes(2);
+  absl::StatusOr<std::unique_ptr<World>> created = World::FromEnvironment(options);
+  if (!created.ok()) {
+    std::fprintf(stderr, "World::FromEnvironment: %s\n", created.status().ToString().c_str());
+    return 1;
+  }
+  World& world = **created;
+  Checker check(world.rank());
+  const int64_t n = world.size();
+  const char* size_env = std::getenv("OMPI_COMM_WORLD_SIZE");
+  check.Expect(size_env != nullptr && absl::StrCat(n) == size_env,
+               absl::StrCat("world size ", n, " is the launcher's"));
+  check.Expect(world.rank_info().launcher == "openmpi" && world.rank_info().world_rank == world.rank(),
+               "rank_info from the launcher");
+  check.Expect(world.shared() && &world.control() == &world.data(),
+               "control and data are one communicator");
+  check.Expect(world.control().backend_name() == (n == 1 ? "local" : "mpi"),
+               absl::StrCat("backend ", world.control().backend_name()));
+  float id = static_cast<float>(world.rank());
+  check.ExpectOk(world.data()
+                     .AllReduce(&id, 1, ReduceOp::kReduceSum, Purpose::kPurposeAdapterGrad)
+                     ->Wait(kWait),
+                 "data all_reduce");
+  check.Expect(id == static_cast<float>(n * (n - 1) / 2), "sum of rank ids over data");
+  int32_t token = world.rank() == 0 ? 1234 : 0;
+  check.ExpectOk(
+      world.control().Broadcast(&token, sizeof(token), 0, Purpose::kPurposeControl)->Wait(kWait),
+      "control broadcast");
+  check.Expect(token == 1234, "control broadcast from rank 0");
+  check.ExpectOk(world.control().Barrier()->Wait(kWait), "control barrier");
+  const int me = world.rank();
+  created->reset();
+  std::printf("mpi_collectives_check --mode=world rank %d/%lld: %s (%d checks, %d failed)\n", me,
+              static_cast<long long>(n), check.failures() == 0 ? "OK" : "FAILED",
+              check.checks(), check.failures());
+  std::fflush(stdout);
+  return check.failures() == 0 ? 0 : 1;
+}
+
 }  // namespace
 }  // namespace sheaf::dist
 
@@ -411,6 +458,7 @@ int main(int argc, char** argv) {
     }
   }
   if (mode == "collectives") return sheaf::dist::RunCollectives();
+  if (mode == "world") return sheaf::dist::RunWorld();
   if (mode == "dead_rank") {
     return sheaf::dist::RunDeadRank(dead_rank, std::chrono::milliseconds(timeout_ms),
                                     std::chrono::milliseconds(watchdog_ms), status_dir);

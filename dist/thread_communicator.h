@@ -3,6 +3,8 @@
 // Every collective is a synchronous rendezvous: it returns an already
 // completed Work once all N ranks have issued it. Byte counters use the same
 // algorithm factors as the MPI backend, so traffic tests carry over.
+// Reductions add f32 in rank order (reduce-scatter in double, as before
+// dtypes), bf16 in f32 rounded once, i32 in int64 wrapped to 32 bits.
 #ifndef SHEAF_DIST_THREAD_COMMUNICATOR_H_
 #define SHEAF_DIST_THREAD_COMMUNICATOR_H_
 
