@@ -439,6 +439,7 @@ void MpiCommunicator::ProgressLoop() {
           failure = absl::UnavailableError(
               absl::StrCat(op.Describe(), ": ", call, " failed: ", MpiErrorString(rc)));
           absl::MutexLock lock(&shared_->mu);
+          shared_->BreakLocked(failure);  // before the Work can see it (see below)
           Shared::CompleteLocked(op, failure);
           break;
         }
@@ -455,6 +456,7 @@ void MpiCommunicator::ProgressLoop() {
           failure = absl::UnavailableError(
               absl::StrCat(op.Describe(), ": MPI_Test failed: ", MpiErrorString(rc)));
           absl::MutexLock lock(&shared_->mu);
+          shared_->BreakLocked(failure);  // before the Work can see it (see below)
           Shared::CompleteLocked(op, failure);
           break;
         }
@@ -487,6 +489,9 @@ void MpiCommunicator::ProgressLoop() {
                          absl::FormatDuration(absl::FromChrono(options_.timeout)),
                          ": a peer rank may have died"));
         absl::MutexLock lock(&shared_->mu);
+        // Broken first, in the same critical section: a caller whose Wait
+        // returns this error must find every later call failing at once.
+        shared_->BreakLocked(failure);
         Shared::CompleteLocked(*active.front(), failure);
       }
       if (!failure.ok()) {

@@ -22,7 +22,9 @@
 // MPI error breaks the communicator: the failing call returns
 // DeadlineExceeded ("collective all_reduce #7 (adapter_grad) did not
 // complete within 5s: a peer rank may have died") or Unavailable (the MPI
-// error), every later call returns Unavailable at once, and the progress
+// error), every later call returns Unavailable at once (the communicator is
+// marked broken before the failing Work completes, so a call issued after
+// that Wait returned gets an already completed Work), and the progress
 // thread makes no further MPI call. The last point is what makes an
 // abandoned collective safe to give up on: OpenMPI 4.1 moves data only
 // inside MPI calls (no asynchronous progress thread for tcp/vader), so once
