@@ -147,7 +147,7 @@ Worker::~Worker() = default;
 absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(WorkerOptions options,
                                                        dist::Communicator* comm) {
   std::unique_ptr<Worker> w(new Worker(std::move(options), comm));
-  ASSIGN_OR_RETURN(w->paths_, coordinator::PathPolicy::Create(w->options_.roots));
+  ASSIGN_OR_RETURN(w->paths_, PathPolicy::Create(w->options_.roots));
   if (w->is_root()) {
     ASSIGN_OR_RETURN(w->client_, CoordinatorClient::Create(w->options_.client));
   }

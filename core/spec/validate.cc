@@ -12,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/path_policy.h"
 #include "core/spec/suggest.h"
 
 namespace sheaf {
@@ -332,37 +333,32 @@ absl::Status ValidateJobSpec(const proto::JobSpec& given) {
 }
 
 absl::Status CheckSpecPaths(const proto::JobSpec& spec) {
-  enum class Want { kDirectory, kFile, kEither };
   Problems problems;
-  auto check = [&problems](const std::string& key, const std::string& path,
-                           Want want) {
-    if (path.empty()) return;  // ValidateJobSpec's business.
+  ForEachPathField(spec, [&problems](const PathField& field) {
+    // Empty: ValidateJobSpec's business; outputs are created by the job.
+    if (!NamesAFile(field) ||
+        field.option->kind() == proto::PATH_KIND_OUTPUT_DIRECTORY) {
+      return;
+    }
+    const std::string& path = *field.value;
+    const proto::PathKind want = field.option->kind();
     std::error_code error;
     const std::filesystem::file_status status =
         std::filesystem::status(path, error);
     if (!std::filesystem::exists(status)) {
-      const char* what = want == Want::kDirectory ? "directory"
-                         : want == Want::kFile    ? "file"
-                                                  : "file or directory";
-      problems.Add(key, absl::StrCat("no such ", what, ": ", path));
-    } else if (want == Want::kDirectory &&
+      const char* what = want == proto::PATH_KIND_DIRECTORY ? "directory"
+                         : want == proto::PATH_KIND_FILE    ? "file"
+                                                            : "file or directory";
+      problems.Add(field.name, absl::StrCat("no such ", what, ": ", path));
+    } else if (want == proto::PATH_KIND_DIRECTORY &&
                !std::filesystem::is_directory(status)) {
-      problems.Add(key, absl::StrCat("not a directory: ", path));
-    } else if (want == Want::kFile && std::filesystem::is_directory(status)) {
-      problems.Add(key, absl::StrCat("is a directory, not a file: ", path));
+      problems.Add(field.name, absl::StrCat("not a directory: ", path));
+    } else if (want == proto::PATH_KIND_FILE &&
+               std::filesystem::is_directory(status)) {
+      problems.Add(field.name,
+                   absl::StrCat("is a directory, not a file: ", path));
     }
-  };
-  check("base_model", spec.base_model(), Want::kDirectory);
-  for (int i = 0; i < spec.data().train_size(); ++i) {
-    check(absl::StrCat("data.train[", i, "]"), spec.data().train(i),
-          Want::kEither);
-  }
-  for (int i = 0; i < spec.data().val_size(); ++i) {
-    check(absl::StrCat("data.val[", i, "]"), spec.data().val(i), Want::kEither);
-  }
-  if (spec.data().tokenizer() != "byte") {
-    check("data.tokenizer", spec.data().tokenizer(), Want::kFile);
-  }
+  });
   return problems.ToStatus(absl::StatusCode::kNotFound);
 }
 

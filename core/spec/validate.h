@@ -39,9 +39,13 @@ void ApplyDefaults(proto::JobSpec* spec);
 absl::Status ValidateJobSpec(const proto::JobSpec& spec);
 
 // Checks that the files the spec names exist, relative paths from the
-// current directory: base_model (a directory), every data.train and data.val
-// path (file or directory) and data.tokenizer unless it is "byte" (a file).
-// Every missing path is reported as `key.path: no such ...: PATH`.
+// current directory: every field with the `path` option (found by
+// base/path_policy.h ForEachPathField, wherever a job kind nests it) must
+// name what its option's kind says (a file, a directory, either); values in
+// not_paths ("byte") and output directories are skipped. Today that is
+// base_model (a directory), every data.train and data.val path (file or
+// directory) and data.tokenizer unless it is "byte" (a file). Every missing
+// path is reported as `key.path: no such ...: PATH`.
 //
 // Returns kNotFound when a path is missing or of the wrong kind.
 absl::Status CheckSpecPaths(const proto::JobSpec& spec);
