@@ -251,6 +251,8 @@ absl::Status Worker::Introduce() {
   }
   world_info_.set_memory_bytes(memory);
   world_info_.set_hostname(records[0].host);
+  // Every rank computes on the CPU backend today.
+  world_info_.set_device_kind(proto::DEVICE_KIND_CPU);
   return absl::OkStatus();
 }
 
