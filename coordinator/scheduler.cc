@@ -252,7 +252,8 @@ absl::StatusOr<std::optional<proto::Lease>> Scheduler::TryLease(
     transitions.clear();
     ASSIGN_OR_RETURN(std::optional<proto::Job> next,
                      txn.NextPendingJob(world.info.world_size(),
-                                        world.info.memory_bytes()));
+                                        world.info.memory_bytes(),
+                                        world.info.device_kind()));
     if (!next.has_value()) return absl::OkStatus();
     proto::Job job = std::move(*next);
     const absl::Duration in_from = Since(job, now);

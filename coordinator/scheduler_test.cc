@@ -216,6 +216,39 @@ TEST_F(SchedulerTest, PlacesByPriorityThenAgeAmongJobsThatFit) {
       scheduler_->Acquire("world-nope", absl::Now()).status()));
 }
 
+TEST_F(SchedulerTest, MatchesTheDeviceKind) {
+  auto job = [](const std::string& id, proto::DeviceKind kind, int priority) {
+    proto::Job j = NewJob(id, priority);
+    j.mutable_resources()->set_device_kind(kind);
+    return j;
+  };
+  // The cuda job has the highest priority, so only the device kind keeps
+  // it off the cpu worlds.
+  ASSERT_TRUE(scheduler_->Submit(job("gpu", proto::DEVICE_KIND_CUDA, 9)).ok());
+  ASSERT_TRUE(
+      scheduler_->Submit(job("unset", proto::DEVICE_KIND_UNSPECIFIED, 5)).ok());
+  ASSERT_TRUE(scheduler_->Submit(job("cpu", proto::DEVICE_KIND_CPU, 1)).ok());
+  auto world = [this](proto::DeviceKind kind) {
+    proto::RegisterWorldRequest info = World(2);
+    info.set_device_kind(kind);
+    auto id = scheduler_->RegisterWorld(info);
+    EXPECT_TRUE(id.ok()) << id.status();
+    return id.value_or("");
+  };
+  const std::string legacy = Register(2);  // A world that names no kind.
+  const std::string cpu = world(proto::DEVICE_KIND_CPU);
+  const std::string cuda = world(proto::DEVICE_KIND_CUDA);
+  EXPECT_EQ(AcquireNow(legacy)->job_id(), "unset");
+  EXPECT_EQ(AcquireNow(cpu)->job_id(), "cpu");
+  EXPECT_FALSE(AcquireNow(cpu).has_value());  // gpu is left
+  EXPECT_FALSE(AcquireNow(legacy).has_value());
+  EXPECT_EQ(AcquireNow(cuda)->job_id(), "gpu");
+  // And a cpu job never goes to a cuda world.
+  ASSERT_TRUE(scheduler_->Submit(job("cpu-2", proto::DEVICE_KIND_CPU, 9)).ok());
+  EXPECT_FALSE(AcquireNow(cuda).has_value());
+  EXPECT_EQ(AcquireNow(cpu)->job_id(), "cpu-2");
+}
+
 TEST_F(SchedulerTest, HeartbeatsKeepTheLeaseAlive) {
   ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
   const std::string lease_id = AcquireNow(Register(1))->lease_id();

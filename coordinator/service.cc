@@ -274,6 +274,10 @@ absl::StatusOr<proto::SubmitJobResponse> CoordinatorService::SubmitJob(
     problems.push_back(absl::StrCat("resources.memory_bytes: must be >= 0, got ",
                                     resources.memory_bytes()));
   }
+  if (!proto::DeviceKind_IsValid(resources.device_kind())) {
+    problems.push_back(absl::StrCat("resources.device_kind: unknown value ",
+                                    resources.device_kind()));
+  }
 
   proto::JobSpec spec = request.spec();
   ApplyDefaults(&spec);
@@ -533,6 +537,10 @@ absl::StatusOr<proto::RegisterWorldResponse> CoordinatorService::RegisterWorld(
   if (request.memory_bytes() < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "memory_bytes: must be >= 0, got ", request.memory_bytes()));
+  }
+  if (!proto::DeviceKind_IsValid(request.device_kind())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "device_kind: unknown value ", request.device_kind()));
   }
   RETURN_IF_ERROR(CheckString("hostname", request.hostname(), 256));
   if (request.devices_size() > options_.limits.max_repeated) {

@@ -6,7 +6,7 @@
 // refuse worker callers (kPermissionDenied) and answer kNotFound for jobs of
 // other tenants exactly as for jobs that do not exist; worker methods refuse
 // tenants (kPermissionDenied). Requests are checked before anything else
-// happens (limits.h, path_policy.h, core/spec ValidateJobSpec): a bad
+// happens (limits.h, base/path_policy.h, core/spec ValidateJobSpec): a bad
 // request is kInvalidArgument naming the field and the reason.
 //
 // Lifecycle: Create() opens the scheduler on the given store (recovering
@@ -27,12 +27,12 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "base/path_policy.h"
 #include "coordinator/auth.h"
 #include "coordinator/clock.h"
 #include "coordinator/events.h"
 #include "coordinator/limits.h"
 #include "coordinator/metrics.h"
-#include "coordinator/path_policy.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/store.h"
 #include "proto/coordinator.pb.h"

@@ -43,7 +43,8 @@ constexpr const char* kSchema[] = {
          world_id TEXT NOT NULL,
          output_dir TEXT NOT NULL,
          artifact_dir TEXT NOT NULL,
-         cancel_requested INTEGER NOT NULL))",
+         cancel_requested INTEGER NOT NULL,
+         device_kind INTEGER NOT NULL DEFAULT 0))",
     // The scheduler's scan: PENDING jobs by priority, then age.
     "CREATE INDEX jobs_by_state ON jobs (state, priority DESC, seq)",
     "CREATE INDEX jobs_by_tenant ON jobs (tenant, seq)",
@@ -67,7 +68,8 @@ constexpr const char* kSchema[] = {
 constexpr absl::string_view kJobColumns =
     "seq, id, tenant, state, kind, priority, min_world_size, max_world_size, "
     "memory_bytes, spec, created_ms, updated_ms, attempts, last_error, "
-    "progress, metrics, world_id, output_dir, artifact_dir, cancel_requested";
+    "progress, metrics, world_id, output_dir, artifact_dir, cancel_requested, "
+    "device_kind";
 
 constexpr absl::string_view kLeaseColumns =
     "lease_id, job_id, world_id, attempt, granted_ms, expires_ms";
@@ -220,6 +222,8 @@ absl::StatusOr<proto::Job> ReadJob(const Stmt& row) {
   job.set_output_dir(row.ColumnText(17));
   job.set_artifact_dir(row.ColumnText(18));
   job.set_cancel_requested(row.ColumnInt(19) != 0);
+  job.mutable_resources()->set_device_kind(
+      static_cast<proto::DeviceKind>(row.ColumnInt(20)));
   return job;
 }
 
@@ -258,9 +262,9 @@ absl::StatusOr<int64_t> StoreTxn::InsertJob(const proto::Job& job) {
              "INSERT INTO jobs (id, tenant, state, kind, priority, "
              "min_world_size, max_world_size, memory_bytes, spec, created_ms, "
              "updated_ms, attempts, last_error, progress, metrics, world_id, "
-             "output_dir, artifact_dir, cancel_requested) VALUES "
+             "output_dir, artifact_dir, cancel_requested, device_kind) VALUES "
              "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
-             "?15, ?16, ?17, ?18, ?19)");
+             "?15, ?16, ?17, ?18, ?19, ?20)");
   const std::string spec = job.spec().SerializeAsString();
   const std::string progress = job.progress().SerializeAsString();
   const std::string metrics = EncodeMetrics(job.metrics());
@@ -282,7 +286,8 @@ absl::StatusOr<int64_t> StoreTxn::InsertJob(const proto::Job& job) {
       .Text(16, job.world_id())
       .Text(17, job.output_dir())
       .Text(18, job.artifact_dir())
-      .Int(19, job.cancel_requested() ? 1 : 0);
+      .Int(19, job.cancel_requested() ? 1 : 0)
+      .Int(20, job.resources().device_kind());
   absl::StatusOr<int> changed = stmt.Run();
   if (!changed.ok()) {
     if (absl::IsAlreadyExists(changed.status())) {
@@ -365,14 +370,24 @@ absl::StatusOr<JobPage> StoreTxn::ListJobs(const JobQuery& query) {
 }
 
 absl::StatusOr<std::optional<proto::Job>> StoreTxn::NextPendingJob(
-    int32_t world_size, int64_t memory_bytes) {
+    int32_t world_size, int64_t memory_bytes, proto::DeviceKind device_kind) {
+  // Unset (0) is cpu on both sides.
   SHEAF_STMT(stmt,
              absl::StrCat("SELECT ", kJobColumns,
                           " FROM jobs WHERE state = ?1 AND min_world_size <= "
                           "?2 AND (max_world_size = 0 OR max_world_size >= ?2) "
                           "AND memory_bytes <= ?3 "
+                          "AND (CASE device_kind WHEN 0 THEN ?5 ELSE "
+                          "device_kind END) = ?4 "
                           "ORDER BY priority DESC, seq LIMIT 1"));
-  stmt.Int(1, proto::JOB_STATE_PENDING).Int(2, world_size).Int(3, memory_bytes);
+  const proto::DeviceKind world_kind =
+      device_kind == proto::DEVICE_KIND_UNSPECIFIED ? proto::DEVICE_KIND_CPU
+                                                    : device_kind;
+  stmt.Int(1, proto::JOB_STATE_PENDING)
+      .Int(2, world_size)
+      .Int(3, memory_bytes)
+      .Int(4, world_kind)
+      .Int(5, proto::DEVICE_KIND_CPU);
   ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) return std::optional<proto::Job>();
   ASSIGN_OR_RETURN(proto::Job job, ReadJob(stmt));
@@ -628,6 +643,14 @@ absl::Status JobStore::InitSchemaLocked() {
       return absl::DataLossError("schema_version table holds no version");
     }
     // Version 1 is the first; later versions migrate here, step by step.
+    if (version < 2) {
+      // 2: jobs.device_kind (ResourceRequest.device_kind); old jobs are
+      // unset, which is cpu.
+      RETURN_IF_ERROR(ExecLocked(
+          "ALTER TABLE jobs ADD COLUMN device_kind INTEGER NOT NULL DEFAULT 0"));
+      RETURN_IF_ERROR(
+          ExecLocked("UPDATE schema_version SET version = 2"));
+    }
     return absl::OkStatus();
   }();
   if (!status.ok()) {

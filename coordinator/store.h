@@ -19,7 +19,7 @@
 //   jobs(seq, id, tenant, state, kind, priority, min_world_size,
 //        max_world_size, memory_bytes, spec, created_ms, updated_ms,
 //        attempts, last_error, progress, metrics, world_id, output_dir,
-//        artifact_dir, cancel_requested)
+//        artifact_dir, cancel_requested, device_kind)
 //   leases(lease_id, job_id, world_id, attempt, granted_ms, expires_ms)
 //   worlds(world_id, hostname, world_size, memory_bytes, info,
 //          registered_ms)
@@ -54,7 +54,7 @@ namespace sheaf::coordinator {
 
 class JobStore;
 
-inline constexpr int kStoreSchemaVersion = 1;
+inline constexpr int kStoreSchemaVersion = 2;
 
 enum class SyncMode {
   kFull,    // PRAGMA synchronous=FULL: durable against power loss.
@@ -129,10 +129,12 @@ class StoreTxn {
   absl::StatusOr<JobPage> ListJobs(const JobQuery& query);
 
   // The PENDING job to run next on a world of `world_size` ranks with
-  // `memory_bytes` per rank: highest priority, then oldest, among those
-  // whose resource request fits. nullopt when none fits.
+  // `memory_bytes` per rank computing on `device_kind`: highest priority,
+  // then oldest, among those whose resource request fits (the same device
+  // kind, unset meaning cpu on both sides). nullopt when none fits.
   absl::StatusOr<std::optional<proto::Job>> NextPendingJob(
-      int32_t world_size, int64_t memory_bytes);
+      int32_t world_size, int64_t memory_bytes,
+      proto::DeviceKind device_kind = proto::DEVICE_KIND_CPU);
 
   absl::StatusOr<std::map<proto::JobState, int64_t>> CountJobsByState();
 

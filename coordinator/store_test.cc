@@ -344,6 +344,49 @@ TEST_F(StoreTest, NewerSchemaIsRefused) {
   EXPECT_NE(store.status().message().find("version 99"), std::string::npos);
 }
 
+TEST_F(StoreTest, VersionOneDatabaseGainsDeviceKind) {
+  {
+    auto store = Open();
+    ASSERT_TRUE(Insert(*store, MakeJob("old")).ok());
+  }
+  // Back to version 1's jobs table.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "ALTER TABLE jobs DROP COLUMN device_kind; "
+                         "UPDATE schema_version SET version = 1",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_close(db);
+  auto store = Open();
+  proto::Job cuda = MakeJob("cuda");
+  cuda.mutable_resources()->set_device_kind(proto::DEVICE_KIND_CUDA);
+  ASSERT_TRUE(Insert(*store, cuda).ok());
+  auto next = [&](proto::DeviceKind kind) {
+    std::string id = "none";
+    EXPECT_TRUE(store
+                    ->Read([&](StoreTxn& txn) -> absl::Status {
+                      auto got = txn.NextPendingJob(1, 0, kind);
+                      if (!got.ok()) return got.status();
+                      if (got->has_value()) id = (*got)->id();
+                      return absl::OkStatus();
+                    })
+                    .ok());
+    return id;
+  };
+  // The old job has no device kind: cpu.
+  EXPECT_EQ(next(proto::DEVICE_KIND_CPU), "old");
+  EXPECT_EQ(next(proto::DEVICE_KIND_UNSPECIFIED), "old");
+  EXPECT_EQ(next(proto::DEVICE_KIND_CUDA), "cuda");
+  absl::StatusOr<proto::Job> got = Get(*store, "cuda");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->resources().device_kind(), proto::DEVICE_KIND_CUDA);
+  got = Get(*store, "old");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->resources().device_kind(), proto::DEVICE_KIND_UNSPECIFIED);
+}
+
 TEST_F(StoreTest, GarbageFileIsDataLoss) {
   std::ofstream(path_) << std::string(8192, 'x');
   absl::StatusOr<std::unique_ptr<JobStore>> store =

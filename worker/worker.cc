@@ -147,7 +147,7 @@ Worker::~Worker() = default;
 absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(WorkerOptions options,
                                                        dist::Communicator* comm) {
   std::unique_ptr<Worker> w(new Worker(std::move(options), comm));
-  ASSIGN_OR_RETURN(w->paths_, coordinator::PathPolicy::Create(w->options_.roots));
+  ASSIGN_OR_RETURN(w->paths_, PathPolicy::Create(w->options_.roots));
   if (w->is_root()) {
     ASSIGN_OR_RETURN(w->client_, CoordinatorClient::Create(w->options_.client));
   }
@@ -251,6 +251,8 @@ absl::Status Worker::Introduce() {
   }
   world_info_.set_memory_bytes(memory);
   world_info_.set_hostname(records[0].host);
+  // Every rank computes on the CPU backend today.
+  world_info_.set_device_kind(proto::DEVICE_KIND_CPU);
   return absl::OkStatus();
 }
 

@@ -70,7 +70,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "coordinator/path_policy.h"
+#include "base/path_policy.h"
 #include "dist/communicator.h"
 #include "jobs/trainer.h"
 #include "proto/coordinator.pb.h"
@@ -82,8 +82,8 @@ namespace sheaf::worker {
 struct WorkerOptions {
   // Rank 0 only (other ranks ignore it).
   ClientOptions client;
-  // Spec paths must resolve inside these (coordinator/path_policy.h rules).
-  coordinator::PathRoots roots;
+  // Spec paths must resolve inside these (base/path_policy.h rules).
+  PathRoots roots;
   // Memory of this rank, reported to the coordinator (the world reports its
   // smallest rank's); 0: physical memory / ranks on this host.
   int64_t memory_bytes = 0;
@@ -172,7 +172,7 @@ class Worker {
   dist::Communicator* const comm_;
   const int world_rank_;
   const int world_size_;
-  std::unique_ptr<coordinator::PathPolicy> paths_;
+  std::unique_ptr<PathPolicy> paths_;
   std::unique_ptr<CoordinatorClient> client_;  // rank 0
 
   // Rank 0's registration and records of every rank (from Introduce).

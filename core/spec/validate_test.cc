@@ -1,5 +1,6 @@
 #include "core/spec/validate.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -8,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/spec/job_kind.h"
 #include "core/spec/yaml.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/message_differencer.h"
@@ -360,6 +362,89 @@ TEST(ValidateJobSpecTest, NanIsOutOfRange) {
   spec.mutable_optimizer()->set_lr(std::nan(""));
   EXPECT_THAT(ValidateJobSpec(spec).message(),
               HasSubstr("optimizer.lr: must be > 0"));
+}
+
+// ---- The kind registry.
+
+TEST(JobKindRegistryTest, EveryKindOfTheProtoIsRegistered) {
+  std::vector<std::string> members = JobKindNames();
+  std::sort(members.begin(), members.end());
+  EXPECT_EQ(JobKindRegistry::Global().Names(), members);
+  for (const std::string& name : members) {
+    const JobKind* kind = JobKindRegistry::Global().Find(name);
+    ASSERT_NE(kind, nullptr) << name;
+    EXPECT_TRUE(kind->validate) << name;
+  }
+  EXPECT_EQ(JobKindRegistry::Global().KindOf(Parse(kLora))->name, "lora");
+  EXPECT_EQ(JobKindRegistry::Global().KindOf(proto::JobSpec()), nullptr);
+}
+
+TEST(JobKindRegistryTest, RefusesNonMembersAndDuplicates) {
+  JobKindRegistry kinds;
+  EXPECT_TRUE(kinds.Register({.name = "lora"}).ok());
+  EXPECT_EQ(kinds.Register({.name = "lora"}).code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(kinds.Register({.name = "loram"}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(kinds.Register({.name = "data"}).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(JobKindRegistryTest, ValidateAndDefaultsComeFromTheKind) {
+  JobKindRegistry kinds;
+  int defaults_calls = 0;
+  ASSERT_TRUE(kinds
+                  .Register({.name = "lora",
+                             .apply_defaults =
+                                 [&](proto::JobSpec* spec) {
+                                   ++defaults_calls;
+                                   spec->mutable_optimizer()->set_lr(0.25);
+                                 },
+                             .validate =
+                                 [](const proto::JobSpec& spec,
+                                    const proto::JobSpec& given,
+                                    Problems& problems) {
+                                   problems.Add("lora", "refused by the kind");
+                                 }})
+                  .ok());
+  proto::JobSpec spec = Parse(kLora);
+  ApplyDefaults(&spec, kinds);
+  EXPECT_EQ(defaults_calls, 1);
+  EXPECT_DOUBLE_EQ(spec.optimizer().lr(), 0.25);
+  // This registry's lora has none of the real one's adapter defaults.
+  EXPECT_TRUE(spec.lora().adapter().targets().empty());
+  EXPECT_THAT(ValidateJobSpec(Parse(kLora), kinds).message(),
+              HasSubstr("lora: refused by the kind"));
+  // A member of the oneof that this build does not register.
+  EXPECT_THAT(ValidateJobSpec(Parse(kPretrain), kinds).message(),
+              HasSubstr("pretrain: job kind pretrain is not available in this "
+                        "build"));
+}
+
+// The top-level data section is required only by kinds that read it.
+constexpr char kNoData[] = R"(
+output_dir: runs/x
+train: {max_steps: 100}
+pretrain:
+  model: {hidden_size: 8, intermediate_size: 8, num_hidden_layers: 1,
+          num_attention_heads: 2, vocab_size: 300}
+)";
+
+TEST(JobKindRegistryTest, DataIsRequiredOnlyByKindsThatReadIt) {
+  // The real pretrain reads data.
+  EXPECT_THAT(ValidateJobSpec(Parse(kNoData)).message(),
+              HasSubstr("data.train: must list at least one file or "
+                        "directory"));
+  JobKindRegistry kinds;
+  ASSERT_TRUE(kinds.Register({.name = "pretrain", .uses_data = false}).ok());
+  proto::JobSpec spec = Parse(kNoData);
+  EXPECT_TRUE(ValidateJobSpec(spec, kinds).ok()) << ValidateJobSpec(spec, kinds);
+  ApplyDefaults(&spec, kinds);
+  EXPECT_FALSE(spec.has_data());
+  EXPECT_EQ(spec.train().batch_size(), 8);  // Shared defaults still apply.
+  EXPECT_THAT(
+      ValidateJobSpec(Parse(kNoData, {"data.train=[x]"}), kinds).message(),
+      HasSubstr("data: a pretrain job reads no data section (remove it)"));
 }
 
 class CheckSpecPathsTest : public testing::Test {

@@ -5,7 +5,7 @@ Bazel 4's proto rules would download protobuf; instead a genrule runs Debian's
 the import path, so `import "proto/x.proto";` works everywhere.
 """
 
-def sheaf_cc_proto(name, srcs, deps = [], proto_deps = [], grpc = False, visibility = None):
+def sheaf_cc_proto(name, srcs, deps = [], proto_deps = [], grpc = False, visibility = None, testonly = False):
     """Generates `name` (a cc_library) from `srcs` (.proto files in this package).
 
     Args:
@@ -15,6 +15,7 @@ def sheaf_cc_proto(name, srcs, deps = [], proto_deps = [], grpc = False, visibil
       proto_deps: the .proto files of `deps` (needed on the import path).
       grpc: also generate gRPC service stubs.
       visibility: as usual.
+      testonly: as usual (test-only messages).
     """
     pkg = native.package_name()
     outs = []
@@ -28,6 +29,7 @@ def sheaf_cc_proto(name, srcs, deps = [], proto_deps = [], grpc = False, visibil
         plugin = " --grpc_out=$(GENDIR) --plugin=protoc-gen-grpc=/usr/bin/grpc_cpp_plugin"
     native.genrule(
         name = name + "_gen",
+        testonly = testonly,
         srcs = srcs + proto_deps,
         outs = outs,
         cmd = "/usr/bin/protoc -I. --cpp_out=$(GENDIR)" + plugin + " " +
@@ -40,4 +42,5 @@ def sheaf_cc_proto(name, srcs, deps = [], proto_deps = [], grpc = False, visibil
         copts = ["-Wno-unused-parameter", "-Wno-deprecated-declarations"],
         deps = deps + ["//third_party/system:grpc" if grpc else "//third_party/system:protobuf"],
         visibility = visibility,
+        testonly = testonly,
     )
