@@ -113,6 +113,7 @@ class LoraAdapter {
   const LoraModule* module(int layer, Proj p) const {
     return modules_[static_cast<size_t>(layer)][static_cast<int>(p)];
   }
+  int num_layers() const { return static_cast<int>(modules_.size()); }
   LoraModule* lm_head() { return lm_head_; }
   const LoraModule* lm_head() const { return lm_head_; }
   std::vector<LoraModule*> all_modules();
