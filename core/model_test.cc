@@ -7,7 +7,6 @@
 #include <random>
 
 #include "gtest/gtest.h"
-#include "ops/cpu/ops.h"
 
 namespace sheaf {
 namespace {
