@@ -7,50 +7,11 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "core/backend.h"
 #include "core/safetensors.h"
 #include "core/status.h"
-#include "ops/cpu/ops.h"
 
 namespace sheaf {
-namespace {
-
-// Counter-based uniform [0,1) draws for dropout masks: the mask of element i
-// of module m depends only on (seed, m, i), so it is identical on resume and
-// independent of thread count.
-inline uint64_t SplitMix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-void FillDropoutMask(float* mask, int64_t n, int64_t first_index, float p, uint64_t seed,
-                     int module_id) {
-  const uint64_t base = SplitMix(seed ^ SplitMix(static_cast<uint64_t>(module_id) + 1));
-  const float keep_scale = 1.0f / (1.0f - p);
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) {
-    const float u = static_cast<float>(SplitMix(base + static_cast<uint64_t>(first_index + i)) >> 40) *
-                    (1.0f / 16777216.0f);
-    mask[i] = u < p ? 0.0f : keep_scale;
-  }
-}
-
-void Mul(float* out, const float* a, const float* b, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
-}
-
-void MulAdd(float* out, const float* a, const float* b, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) out[i] += a[i] * b[i];
-}
-
-void ZeroRows(const Tensor& t, int64_t n_elems) {
-  std::memset(t.data, 0, static_cast<size_t>(n_elems) * sizeof(float));
-}
-
-}  // namespace
 
 Param* LayerWeights::proj(Proj p) {
   switch (p) {
@@ -85,7 +46,29 @@ std::vector<Param*> ModelWeights::all() {
 absl::StatusOr<std::unique_ptr<Model>> Model::Create(
     const ModelConfig& config, const TrainablePredicate& trainable, const ModelOptions& options) {
   RETURN_IF_ERROR(config.Validate());
+  Backend* backend = options.backend ? options.backend : DefaultBackend();
+  if (backend == nullptr) {
+    return absl::FailedPreconditionError(
+        "no compute backend: ModelOptions::backend is null and none is registered (link "
+        "//ops/cpu:ops)");
+  }
+  const DType fdt = options.frozen_dtype;
+  if (fdt == DType::kDTypeNF4) {
+    return absl::UnimplementedError(
+        "frozen_dtype nf4 is not supported yet (its blocks-of-64 layout is in core/dtype.h; "
+        "the kernels come with the loram issue)");
+  }
+  if (!backend->Supports(BackendOp::kBackendOpLinear, {DType::kDTypeF32, fdt}) ||
+      !backend->Supports(BackendOp::kBackendOpEmbedding, {fdt})) {
+    return absl::InvalidArgumentError(absl::StrCat("frozen_dtype ", DTypeName(fdt),
+                                                   " is not supported by backend ",
+                                                   backend->name(), " (use f32 or bf16)"));
+  }
   std::unique_ptr<Model> m(new Model(config));
+  m->backend_ = backend;
+  for (Arena* a : {&m->frozen_, &m->params_, &m->grads_, &m->acts_, &m->scratch_}) {
+    a->set_allocator(backend);
+  }
   const int C = config.hidden_size, HD = config.head_dim, V = config.vocab_size;
 
   // Plan every tensor into the frozen or the params arena (grads mirror
@@ -99,7 +82,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(
   auto plan = [&](Param* p, std::string name, std::vector<int64_t> shape) {
     p->name = name;
     const bool t = trainable(name);
-    int slot = t ? m->params_.Add(name, shape) : m->frozen_.Add(name, shape);
+    // Frozen matrices take the frozen dtype; norms and biases stay f32.
+    const DType dtype = shape.size() == 2 ? fdt : DType::kDTypeF32;
+    int slot = t ? m->params_.Add(name, shape) : m->frozen_.Add(name, shape, dtype);
     if (t) m->grads_.Add(name, shape);
     planned.push_back({p, t, slot});
   };
@@ -139,8 +124,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(
     } else {
       // External frozen storage: the shape is known, the data comes from
       // the FrozenWeightSource on Acquire.
-      p.param->value = options.external_frozen ? Tensor{nullptr, m->frozen_.view(p.slot).shape}
-                                               : m->frozen_.view(p.slot);
+      p.param->value = m->frozen_.view(p.slot);
+      if (options.external_frozen) p.param->value.data = nullptr;
     }
   }
   if (config.tie_word_embeddings) {
@@ -187,7 +172,7 @@ absl::Status Model::LoadWeights(const std::string& dir) {
   }
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsModel> st, SafetensorsModel::Open(dir));
   for (Param* p : weights_.all()) {
-    RETURN_IF_ERROR(st->ReadF32(p->name, p->value.shape, p->value.data));
+    RETURN_IF_ERROR(st->Read(p->name, p->value.shape, p->value.dtype, p->value.raw()));
   }
   return absl::OkStatus();
 }
@@ -198,8 +183,15 @@ void Model::InitRandom(uint64_t seed, float std) {
   for (Param* p : weights_.all()) {
     const bool is_norm = p->name.find("norm") != std::string::npos;
     const bool is_bias = p->name.size() > 5 && p->name.ends_with(".bias");
+    const bool bf16 = p->value.dtype == DType::kDTypeBF16;
+    uint16_t* bits = static_cast<uint16_t*>(p->value.raw());
     for (int64_t i = 0; i < p->value.numel(); ++i) {
-      p->value.data[i] = is_norm ? 1.0f : is_bias ? 0.0f : normal(rng);
+      const float x = is_norm ? 1.0f : is_bias ? 0.0f : normal(rng);
+      if (bf16) {
+        bits[i] = F32ToBf16(x);
+      } else {
+        p->value.data[i] = x;
+      }
     }
   }
 }
@@ -222,8 +214,16 @@ absl::Status Model::Save(const std::string& dir) const {
     if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", ec.message()));
   }
   SafetensorsWriter writer;
+  std::vector<std::vector<float>> widened;  // bf16 tensors, written back as BF16 (exact)
   for (Param* p : const_cast<ModelWeights&>(weights_).all()) {
-    writer.Add(p->name, p->value.shape, p->value.data);
+    if (p->value.dtype == DType::kDTypeBF16) {
+      widened.emplace_back(static_cast<size_t>(p->value.numel()));
+      const uint16_t* bits = static_cast<const uint16_t*>(p->value.raw());
+      for (size_t i = 0; i < widened.back().size(); ++i) widened.back()[i] = Bf16ToF32(bits[i]);
+      writer.Add(p->name, p->value.shape, widened.back().data(), SafetensorsDtype::kDtypeBF16);
+    } else {
+      writer.Add(p->name, p->value.shape, p->value.data);
+    }
   }
   return writer.Write(dir + "/model.safetensors", {{"format", "pt"}});
 }
@@ -264,7 +264,11 @@ void Model::PlanActivations(int B, int T, const LoraAdapter* adapter) {
     act(&a.q, "q", {N, q_out});
     act(&a.k, "k", {N, kv_out});
     act(&a.v, "v", {N, kv_out});
-    act(&a.probs, "probs", {B, s.num_heads, T, T});
+    // Attention's saved state is opaque (the CPU backend keeps the softmax
+    // probabilities): planned by size, in 4-byte words.
+    const int64_t saved_bytes =
+        backend_->AttentionSavedBytes(B, T, s.num_heads, s.num_kv_heads, static_cast<int>(HD));
+    act(&a.attn_saved, "attn_saved", {(saved_bytes + 3) / 4});
     act(&a.att, "att", {N, q_out});
     act(&a.h, "h", {N, C});
     act(&a.n2, "n2", {N, C});
@@ -308,7 +312,7 @@ void Model::PlanActivations(int B, int T, const LoraAdapter* adapter) {
   scratch_.Allocate();
   for (auto& [t, slot] : acts_binds) *t = acts_.view(slot);
   for (auto& [t, slot] : scratch_binds) *t = scratch_.view(slot);
-  ops::RopeTables(act_.cos.data, act_.sin.data, T, static_cast<int>(HD), c.rope_theta);
+  backend_->RopeTables(act_.cos.data, act_.sin.data, T, static_cast<int>(HD), c.rope_theta);
   planned_B_ = B;
   planned_T_ = T;
   planned_adapter_id_ = adapter_id;
@@ -325,47 +329,56 @@ struct LinearCall {
   Tensor xa, mask;       // LoRA saved activations
 };
 
-void LinearWithLoraForward(float* y, const float* x, const LinearCall& c, int64_t n,
-                           float scale, float dropout, uint64_t seed, int64_t row_offset,
-                           bool training, float* tmp) {
-  const int out = static_cast<int>(c.w->value.dim(0)), in = static_cast<int>(c.w->value.dim(1));
-  ops::LinearForward(y, x, c.w->value.data, c.bias && c.bias->value ? c.bias->value.data : nullptr,
-                     static_cast<int>(n), in, out);
+LoraOpArgs LoraArgs(const LinearCall& c, int64_t n, float scale) {
+  LoraOpArgs args;
+  args.n = static_cast<int>(n);
+  args.in = static_cast<int>(c.w->value.dim(1));
+  args.out = static_cast<int>(c.w->value.dim(0));
+  args.r = static_cast<int>(c.lora->a.dim(0));
+  args.scale = scale;
+  args.a = c.lora->a.data;
+  args.b = c.lora->b.data;
+  return args;
+}
+
+void LinearWithLoraForward(Backend& be, float* y, const float* x, const LinearCall& c,
+                           int64_t n, float scale, float dropout, uint64_t seed,
+                           int64_t row_offset, bool training, float* tmp) {
+  const int in = static_cast<int>(c.w->value.dim(1));
+  be.LinearForward(y, x, c.w->value, c.bias && c.bias->value ? c.bias->value.data : nullptr,
+                   static_cast<int>(n));
   if (!c.lora) return;
   const float* xin = x;
   if (c.mask) {
     if (training) {
-      FillDropoutMask(c.mask.data, n * in, row_offset * in, dropout, seed, c.lora->id);
-      Mul(tmp, x, c.mask.data, n * in);
+      be.DropoutMask(c.mask.data, n * in, row_offset * in, dropout, seed, c.lora->id);
+      be.Mul(tmp, x, c.mask.data, n * in);
       xin = tmp;
     }
   }
-  ops::LoraForward(y, c.xa.data, xin, c.lora->a.data, c.lora->b.data, scale,
-                   static_cast<int>(n), in, out, static_cast<int>(c.lora->a.dim(0)));
+  be.LoraForward(LoraArgs(c, n, scale), y, c.xa.data, xin);
 }
 
 // Backward of LinearWithLoraForward: dx += ...; trainable grads accumulate.
-void LinearWithLoraBackward(float* dx, const float* dy, const float* x, const LinearCall& c,
-                            int64_t n, float scale, float* dyb, float* tmp) {
-  const int out = static_cast<int>(c.w->value.dim(0)), in = static_cast<int>(c.w->value.dim(1));
-  ops::LinearBackward(dx, c.w->grad.data,
-                      c.bias && c.bias->grad ? c.bias->grad.data : nullptr, dy, x,
-                      c.w->value.data, static_cast<int>(n), in, out);
+void LinearWithLoraBackward(Backend& be, float* dx, const float* dy, const float* x,
+                            const LinearCall& c, int64_t n, float scale, float* dyb,
+                            float* tmp) {
+  const int in = static_cast<int>(c.w->value.dim(1));
+  be.LinearBackward(dx, c.w->grad.data, c.bias && c.bias->grad ? c.bias->grad.data : nullptr,
+                    dy, x, c.w->value, static_cast<int>(n));
   if (!c.lora) return;
-  const int r = static_cast<int>(c.lora->a.dim(0));
+  const LoraOpArgs args = LoraArgs(c, n, scale);
   if (c.mask) {
     // Recompute the masked input, and route dx through the mask.
     float* xd = tmp;
     float* dxd = tmp + n * in;
-    Mul(xd, x, c.mask.data, n * in);
-    std::memset(dxd, 0, static_cast<size_t>(n * in) * sizeof(float));
-    ops::LoraBackward(dx ? dxd : nullptr, c.lora->da.data, c.lora->db.data, dyb, dy, xd,
-                      c.xa.data, c.lora->a.data, c.lora->b.data, scale, static_cast<int>(n),
-                      in, out, r);
-    if (dx) MulAdd(dx, dxd, c.mask.data, n * in);
+    be.Mul(xd, x, c.mask.data, n * in);
+    be.Zero(dxd, n * in * static_cast<int64_t>(sizeof(float)));
+    be.LoraBackward(args, dx ? dxd : nullptr, c.lora->da.data, c.lora->db.data, dyb, dy, xd,
+                    c.xa.data);
+    if (dx) be.MulAdd(dx, dxd, c.mask.data, n * in);
   } else {
-    ops::LoraBackward(dx, c.lora->da.data, c.lora->db.data, dyb, dy, x, c.xa.data,
-                      c.lora->a.data, c.lora->b.data, scale, static_cast<int>(n), in, out, r);
+    be.LoraBackward(args, dx, c.lora->da.data, c.lora->db.data, dyb, dy, x, c.xa.data);
   }
 }
 
@@ -408,8 +421,8 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
   }
   RETURN_IF_ERROR(AcquireGroup(kEdgeGroup));
   PrefetchGroup(LayerGroup(0));
-  ops::EmbeddingForward(act_.layers.empty() ? act_.x_final.data : act_.layers[0].x.data, tokens,
-                        weights_.embed.value.data, static_cast<int>(N), C);
+  backend_->EmbeddingForward(act_.layers.empty() ? act_.x_final.data : act_.layers[0].x.data,
+                             tokens, weights_.embed.value, static_cast<int>(N));
   ReleaseGroup(kEdgeGroup);
   for (int l = 0; l < c.num_layers; ++l) {
     RETURN_IF_ERROR(AcquireGroup(LayerGroup(l)));
@@ -424,24 +437,24 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
                         adapter ? adapter->module(l, p) : nullptr,
                         a.lora_xa[static_cast<int>(p)], a.lora_mask[static_cast<int>(p)]};
     };
-    ops::RmsNormForward(a.n1.data, a.rstd1.data, a.x.data, w.input_norm.value.data,
+    backend_->RmsNormForward(a.n1.data, a.rstd1.data, a.x.data, w.input_norm.value.data,
                         static_cast<int>(N), C, c.rms_norm_eps);
-    LinearWithLoraForward(a.q.data, a.n1.data, call(Proj::kQ, &w.q_bias), N, scale, dropout, seed, row_offset, training, tmp);
-    LinearWithLoraForward(a.k.data, a.n1.data, call(Proj::kK, &w.k_bias), N, scale, dropout, seed, row_offset, training, tmp);
-    LinearWithLoraForward(a.v.data, a.n1.data, call(Proj::kV, &w.v_bias), N, scale, dropout, seed, row_offset, training, tmp);
-    ops::RopeForward(a.q.data, a.q.data, act_.cos.data, act_.sin.data, B, T, s.num_heads, HD);
-    ops::RopeForward(a.k.data, a.k.data, act_.cos.data, act_.sin.data, B, T, s.num_kv_heads, HD);
-    ops::AttentionForward(a.att.data, a.probs.data, a.q.data, a.k.data, a.v.data, B, T,
+    LinearWithLoraForward(*backend_, a.q.data, a.n1.data, call(Proj::kQ, &w.q_bias), N, scale, dropout, seed, row_offset, training, tmp);
+    LinearWithLoraForward(*backend_, a.k.data, a.n1.data, call(Proj::kK, &w.k_bias), N, scale, dropout, seed, row_offset, training, tmp);
+    LinearWithLoraForward(*backend_, a.v.data, a.n1.data, call(Proj::kV, &w.v_bias), N, scale, dropout, seed, row_offset, training, tmp);
+    backend_->RopeForward(a.q.data, a.q.data, act_.cos.data, act_.sin.data, B, T, s.num_heads, HD);
+    backend_->RopeForward(a.k.data, a.k.data, act_.cos.data, act_.sin.data, B, T, s.num_kv_heads, HD);
+    backend_->AttentionForward(a.att.data, a.attn_saved.data, a.q.data, a.k.data, a.v.data, B, T,
                           s.num_heads, s.num_kv_heads, HD);
-    LinearWithLoraForward(a.h.data, a.att.data, call(Proj::kO, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
-    ops::Add(a.h.data, a.h.data, a.x.data, N * C);
-    ops::RmsNormForward(a.n2.data, a.rstd2.data, a.h.data, w.post_norm.value.data,
+    LinearWithLoraForward(*backend_, a.h.data, a.att.data, call(Proj::kO, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
+    backend_->Add(a.h.data, a.h.data, a.x.data, N * C);
+    backend_->RmsNormForward(a.n2.data, a.rstd2.data, a.h.data, w.post_norm.value.data,
                         static_cast<int>(N), C, c.rms_norm_eps);
-    LinearWithLoraForward(a.gate.data, a.n2.data, call(Proj::kGate, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
-    LinearWithLoraForward(a.up.data, a.n2.data, call(Proj::kUp, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
-    ops::SwiGluForward(a.act.data, a.gate.data, a.up.data, N * s.intermediate);
-    LinearWithLoraForward(out, a.act.data, call(Proj::kDown, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
-    ops::Add(out, out, a.h.data, N * C);
+    LinearWithLoraForward(*backend_, a.gate.data, a.n2.data, call(Proj::kGate, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
+    LinearWithLoraForward(*backend_, a.up.data, a.n2.data, call(Proj::kUp, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
+    backend_->SwiGluForward(a.act.data, a.gate.data, a.up.data, N * s.intermediate);
+    LinearWithLoraForward(*backend_, out, a.act.data, call(Proj::kDown, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
+    backend_->Add(out, out, a.h.data, N * C);
     ReleaseGroup(LayerGroup(l));
   }
   RETURN_IF_ERROR(AcquireGroup(kEdgeGroup));
@@ -449,15 +462,15 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
   if (c.tie_word_embeddings) weights_.lm_head.value.data = weights_.embed.value.data;
   const bool will_backward = training && targets != nullptr;
   if (will_backward && c.num_layers > 0) PrefetchGroup(LayerGroup(c.num_layers - 1));
-  ops::RmsNormForward(act_.nf.data, act_.rstdf.data, act_.x_final.data, weights_.norm.value.data,
+  backend_->RmsNormForward(act_.nf.data, act_.rstdf.data, act_.x_final.data, weights_.norm.value.data,
                       static_cast<int>(N), C, c.rms_norm_eps);
   LinearCall head{&weights_.lm_head, nullptr, adapter ? adapter->lm_head() : nullptr,
                   act_.head_xa, act_.head_mask};
-  LinearWithLoraForward(act_.logits.data, act_.nf.data, head, N, scale, dropout, seed, row_offset, training, tmp);
+  LinearWithLoraForward(*backend_, act_.logits.data, act_.nf.data, head, N, scale, dropout, seed, row_offset, training, tmp);
 
   LossStats stats;
   if (targets) {
-    ops::CrossEntropy(nullptr, &stats.loss_sum, &stats.tokens, act_.logits.data, targets,
+    backend_->CrossEntropy(nullptr, &stats.loss_sum, &stats.tokens, act_.logits.data, targets,
                       static_cast<int>(N), V, kIgnoreIndex, 0.0f);
   }
   last_training_ = will_backward;
@@ -490,17 +503,20 @@ absl::Status Model::Backward(float grad_scale) {
   float* tmp = scr_.lora_tmp.data;
   float* dx = scr_.dx.data;
   float* dn = scr_.dn.data;
+  auto zero_rows = [&](const Tensor& t, int64_t n_elems) {
+    backend_->Zero(t.data, n_elems * static_cast<int64_t>(sizeof(float)));
+  };
 
   double unused_sum = 0;
   int64_t unused_n = 0;
-  ops::CrossEntropy(scr_.dlogits.data, &unused_sum, &unused_n, act_.logits.data,
+  backend_->CrossEntropy(scr_.dlogits.data, &unused_sum, &unused_n, act_.logits.data,
                     last_targets_copy_.data(), static_cast<int>(N), V, kIgnoreIndex, grad_scale);
-  ZeroRows(scr_.dn, N * C);
+  zero_rows(scr_.dn, N * C);
   LinearCall head{&weights_.lm_head, nullptr, adapter ? adapter->lm_head() : nullptr,
                   act_.head_xa, act_.head_mask};
-  LinearWithLoraBackward(dn, scr_.dlogits.data, act_.nf.data, head, N, scale, dyb, tmp);
-  ZeroRows(scr_.dx, N * C);
-  ops::RmsNormBackward(dx, weights_.norm.grad.data, dn, act_.x_final.data,
+  LinearWithLoraBackward(*backend_, dn, scr_.dlogits.data, act_.nf.data, head, N, scale, dyb, tmp);
+  zero_rows(scr_.dx, N * C);
+  backend_->RmsNormBackward(dx, weights_.norm.grad.data, dn, act_.x_final.data,
                        weights_.norm.value.data, act_.rstdf.data, static_cast<int>(N), C);
   ReleaseGroup(kEdgeGroup);
   edges_held_ = false;
@@ -520,48 +536,48 @@ absl::Status Model::Backward(float grad_scale) {
                         a.lora_xa[static_cast<int>(p)], a.lora_mask[static_cast<int>(p)]};
     };
     // dx holds d(layer output). out = h + down(act).
-    ZeroRows(scr_.dact, N * I);
-    LinearWithLoraBackward(scr_.dact.data, dx, a.act.data, call(Proj::kDown, nullptr), N, scale, dyb, tmp);
-    ZeroRows(scr_.dgate, N * I);
-    ZeroRows(scr_.dup, N * I);
-    ops::SwiGluBackward(scr_.dgate.data, scr_.dup.data, scr_.dact.data, a.gate.data, a.up.data, N * I);
-    ZeroRows(scr_.dn, N * C);
-    LinearWithLoraBackward(dn, scr_.dgate.data, a.n2.data, call(Proj::kGate, nullptr), N, scale, dyb, tmp);
-    LinearWithLoraBackward(dn, scr_.dup.data, a.n2.data, call(Proj::kUp, nullptr), N, scale, dyb, tmp);
+    zero_rows(scr_.dact, N * I);
+    LinearWithLoraBackward(*backend_, scr_.dact.data, dx, a.act.data, call(Proj::kDown, nullptr), N, scale, dyb, tmp);
+    zero_rows(scr_.dgate, N * I);
+    zero_rows(scr_.dup, N * I);
+    backend_->SwiGluBackward(scr_.dgate.data, scr_.dup.data, scr_.dact.data, a.gate.data, a.up.data, N * I);
+    zero_rows(scr_.dn, N * C);
+    LinearWithLoraBackward(*backend_, dn, scr_.dgate.data, a.n2.data, call(Proj::kGate, nullptr), N, scale, dyb, tmp);
+    LinearWithLoraBackward(*backend_, dn, scr_.dup.data, a.n2.data, call(Proj::kUp, nullptr), N, scale, dyb, tmp);
     // dh = d(out) (residual) + rmsnorm backward.
-    ops::RmsNormBackward(dx, w.post_norm.grad.data, dn, a.h.data, w.post_norm.value.data,
+    backend_->RmsNormBackward(dx, w.post_norm.grad.data, dn, a.h.data, w.post_norm.value.data,
                          a.rstd2.data, static_cast<int>(N), C);
     // h = x + o(att).
-    ZeroRows(scr_.datt, N * q_out);
-    LinearWithLoraBackward(scr_.datt.data, dx, a.att.data, call(Proj::kO, nullptr), N, scale, dyb, tmp);
-    ZeroRows(scr_.dq, N * q_out);
-    ZeroRows(scr_.dk, N * kv_out);
-    ZeroRows(scr_.dv, N * kv_out);
-    ops::AttentionBackward(scr_.dq.data, scr_.dk.data, scr_.dv.data, scr_.datt.data, a.q.data,
-                           a.k.data, a.v.data, a.probs.data, B, T, s.num_heads, s.num_kv_heads, HD);
+    zero_rows(scr_.datt, N * q_out);
+    LinearWithLoraBackward(*backend_, scr_.datt.data, dx, a.att.data, call(Proj::kO, nullptr), N, scale, dyb, tmp);
+    zero_rows(scr_.dq, N * q_out);
+    zero_rows(scr_.dk, N * kv_out);
+    zero_rows(scr_.dv, N * kv_out);
+    backend_->AttentionBackward(scr_.dq.data, scr_.dk.data, scr_.dv.data, scr_.datt.data, a.q.data,
+                           a.k.data, a.v.data, a.attn_saved.data, B, T, s.num_heads, s.num_kv_heads, HD);
     // RoPE is a rotation: un-rotate dq and dk (datt is free scratch now).
-    ZeroRows(scr_.datt, N * q_out);
-    ops::RopeBackward(scr_.datt.data, scr_.dq.data, act_.cos.data, act_.sin.data, B, T, s.num_heads, HD);
+    zero_rows(scr_.datt, N * q_out);
+    backend_->RopeBackward(scr_.datt.data, scr_.dq.data, act_.cos.data, act_.sin.data, B, T, s.num_heads, HD);
     std::swap(scr_.dq.data, scr_.datt.data);
-    ZeroRows(scr_.datt, N * kv_out);
-    ops::RopeBackward(scr_.datt.data, scr_.dk.data, act_.cos.data, act_.sin.data, B, T, s.num_kv_heads, HD);
+    zero_rows(scr_.datt, N * kv_out);
+    backend_->RopeBackward(scr_.datt.data, scr_.dk.data, act_.cos.data, act_.sin.data, B, T, s.num_kv_heads, HD);
     std::swap(scr_.dk.data, scr_.datt.data);
     // Below layer 0 the input gradient only matters for a trainable embedding.
     const bool need_dx = l > 0 || weights_.embed.trainable();
     float* dn_or_null = need_dx || w.input_norm.trainable() ? dn : nullptr;
-    if (dn_or_null) ZeroRows(scr_.dn, N * C);
-    LinearWithLoraBackward(dn_or_null, scr_.dq.data, a.n1.data, call(Proj::kQ, &w.q_bias), N, scale, dyb, tmp);
-    LinearWithLoraBackward(dn_or_null, scr_.dk.data, a.n1.data, call(Proj::kK, &w.k_bias), N, scale, dyb, tmp);
-    LinearWithLoraBackward(dn_or_null, scr_.dv.data, a.n1.data, call(Proj::kV, &w.v_bias), N, scale, dyb, tmp);
+    if (dn_or_null) zero_rows(scr_.dn, N * C);
+    LinearWithLoraBackward(*backend_, dn_or_null, scr_.dq.data, a.n1.data, call(Proj::kQ, &w.q_bias), N, scale, dyb, tmp);
+    LinearWithLoraBackward(*backend_, dn_or_null, scr_.dk.data, a.n1.data, call(Proj::kK, &w.k_bias), N, scale, dyb, tmp);
+    LinearWithLoraBackward(*backend_, dn_or_null, scr_.dv.data, a.n1.data, call(Proj::kV, &w.v_bias), N, scale, dyb, tmp);
     if (dn_or_null) {
-      ops::RmsNormBackward(dx, w.input_norm.grad.data, dn, a.x.data, w.input_norm.value.data,
+      backend_->RmsNormBackward(dx, w.input_norm.grad.data, dn, a.x.data, w.input_norm.value.data,
                            a.rstd1.data, static_cast<int>(N), C);
     }
     ReleaseGroup(LayerGroup(l));
     RETURN_IF_ERROR(GradsReady(LayerGroup(l)));
   }
   if (weights_.embed.trainable()) {
-    ops::EmbeddingBackward(weights_.embed.grad.data, dx, last_tokens_copy_.data(),
+    backend_->EmbeddingBackward(weights_.embed.grad.data, dx, last_tokens_copy_.data(),
                            static_cast<int>(N), C);
   }
   return GradsReady(kEdgeGroup);
@@ -577,9 +593,16 @@ absl::Status Model::ApplyAdapter(const LoraAdapter& adapter, float sign) {
         "cannot merge a LoRA on lm_head into tied word embeddings: it would change the input "
         "embeddings too (untie them first)");
   }
+  for (Param* p : weights_.all()) {
+    if (p->value.dtype != DType::kDTypeF32) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot merge an adapter into ", DTypeName(p->value.dtype), " frozen weights (",
+          p->name, "): load the model with frozen_dtype f32"));
+    }
+  }
   auto merge = [&](Param* w, const LoraModule& m) {
     // W[out,in] += s * B[out,R] @ A[R,in]
-    ops::Matmul(w->value.data, m.b.data, m.a.data, m.out, m.in, static_cast<int>(m.a.dim(0)),
+    backend_->Matmul(w->value.data, m.b.data, m.a.data, m.out, m.in, static_cast<int>(m.a.dim(0)),
                 false, false, s, 1.0f);
   };
   for (int l = 0; l < config_.num_layers; ++l) {

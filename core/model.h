@@ -1,4 +1,6 @@
-// The Llama-family decoder with hand-written forward and backward (fp32, CPU).
+// The Llama-family decoder with hand-written forward and backward (fp32
+// activations; frozen weights f32 or bf16), computed by a Backend
+// (core/backend.h; the CPU one lives in ops/cpu).
 //
 //   x0 = embed[tokens]
 //   per layer l:  h = x + o_proj(attn(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1)))
@@ -15,8 +17,8 @@
 //
 // Lifecycle: Create → load or init weights → Forward(training) → Backward →
 // (optimizer) → ... Activations are planned for the largest (B, T) seen and
-// reused. Not thread-safe: one model per training thread (kernels use OpenMP
-// internally).
+// reused. Not thread-safe: one model per training thread (the backend's
+// kernels use their own threads internally).
 #ifndef SHEAF_CORE_MODEL_H_
 #define SHEAF_CORE_MODEL_H_
 
@@ -27,6 +29,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/backend.h"
+#include "core/dtype.h"
 #include "core/lora.h"
 #include "core/model_config.h"
 #include "core/tensor.h"
@@ -100,6 +104,14 @@ struct ModelOptions {
   // When true the frozen tensors get no storage here: a FrozenWeightSource
   // provides them (sharded worlds). Trainable tensors always live here.
   bool external_frozen = false;
+  // Where the model computes and allocates; null = DefaultBackend() (link
+  // //ops/cpu:ops for the CPU backend). Not owned; must outlive the model.
+  Backend* backend = nullptr;
+  // Storage of the frozen matrices (projections, embedding, untied head):
+  // f32, or bf16 (half the memory; a bf16 file is then read without
+  // widening, and the backend computes in fp32 tile by tile). Norms and
+  // biases stay f32. NF4 is refused until its kernels exist.
+  DType frozen_dtype = DType::kDTypeF32;
 };
 inline bool NothingTrainable(const std::string&) { return false; }
 inline bool EverythingTrainable(const std::string&) { return true; }
@@ -146,6 +158,7 @@ class Model {
   absl::Status UnmergeAdapter(const LoraAdapter& adapter);
 
   const ModelConfig& config() const { return config_; }
+  Backend* backend() const { return backend_; }
   ModelWeights& weights() { return weights_; }
   const ModelWeights& weights() const { return weights_; }
   Arena& frozen_arena() { return frozen_; }
@@ -163,7 +176,7 @@ class Model {
     Tensor x;          // (B*T, C) layer input (residual stream)
     Tensor n1, rstd1;  // (B*T, C), (B*T)
     Tensor q, k, v;    // (B*T, NH*HD) (B*T, KVH*HD) (B*T, KVH*HD), q/k after RoPE
-    Tensor probs;      // (B, NH, T, T)
+    Tensor attn_saved;  // backend-defined attention state (AttentionSavedBytes)
     Tensor att;        // (B*T, NH*HD)
     Tensor h;          // (B*T, C) residual after attention
     Tensor n2, rstd2;  // (B*T, C), (B*T)
@@ -191,6 +204,7 @@ class Model {
   };
 
   ModelConfig config_;
+  Backend* backend_ = nullptr;  // not owned
   Arena frozen_{ArenaKind::kArenaFrozen};
   Arena params_{ArenaKind::kArenaParams};
   Arena grads_{ArenaKind::kArenaGrads};

@@ -4,10 +4,10 @@
 #include "core/model.h"
 
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "gtest/gtest.h"
-#include "ops/cpu/ops.h"
 
 namespace sheaf {
 namespace {
@@ -318,6 +318,138 @@ TEST(Model, NewAdapterAtAReusedAddressGetsItsOwnPlan) {
     ASSERT_TRUE(want.ok());
     EXPECT_EQ(got->loss_sum, want->loss_sum);
   }
+}
+
+}  // namespace
+}  // namespace sheaf
+
+namespace sheaf {
+namespace {
+
+// Frozen weights stored as bf16 (ModelOptions::frozen_dtype) against the
+// same weights widened to fp32. The bf16 values are exactly representable in
+// fp32 and the CPU backend widens W tile by tile before GEMMs on the same
+// values, so only the summation order can differ: forward tiles split y's
+// columns (each logit is still one dot product over `in`, but OpenBLAS picks
+// its micro-kernel and thread split by the GEMM's width, which measured
+// changes the last bits); backward dx = dy·W sums over W's rows, which the
+// tiles split (lm_head has V = 2100 rows > one tile of 1024 rows at C = 64).
+// fp32 reassociation error is ~ sqrt(K)·2^-24 ≈ 3e-6 relative at K = 2100,
+// so the loss is compared at 1e-6 relative (a summed loss over 10 rows
+// averages the per-logit errors) and gradients normwise at 1e-5. A wrong
+// conversion (e.g. truncating the fp32 instead of widening bf16 exactly, or
+// a misplaced tile) is off by 1e-3 or more.
+ModelConfig Bf16Config() {
+  ModelConfig c;
+  c.hidden_size = 64;
+  c.num_layers = 2;
+  c.head_dim = 16;
+  c.vocab_size = 2100;
+  c.max_position_embeddings = 16;
+  c.rms_norm_eps = 1e-5f;
+  c.rope_theta = 100.0f;
+  c.tie_word_embeddings = false;
+  c.attention_bias = true;
+  c.layers = {{4, 2, 96}, {4, 2, 96}};
+  return c;
+}
+
+TEST(Model, Bf16FrozenWeightsGiveTheLossOfTheWidenedWeightsInHalfTheMemory) {
+  const ModelConfig c = Bf16Config();
+  ModelOptions bf16;
+  bf16.frozen_dtype = DType::kDTypeBF16;
+  // A bf16 model initialised and saved: the file holds BF16 tensors.
+  const std::string dir = ::testing::TempDir() + "/bf16_model";
+  {
+    auto src = Model::Create(c, NothingTrainable, bf16);
+    ASSERT_TRUE(src.ok()) << src.status();
+    (*src)->InitRandom(5, 0.3f);
+    ASSERT_TRUE((*src)->Save(dir).ok());
+  }
+  auto m16 = Model::Create(c, NothingTrainable, bf16);
+  auto m32 = Model::Create(c, NothingTrainable);
+  ASSERT_TRUE(m16.ok() && m32.ok());
+  ASSERT_TRUE((*m16)->LoadWeights(dir).ok());
+  ASSERT_TRUE((*m32)->LoadWeights(dir).ok());  // widened on load (exact)
+  EXPECT_EQ((*m16)->weights().layers[0].q.value.dtype, DType::kDTypeBF16);
+  EXPECT_EQ((*m16)->weights().layers[0].input_norm.value.dtype, DType::kDTypeF32);
+  EXPECT_EQ((*m16)->weights().layers[0].q_bias.value.dtype, DType::kDTypeF32);
+
+  // Memory: every matrix halves; norms and biases (f32 in both) and the
+  // 64-byte slot padding are the only extra.
+  int64_t small_bytes = 0;
+  for (Param* p : (*m32)->weights().all()) {
+    if (p->value.ndim() == 1) small_bytes += p->value.numel() * 4 + 64;
+  }
+  const int64_t b32 = (*m32)->frozen_arena().bytes(), b16 = (*m16)->frozen_arena().bytes();
+  EXPECT_LE(b16, (b32 + small_bytes) / 2 + 64 * static_cast<int64_t>((*m32)->weights().all().size()));
+  EXPECT_GE(b16, b32 / 2);
+
+  LoraOptions lo;
+  lo.rank = 4;
+  lo.targets.push_back("lm_head");
+  auto a16 = LoraAdapter::Create(c, lo);
+  auto a32 = LoraAdapter::Create(c, lo);
+  ASSERT_TRUE(a16.ok() && a32.ok());
+  std::mt19937 rng(9);
+  for (LoraModule* mod : (*a16)->all_modules()) Randomise(mod->b, rng, 0.1f);
+  std::memcpy((*a32)->params().data(), (*a16)->params().data(), (*a16)->params().bytes());
+  std::mt19937 trng(2);
+  std::vector<int32_t> tokens(kB * kT), targets(kB * kT);
+  for (int i = 0; i < kB * kT; ++i) {
+    tokens[i] = static_cast<int32_t>(trng() % c.vocab_size);
+    targets[i] = static_cast<int32_t>(trng() % c.vocab_size);
+  }
+  auto l16 = (*m16)->Forward(tokens.data(), targets.data(), kB, kT, a16->get(), true);
+  auto l32 = (*m32)->Forward(tokens.data(), targets.data(), kB, kT, a32->get(), true);
+  ASSERT_TRUE(l16.ok() && l32.ok());
+  EXPECT_NEAR(l16->loss_sum, l32->loss_sum, 1e-6 * std::abs(l32->loss_sum));
+  ASSERT_TRUE((*m16)->Backward(1.0f).ok());
+  ASSERT_TRUE((*m32)->Backward(1.0f).ok());
+  double diff = 0, norm = 0;
+  const float* g16 = (*a16)->grads().data();
+  const float* g32 = (*a32)->grads().data();
+  for (int64_t i = 0; i < (*a16)->grads().size(); ++i) {
+    diff += (double{g16[i]} - g32[i]) * (double{g16[i]} - g32[i]);
+    norm += double{g32[i]} * g32[i];
+  }
+  ASSERT_GT(norm, 0);
+  EXPECT_LT(std::sqrt(diff / norm), 1e-5);
+  std::printf("bf16 vs widened f32: loss %.17g vs %.17g, grad rel err %.3g\n", l16->loss_sum,
+              l32->loss_sum, std::sqrt(diff / norm));
+}
+
+TEST(Model, FrozenDtypeErrorsAreClear) {
+  const ModelConfig c = Bf16Config();
+  ModelOptions nf4;
+  nf4.frozen_dtype = DType::kDTypeNF4;
+  EXPECT_EQ(Model::Create(c, NothingTrainable, nf4).status().code(),
+            absl::StatusCode::kUnimplemented);
+  ModelOptions f16;
+  f16.frozen_dtype = DType::kDTypeF16;
+  auto bad = Model::Create(c, NothingTrainable, f16);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(bad.status().message()).find("frozen_dtype f16"), std::string::npos);
+
+  // An F32 file is never narrowed into bf16 storage.
+  const std::string dir = ::testing::TempDir() + "/f32_model";
+  auto m32 = Model::Create(c, NothingTrainable);
+  ASSERT_TRUE(m32.ok());
+  (*m32)->InitRandom(1, 0.1f);
+  ASSERT_TRUE((*m32)->Save(dir).ok());
+  ModelOptions bf16;
+  bf16.frozen_dtype = DType::kDTypeBF16;
+  auto m16 = Model::Create(c, NothingTrainable, bf16);
+  ASSERT_TRUE(m16.ok());
+  const absl::Status s = (*m16)->LoadWeights(dir);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("model.embed_tokens.weight"), std::string::npos) << s;
+
+  // Merging needs fp32 weights.
+  (*m16)->InitRandom(1, 0.1f);
+  auto a = LoraAdapter::Create(c, LoraOptions{});
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ((*m16)->MergeAdapter(**a).code(), absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace
