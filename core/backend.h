@@ -63,6 +63,12 @@ const char* BackendOpName(BackendOp op);
 // An args struct so that the K-expert mixture form (a_cat [K·R, in],
 // b_cat [out, K·R], per-row gate [n, K]) adds fields without changing the
 // signature of every backend.
+// How the K experts of a mixture are combined (core/adapter_plan.h).
+enum class LoraMixing : uint8_t {
+  kLoraMixingOutputs,  // y += scale · Σ_k g_k B_k A_k x
+  kLoraMixingWeights,  // y += scale · (Σ_k g_k B_k)(Σ_k g_k A_k) x  (RecLoRA)
+};
+
 struct LoraOpArgs {
   int n = 0;    // rows
   int in = 0;   // W's input width
@@ -71,6 +77,32 @@ struct LoraOpArgs {
   float scale = 1.0f;
   const float* a = nullptr;  // [r, in]
   const float* b = nullptr;  // [out, r]
+  // The mixture form, read by LoraScratchFloats / LoraMixForward /
+  // LoraMixBackward (the CPU kernels and their algebra: ops/cpu/lora_mix.h):
+  // K experts of rank R = r / K (a = A_cat [K·R, in], b = B_cat [out, K·R],
+  // expert k in rows / columns [kR, (k+1)R)); gate [groups, K] weighs rows
+  // [g·P, (g+1)·P), P = rows_per_group (null = all ones). K = 1 without a
+  // gate is the plain LoRA above, bit for bit.
+  int num_experts = 1;
+  const float* gate = nullptr;
+  int rows_per_group = 1;
+  LoraMixing mixing = LoraMixing::kLoraMixingOutputs;
+};
+
+// The selected-rows loss head (CPU kernels: ops/cpu/heads.h): over the
+// final hidden states h [n, C] and the head weight W [V, C],
+//   logits [M, J] = h[rows] · W[cols]ᵀ,  loss = Σ_m CE(logits[m], targets[m])
+// with targets in [0, J) or ignore_index; never forms [n, V].
+struct SelectedRowsArgs {
+  int n = 0;                         // rows of h
+  int C = 0;                         // channels
+  int V = 0;                         // rows of W
+  int num_rows = 0;                  // M
+  int num_cols = 0;                  // J
+  const int32_t* rows = nullptr;     // [M] in [0, n)
+  const int32_t* cols = nullptr;     // [J] in [0, V)
+  const int32_t* targets = nullptr;  // [M] in [0, J) or ignore_index
+  int ignore_index = -100;
 };
 
 // AdamW's per-step scalars (core/optimizer.h gives the formula), precomputed
@@ -130,6 +162,16 @@ class Backend : public BufferAllocator {
   virtual void LoraBackward(const LoraOpArgs& args, float* dx, float* da, float* db,
                             float* scratch_dyb, const float* dy, const float* x,
                             const float* xa) = 0;
+  // The mixture form (all LoraOpArgs fields). Scratch: LoraScratchFloats
+  // floats of backend memory, shared by forward and backward (it need not
+  // survive between them). Forward adds onto y and writes xa [n, r].
+  // Backward ADDS into dx, da, db and dgate [groups, K] (each may be null).
+  virtual int64_t LoraScratchFloats(const LoraOpArgs& args) const = 0;
+  virtual void LoraMixForward(const LoraOpArgs& args, float* y, float* xa, float* scratch,
+                              const float* x) = 0;
+  virtual void LoraMixBackward(const LoraOpArgs& args, float* dx, float* da, float* db,
+                               float* dgate, float* scratch, const float* dy, const float* x,
+                               const float* xa) = 0;
 
   // ---- attention ---------------------------------------------------------
   // Causal grouped-query attention: q [B,T,NH·HD], k and v [B,T,KVH·HD],
@@ -180,6 +222,19 @@ class Backend : public BufferAllocator {
   virtual void CrossEntropy(float* dlogits, double* loss_sum, int64_t* n_valid,
                             const float* logits, const int32_t* targets, int N, int V,
                             int ignore_index, float grad_scale) = 0;
+  // The selected-rows head (SelectedRowsArgs); w is f32 or a frozen bf16.
+  // Forward OVERWRITES logits [M, J] (and dlogits, when non-null, as
+  // CrossEntropy does) and adds to *loss_sum / *n_valid. Backward ADDS
+  // dlogits·W[cols] into the selected rows of dh and, when dw is non-null
+  // (w is then f32), dlogitsᵀ·h[rows] into the selected rows of dw.
+  virtual int64_t SelectedRowsHeadScratchFloats(const SelectedRowsArgs& args) const = 0;
+  virtual void SelectedRowsHeadForward(const SelectedRowsArgs& args, float* logits,
+                                       float* dlogits, double* loss_sum, int64_t* n_valid,
+                                       float* scratch, const float* h, const Tensor& w,
+                                       float grad_scale) = 0;
+  virtual void SelectedRowsHeadBackward(const SelectedRowsArgs& args, float* dh, float* dw,
+                                        float* scratch, const float* dlogits, const float* h,
+                                        const Tensor& w) = 0;
 
   // ---- elementwise over n values (out may alias an input) -----------------
   virtual void Add(float* out, const float* a, const float* b, int64_t n) = 0;  // a + b

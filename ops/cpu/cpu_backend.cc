@@ -4,7 +4,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <vector>
 
+#include "ops/cpu/heads.h"
+#include "ops/cpu/lora_mix.h"
 #include "ops/cpu/ops.h"
 #include "ops/cpu/optimizer_ops.h"
 
@@ -18,6 +21,55 @@ constexpr DType kBF16 = DType::kDTypeBF16;
   std::fprintf(stderr, "cpu backend: %s does not support a %s tensor %s\n", what,
                DTypeName(t.dtype), t.ShapeString().c_str());
   std::abort();
+}
+
+ops::LoraMixArgs MixArgs(const LoraOpArgs& a) {
+  ops::LoraMixArgs m;
+  m.n = a.n;
+  m.in = a.in;
+  m.out = a.out;
+  m.num_experts = a.num_experts;
+  m.lora_rank = a.r / a.num_experts;
+  m.scale = a.scale;
+  m.a_cat = a.a;
+  m.b_cat = a.b;
+  m.gate = a.gate;
+  m.rows_per_group = a.rows_per_group;
+  m.mixing = a.mixing == sheaf::LoraMixing::kLoraMixingWeights
+                 ? ops::LoraMixing::kLoraMixingWeights
+                 : ops::LoraMixing::kLoraMixingOutputs;
+  return m;
+}
+
+ops::SelectedRowsHeadArgs HeadArgs(const SelectedRowsArgs& a) {
+  ops::SelectedRowsHeadArgs h;
+  h.n = a.n;
+  h.C = a.C;
+  h.V = a.V;
+  h.num_rows = a.num_rows;
+  h.num_cols = a.num_cols;
+  h.rows = a.rows;
+  h.cols = a.cols;
+  h.targets = a.targets;
+  h.ignore_index = a.ignore_index;
+  return h;
+}
+
+// The f32 head weight the kernels read: w itself, or for bf16 its selected
+// rows widened into scratch [J, C] (args then addresses them as 0..J-1).
+const float* HeadWeight(const SelectedRowsArgs& a, const Tensor& w, float* scratch,
+                        std::vector<int32_t>* iota, ops::SelectedRowsHeadArgs* args,
+                        const char* what) {
+  if (w.dtype == kF32) return w.data;
+  if (w.dtype != kBF16) Die(what, w);
+  const uint16_t* w16 = static_cast<const uint16_t*>(w.raw());
+  for (int j = 0; j < a.num_cols; ++j) {
+    ops::WidenBf16(scratch + int64_t{j} * a.C, w16 + int64_t{a.cols[j]} * a.C, a.C);
+    iota->push_back(j);
+  }
+  args->cols = iota->data();
+  args->V = a.num_cols;
+  return scratch;
 }
 
 class Cpu final : public Backend {
@@ -80,6 +132,18 @@ class Cpu final : public Backend {
     ops::LoraBackward(dx, da, db, scratch_dyb, dy, x, xa, a.a, a.b, a.scale, a.n, a.in, a.out,
                       a.r);
   }
+  int64_t LoraScratchFloats(const LoraOpArgs& a) const override {
+    return ops::LoraMixScratchFloats(MixArgs(a));
+  }
+  void LoraMixForward(const LoraOpArgs& a, float* y, float* xa, float* scratch,
+                      const float* x) override {
+    ops::LoraMixForward(y, xa, scratch, x, MixArgs(a));
+  }
+  void LoraMixBackward(const LoraOpArgs& a, float* dx, float* da, float* db, float* dgate,
+                       float* scratch, const float* dy, const float* x,
+                       const float* xa) override {
+    ops::LoraMixBackward(dx, da, db, dgate, scratch, dy, x, xa, MixArgs(a));
+  }
 
   // Saved state: the softmax probabilities [B, NH, T, T] in fp32.
   int64_t AttentionSavedBytes(int B, int T, int NH, int KVH, int HD) const override {
@@ -141,6 +205,30 @@ class Cpu final : public Backend {
                     float grad_scale) override {
     ops::CrossEntropy(dlogits, loss_sum, n_valid, logits, targets, N, V, ignore_index,
                       grad_scale);
+  }
+  // A bf16 head weight: its J selected rows are widened into the first J·C
+  // floats of scratch, which then serve as an f32 W with columns 0..J-1.
+  int64_t SelectedRowsHeadScratchFloats(const SelectedRowsArgs& a) const override {
+    return ops::SelectedRowsHeadScratchFloats(HeadArgs(a)) + int64_t{a.num_cols} * a.C;
+  }
+  void SelectedRowsHeadForward(const SelectedRowsArgs& a, float* logits, float* dlogits,
+                               double* loss_sum, int64_t* n_valid, float* scratch, const float* h,
+                               const Tensor& w, float grad_scale) override {
+    std::vector<int32_t> iota;
+    ops::SelectedRowsHeadArgs args = HeadArgs(a);
+    const float* wf = HeadWeight(a, w, scratch, &iota, &args, "SelectedRowsHeadForward");
+    ops::SelectedRowsHeadForward(logits, dlogits, loss_sum, n_valid,
+                                 scratch + int64_t{a.num_cols} * a.C, h, wf, args, grad_scale);
+  }
+  void SelectedRowsHeadBackward(const SelectedRowsArgs& a, float* dh, float* dw, float* scratch,
+                                const float* dlogits, const float* h,
+                                const Tensor& w) override {
+    if (dw != nullptr && w.dtype != kF32) Die("SelectedRowsHeadBackward with a weight gradient", w);
+    std::vector<int32_t> iota;
+    ops::SelectedRowsHeadArgs args = HeadArgs(a);
+    const float* wf = HeadWeight(a, w, scratch, &iota, &args, "SelectedRowsHeadBackward");
+    ops::SelectedRowsHeadBackward(dh, dw, scratch + int64_t{a.num_cols} * a.C, dlogits, h, wf,
+                                  args);
   }
 
   void Add(float* out, const float* a, const float* b, int64_t n) override {
