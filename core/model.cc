@@ -228,17 +228,54 @@ absl::Status Model::Save(const std::string& dir) const {
   return writer.Write(dir + "/model.safetensors", {{"format", "pt"}});
 }
 
-void Model::PlanActivations(int B, int T, const LoraAdapter* adapter) {
-  const uint64_t adapter_id = adapter ? adapter->instance_id() : 0;
-  if (B <= planned_B_ && T == planned_T_ && adapter_id == planned_adapter_id_) return;
+namespace {
+
+LoraMixing BackendMixing(AdapterMixing m) {
+  return m == AdapterMixing::kAdapterMixingWeights ? LoraMixing::kLoraMixingWeights
+                                                   : LoraMixing::kLoraMixingOutputs;
+}
+
+// The adapter op's arguments for one plan entry on rows [0, n) of a layer
+// W [out, in].
+LoraOpArgs EntryArgs(const AdapterEntry& e, int64_t n, int64_t in, int64_t out) {
+  LoraOpArgs args;
+  args.n = static_cast<int>(n);
+  args.in = static_cast<int>(in);
+  args.out = static_cast<int>(out);
+  args.r = e.kr();
+  args.scale = e.scale;
+  args.a = e.a.data;
+  args.b = e.b.data;
+  args.num_experts = e.num_experts;
+  args.gate = e.gate ? e.gate.data : nullptr;
+  args.rows_per_group = e.gate ? e.rows_per_group : 1;
+  args.mixing = BackendMixing(e.mixing);
+  return args;
+}
+
+}  // namespace
+
+void Model::PlanActivations(int B, int T, const AdapterPlan& plan, const LossHead& head) {
+  const bool selected = head.kind == LossHead::Kind::kLossHeadSelectedRows;
+  std::vector<int32_t> layout = plan.Layout();
+  layout.push_back(selected ? 1 : 0);
+  const int M = selected ? static_cast<int>(head.rows.size()) : 0;
+  const int J = selected ? static_cast<int>(head.cols.size()) : 0;
+  if (B <= planned_B_ && T == planned_T_ && layout == planned_layout_ && M <= planned_M_ &&
+      J <= planned_J_) {
+    return;
+  }
   B = std::max(B, planned_B_);
+  const bool same_layout = layout == planned_layout_;
+  const int plan_M = same_layout ? std::max(M, planned_M_) : M;
+  const int plan_J = same_layout ? std::max(J, planned_J_) : J;
   acts_.Reset();
   scratch_.Reset();
   const ModelConfig& c = config_;
   const int64_t N = int64_t{B} * T, C = c.hidden_size, HD = c.head_dim, V = c.vocab_size;
-  const int R = adapter ? adapter->options().rank : 0;
-  const bool dropout = adapter && adapter->options().dropout > 0;
   int64_t max_q = 0, max_kv = 0, max_i = 0;
+  bool any_dropout = false;
+  int64_t lora_scratch = 1;
 
   // Each view is planned and bound in one place; the data pointers are
   // filled in once the arenas are allocated.
@@ -248,6 +285,22 @@ void Model::PlanActivations(int B, int T, const LoraAdapter* adapter) {
   };
   auto scratch = [&](Tensor* t, const char* name, std::vector<int64_t> shape) {
     scratch_binds.emplace_back(t, scratch_.Add(name, std::move(shape)));
+  };
+  // Per entry of a site: the saved x·A_catᵀ (N, K·R) and, with dropout, the
+  // mask (N, in); the operator's scratch is shared by all entries.
+  auto entries = [&](const std::vector<AdapterEntry>& es, int in, int out,
+                     std::vector<Tensor>* xa, std::vector<Tensor>* mask) {
+    xa->assign(es.size(), Tensor{});
+    mask->assign(es.size(), Tensor{});
+    for (size_t i = 0; i < es.size(); ++i) {
+      act(&(*xa)[i], "lora_xa", {N, es[i].kr()});
+      if (es[i].dropout > 0.0f) {
+        act(&(*mask)[i], "lora_mask", {N, in});
+        any_dropout = true;
+      }
+      lora_scratch = std::max(lora_scratch,
+                              backend_->LoraScratchFloats(EntryArgs(es[i], N, in, out)));
+    }
   };
   act_ = Acts{};
   act_.layers.assign(static_cast<size_t>(c.num_layers), {});
@@ -277,22 +330,21 @@ void Model::PlanActivations(int B, int T, const LoraAdapter* adapter) {
     act(&a.up, "up", {N, I});
     act(&a.act, "act", {N, I});
     for (int p = 0; p < kNumProj; ++p) {
-      const LoraModule* m = adapter ? adapter->module(l, static_cast<Proj>(p)) : nullptr;
-      if (!m) continue;
-      act(&a.lora_xa[p], "lora_xa", {N, R});
-      if (dropout) act(&a.lora_mask[p], "lora_mask", {N, m->in});
+      entries(plan.entries(l, static_cast<Proj>(p)), ProjIn(c, l, static_cast<Proj>(p)),
+              ProjOut(c, l, static_cast<Proj>(p)), &a.lora_xa[p], &a.lora_mask[p]);
     }
   }
   act(&act_.x_final, "x_final", {N, C});
   act(&act_.nf, "nf", {N, C});
   act(&act_.rstdf, "rstdf", {N});
-  act(&act_.logits, "logits", {N, V});
+  // The [N, V] logits exist only for the LM head: the selected-rows head
+  // never forms them.
+  if (!selected) act(&act_.logits, "logits", {N, V});
   act(&act_.cos, "cos", {T, HD / 2});
   act(&act_.sin, "sin", {T, HD / 2});
-  if (adapter && adapter->lm_head()) {
-    act(&act_.head_xa, "head_xa", {N, R});
-    if (dropout) act(&act_.head_mask, "head_mask", {N, C});
-  }
+  entries(plan.lm_head(), static_cast<int>(C), static_cast<int>(V), &act_.head_xa,
+          &act_.head_mask);
+  if (selected) act(&act_.sel_logits, "sel_logits", {plan_M, plan_J});
   const int64_t max_in = std::max({C, max_q, max_i});
   scr_ = Scratch{};
   scratch(&scr_.dx, "dx", {N, C});
@@ -305,9 +357,21 @@ void Model::PlanActivations(int B, int T, const LoraAdapter* adapter) {
   scratch(&scr_.dgate, "dgate", {N, max_i});
   scratch(&scr_.dup, "dup", {N, max_i});
   scratch(&scr_.dact, "dact", {N, max_i});
-  scratch(&scr_.dlogits, "dlogits", {N, V});
-  scratch(&scr_.lora_dyb, "lora_dyb", {N, std::max(R, 1)});
-  scratch(&scr_.lora_tmp, "lora_tmp", {N, dropout ? 2 * max_in : 1});
+  if (selected) {
+    SelectedRowsArgs args;
+    args.n = static_cast<int>(N);
+    args.C = static_cast<int>(C);
+    args.V = static_cast<int>(V);
+    args.num_rows = plan_M;
+    args.num_cols = plan_J;
+    scratch(&scr_.sel_dlogits, "sel_dlogits", {plan_M, plan_J});
+    scratch(&scr_.head_scratch, "head_scratch",
+            {std::max<int64_t>(1, backend_->SelectedRowsHeadScratchFloats(args))});
+  } else {
+    scratch(&scr_.dlogits, "dlogits", {N, V});
+  }
+  scratch(&scr_.lora_scratch, "lora_scratch", {lora_scratch});
+  scratch(&scr_.lora_tmp, "lora_tmp", {N, any_dropout ? 2 * max_in : 1});
   acts_.Allocate();
   scratch_.Allocate();
   for (auto& [t, slot] : acts_binds) *t = acts_.view(slot);
@@ -315,78 +379,126 @@ void Model::PlanActivations(int B, int T, const LoraAdapter* adapter) {
   backend_->RopeTables(act_.cos.data, act_.sin.data, T, static_cast<int>(HD), c.rope_theta);
   planned_B_ = B;
   planned_T_ = T;
-  planned_adapter_id_ = adapter_id;
+  planned_layout_ = std::move(layout);
+  planned_M_ = plan_M;
+  planned_J_ = plan_J;
 }
 
 namespace {
 
-// One (possibly LoRA-adapted) linear layer's forward:
-//   y = x Wᵀ + b + s · (drop(x) Aᵀ) Bᵀ
+// One linear layer with the adapter plan's entries on it:
+//   y = x Wᵀ + b + Σ_entries mixture_e(drop_e(x))
 struct LinearCall {
   const Param* w;
-  const Param* bias;     // may be null / empty
-  LoraModule* lora;      // may be null
-  Tensor xa, mask;       // LoRA saved activations
+  const Param* bias;                         // may be null / empty
+  const std::vector<AdapterEntry>* entries;  // the site's entries
+  const std::vector<Tensor>* xa;             // per entry: saved x·A_catᵀ
+  const std::vector<Tensor>* mask;           // per entry: dropout mask or empty
 };
 
-LoraOpArgs LoraArgs(const LinearCall& c, int64_t n, float scale) {
-  LoraOpArgs args;
-  args.n = static_cast<int>(n);
-  args.in = static_cast<int>(c.w->value.dim(1));
-  args.out = static_cast<int>(c.w->value.dim(0));
-  args.r = static_cast<int>(c.lora->a.dim(0));
-  args.scale = scale;
-  args.a = c.lora->a.data;
-  args.b = c.lora->b.data;
-  return args;
-}
-
-void LinearWithLoraForward(Backend& be, float* y, const float* x, const LinearCall& c,
-                           int64_t n, float scale, float dropout, uint64_t seed,
-                           int64_t row_offset, bool training, float* tmp) {
-  const int in = static_cast<int>(c.w->value.dim(1));
+void LinearWithPlanForward(Backend& be, float* y, const float* x, const LinearCall& c,
+                           int64_t n, const AdapterPlan& plan, bool training, float* tmp,
+                           float* lora_scratch) {
+  const int out = static_cast<int>(c.w->value.dim(0)), in = static_cast<int>(c.w->value.dim(1));
   be.LinearForward(y, x, c.w->value, c.bias && c.bias->value ? c.bias->value.data : nullptr,
                    static_cast<int>(n));
-  if (!c.lora) return;
-  const float* xin = x;
-  if (c.mask) {
-    if (training) {
-      be.DropoutMask(c.mask.data, n * in, row_offset * in, dropout, seed, c.lora->id);
-      be.Mul(tmp, x, c.mask.data, n * in);
+  for (size_t i = 0; i < c.entries->size(); ++i) {
+    const AdapterEntry& e = (*c.entries)[i];
+    const Tensor& mask = (*c.mask)[i];
+    const float* xin = x;
+    if (mask && training) {
+      be.DropoutMask(mask.data, n * in, plan.dropout_row_offset() * in, e.dropout,
+                     plan.dropout_seed(), e.dropout_stream);
+      be.Mul(tmp, x, mask.data, n * in);
       xin = tmp;
     }
+    be.LoraMixForward(EntryArgs(e, n, in, out), y, (*c.xa)[i].data, lora_scratch, xin);
   }
-  be.LoraForward(LoraArgs(c, n, scale), y, c.xa.data, xin);
 }
 
-// Backward of LinearWithLoraForward: dx += ...; trainable grads accumulate.
-void LinearWithLoraBackward(Backend& be, float* dx, const float* dy, const float* x,
-                            const LinearCall& c, int64_t n, float scale, float* dyb,
-                            float* tmp) {
-  const int in = static_cast<int>(c.w->value.dim(1));
+// Backward of LinearWithPlanForward: dx += ...; trainable grads (adapter
+// factors, gates, base weights) accumulate.
+void LinearWithPlanBackward(Backend& be, float* dx, const float* dy, const float* x,
+                            const LinearCall& c, int64_t n, float* tmp, float* lora_scratch) {
+  const int out = static_cast<int>(c.w->value.dim(0)), in = static_cast<int>(c.w->value.dim(1));
   be.LinearBackward(dx, c.w->grad.data, c.bias && c.bias->grad ? c.bias->grad.data : nullptr,
                     dy, x, c.w->value, static_cast<int>(n));
-  if (!c.lora) return;
-  const LoraOpArgs args = LoraArgs(c, n, scale);
-  if (c.mask) {
-    // Recompute the masked input, and route dx through the mask.
-    float* xd = tmp;
-    float* dxd = tmp + n * in;
-    be.Mul(xd, x, c.mask.data, n * in);
-    be.Zero(dxd, n * in * static_cast<int64_t>(sizeof(float)));
-    be.LoraBackward(args, dx ? dxd : nullptr, c.lora->da.data, c.lora->db.data, dyb, dy, xd,
-                    c.xa.data);
-    if (dx) be.MulAdd(dx, dxd, c.mask.data, n * in);
-  } else {
-    be.LoraBackward(args, dx, c.lora->da.data, c.lora->db.data, dyb, dy, x, c.xa.data);
+  for (size_t i = 0; i < c.entries->size(); ++i) {
+    const AdapterEntry& e = (*c.entries)[i];
+    const Tensor& mask = (*c.mask)[i];
+    float* da = e.da ? e.da.data : nullptr;
+    float* db = e.db ? e.db.data : nullptr;
+    float* dgate = e.dgate ? e.dgate.data : nullptr;
+    if (dx == nullptr && da == nullptr && db == nullptr && dgate == nullptr) continue;
+    const LoraOpArgs args = EntryArgs(e, n, in, out);
+    if (mask) {
+      // Recompute the masked input, and route dx through the mask.
+      float* xd = tmp;
+      float* dxd = tmp + n * in;
+      be.Mul(xd, x, mask.data, n * in);
+      be.Zero(dxd, n * in * static_cast<int64_t>(sizeof(float)));
+      be.LoraMixBackward(args, dx ? dxd : nullptr, da, db, dgate, lora_scratch, dy, xd,
+                         (*c.xa)[i].data);
+      if (dx) be.MulAdd(dx, dxd, mask.data, n * in);
+    } else {
+      be.LoraMixBackward(args, dx, da, db, dgate, lora_scratch, dy, x, (*c.xa)[i].data);
+    }
   }
 }
 
 }  // namespace
 
+LossHead LossHead::SelectedRows(std::vector<int32_t> rows, std::vector<int32_t> cols,
+                                std::vector<int32_t> targets) {
+  LossHead h;
+  h.kind = Kind::kLossHeadSelectedRows;
+  h.rows = std::move(rows);
+  h.cols = std::move(cols);
+  h.targets = std::move(targets);
+  return h;
+}
+
 absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* targets, int B,
                                          int T, LoraAdapter* adapter, bool training) {
+  ASSIGN_OR_RETURN(AdapterPlan plan, AdapterPlan::ForAdapter(adapter, config_.num_layers));
+  return Forward(tokens, targets, B, T, plan, training);
+}
+
+absl::Status Model::CheckHead(const LossHead& head, int64_t N) const {
+  if (head.kind == LossHead::Kind::kLossHeadLm) return absl::OkStatus();
+  const int64_t V = config_.vocab_size;
+  const int64_t J = static_cast<int64_t>(head.cols.size());
+  if (head.cols.empty()) return absl::InvalidArgumentError("selected-rows head: no columns");
+  if (head.targets.size() != head.rows.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("selected-rows head: ", head.rows.size(),
+                                                   " rows but ", head.targets.size(),
+                                                   " targets"));
+  }
+  for (size_t m = 0; m < head.rows.size(); ++m) {
+    if (head.rows[m] < 0 || head.rows[m] >= N) {
+      return absl::InvalidArgumentError(absl::StrCat("selected-rows head: row ", head.rows[m],
+                                                     " is outside the batch's ", N, " rows"));
+    }
+    if (head.targets[m] != kIgnoreIndex && (head.targets[m] < 0 || head.targets[m] >= J)) {
+      return absl::InvalidArgumentError(absl::StrCat("selected-rows head: target ",
+                                                     head.targets[m], " of row ", m,
+                                                     " is outside the ", J, " columns"));
+    }
+  }
+  for (int32_t col : head.cols) {
+    if (col < 0 || col >= V) {
+      return absl::InvalidArgumentError(absl::StrCat("selected-rows head: column ", col,
+                                                     " is outside the vocabulary"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* targets, int B,
+                                         int T, const AdapterPlan& plan, bool training,
+                                         const LossHead& head) {
   const ModelConfig& c = config_;
+  const bool selected = head.kind == LossHead::Kind::kLossHeadSelectedRows;
   if (B <= 0 || T <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("batch ", B, " x ", T, " is empty"));
   }
@@ -407,13 +519,83 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
                                                      " is outside the vocabulary"));
     }
   }
-  PlanActivations(B, T, adapter);
-  const int C = c.hidden_size, HD = c.head_dim, V = c.vocab_size;
-  const float scale = adapter ? adapter->scale() : 0.0f;
-  const float dropout = adapter ? adapter->options().dropout : 0.0f;
-  const uint64_t seed = adapter ? adapter->dropout_seed() : 0;
-  const int64_t row_offset = adapter ? adapter->dropout_row_offset() : 0;
+  if (selected && targets != nullptr) {
+    return absl::InvalidArgumentError(
+        "the selected-rows head takes its targets from the head, not per token");
+  }
+  RETURN_IF_ERROR(CheckHead(head, N));
+  RETURN_IF_ERROR(plan.Validate(c, N));
+  if (selected && !plan.lm_head().empty()) {
+    return absl::UnimplementedError(
+        "adapter entries on lm_head with the selected-rows head (drop lm_head from the "
+        "adapter's targets)");
+  }
+  PlanActivations(B, T, plan, head);
+  last_plan_ = plan;  // views only; Backward reads them
+  const int V = c.vocab_size;
+  const bool will_backward = training && (selected ? !head.targets.empty() : targets != nullptr);
+
+  RETURN_IF_ERROR(ForwardTrunk(tokens, B, T, training, will_backward));
+  LossStats stats;
+  if (selected) {
+    const SelectedRowsArgs args = HeadArgs(head, N);
+    backend_->SelectedRowsHeadForward(args, act_.sel_logits.data, nullptr, &stats.loss_sum,
+                                      &stats.tokens, scr_.head_scratch.data, act_.nf.data,
+                                      weights_.lm_head.value, 0.0f);
+  } else {
+    const LinearCall call{&weights_.lm_head, nullptr, &last_plan_.lm_head(), &act_.head_xa,
+                          &act_.head_mask};
+    LinearWithPlanForward(*backend_, act_.logits.data, act_.nf.data, call, N, last_plan_,
+                          training, scr_.lora_tmp.data, scr_.lora_scratch.data);
+    if (targets) {
+      backend_->CrossEntropy(nullptr, &stats.loss_sum, &stats.tokens, act_.logits.data, targets,
+                             static_cast<int>(N), V, kIgnoreIndex, 0.0f);
+    }
+  }
+  last_training_ = will_backward;
+  if (last_training_) {
+    edges_held_ = true;  // Backward starts with the head
+  } else {
+    ReleaseGroup(kEdgeGroup);
+  }
+  if (last_training_) {
+    last_tokens_copy_.assign(tokens, tokens + N);
+    if (selected) {
+      last_targets_copy_.clear();
+    } else {
+      last_targets_copy_.assign(targets, targets + N);
+    }
+    last_head_ = head;
+    last_B_ = B;
+    last_T_ = T;
+  }
+  return stats;
+}
+
+SelectedRowsArgs Model::HeadArgs(const LossHead& head, int64_t N) const {
+  SelectedRowsArgs args;
+  args.n = static_cast<int>(N);
+  args.C = config_.hidden_size;
+  args.V = config_.vocab_size;
+  args.num_rows = static_cast<int>(head.rows.size());
+  args.num_cols = static_cast<int>(head.cols.size());
+  args.rows = head.rows.data();
+  args.cols = head.cols.data();
+  args.targets = head.targets.data();
+  args.ignore_index = kIgnoreIndex;
+  return args;
+}
+
+// Embedding, layers and the final norm: act_.nf holds the final hidden
+// states. Leaves the edge group acquired (the head reads lm_head).
+absl::Status Model::ForwardTrunk(const int32_t* tokens, int B, int T, bool training,
+                                 bool will_backward) {
+  const ModelConfig& c = config_;
+  const int64_t N = int64_t{B} * T;
+  const int C = c.hidden_size, HD = c.head_dim;
+  const AdapterPlan& plan = last_plan_;
   float* tmp = scr_.lora_tmp.data;
+  float* lora_scratch = scr_.lora_scratch.data;
 
   if (edges_held_) {  // a training Forward that was never followed by Backward
     ReleaseGroup(kEdgeGroup);
@@ -433,60 +615,40 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
     float* out = l + 1 < c.num_layers ? act_.layers[static_cast<size_t>(l) + 1].x.data
                                       : act_.x_final.data;
     auto call = [&](Proj p, const Param* bias) {
-      return LinearCall{w.proj(p), bias,
-                        adapter ? adapter->module(l, p) : nullptr,
-                        a.lora_xa[static_cast<int>(p)], a.lora_mask[static_cast<int>(p)]};
+      return LinearCall{w.proj(p), bias, &plan.entries(l, p), &a.lora_xa[static_cast<int>(p)],
+                        &a.lora_mask[static_cast<int>(p)]};
+    };
+    auto linear = [&](float* y, const float* x, Proj p, const Param* bias) {
+      LinearWithPlanForward(*backend_, y, x, call(p, bias), N, plan, training, tmp, lora_scratch);
     };
     backend_->RmsNormForward(a.n1.data, a.rstd1.data, a.x.data, w.input_norm.value.data,
-                        static_cast<int>(N), C, c.rms_norm_eps);
-    LinearWithLoraForward(*backend_, a.q.data, a.n1.data, call(Proj::kQ, &w.q_bias), N, scale, dropout, seed, row_offset, training, tmp);
-    LinearWithLoraForward(*backend_, a.k.data, a.n1.data, call(Proj::kK, &w.k_bias), N, scale, dropout, seed, row_offset, training, tmp);
-    LinearWithLoraForward(*backend_, a.v.data, a.n1.data, call(Proj::kV, &w.v_bias), N, scale, dropout, seed, row_offset, training, tmp);
+                             static_cast<int>(N), C, c.rms_norm_eps);
+    linear(a.q.data, a.n1.data, Proj::kQ, &w.q_bias);
+    linear(a.k.data, a.n1.data, Proj::kK, &w.k_bias);
+    linear(a.v.data, a.n1.data, Proj::kV, &w.v_bias);
     backend_->RopeForward(a.q.data, a.q.data, act_.cos.data, act_.sin.data, B, T, s.num_heads, HD);
-    backend_->RopeForward(a.k.data, a.k.data, act_.cos.data, act_.sin.data, B, T, s.num_kv_heads, HD);
+    backend_->RopeForward(a.k.data, a.k.data, act_.cos.data, act_.sin.data, B, T, s.num_kv_heads,
+                          HD);
     backend_->AttentionForward(a.att.data, a.attn_saved.data, a.q.data, a.k.data, a.v.data, B, T,
-                          s.num_heads, s.num_kv_heads, HD);
-    LinearWithLoraForward(*backend_, a.h.data, a.att.data, call(Proj::kO, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
+                               s.num_heads, s.num_kv_heads, HD);
+    linear(a.h.data, a.att.data, Proj::kO, nullptr);
     backend_->Add(a.h.data, a.h.data, a.x.data, N * C);
     backend_->RmsNormForward(a.n2.data, a.rstd2.data, a.h.data, w.post_norm.value.data,
-                        static_cast<int>(N), C, c.rms_norm_eps);
-    LinearWithLoraForward(*backend_, a.gate.data, a.n2.data, call(Proj::kGate, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
-    LinearWithLoraForward(*backend_, a.up.data, a.n2.data, call(Proj::kUp, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
+                             static_cast<int>(N), C, c.rms_norm_eps);
+    linear(a.gate.data, a.n2.data, Proj::kGate, nullptr);
+    linear(a.up.data, a.n2.data, Proj::kUp, nullptr);
     backend_->SwiGluForward(a.act.data, a.gate.data, a.up.data, N * s.intermediate);
-    LinearWithLoraForward(*backend_, out, a.act.data, call(Proj::kDown, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
+    linear(out, a.act.data, Proj::kDown, nullptr);
     backend_->Add(out, out, a.h.data, N * C);
     ReleaseGroup(LayerGroup(l));
   }
   RETURN_IF_ERROR(AcquireGroup(kEdgeGroup));
   // With external frozen storage the embedding view moves; a tied head follows.
   if (c.tie_word_embeddings) weights_.lm_head.value.data = weights_.embed.value.data;
-  const bool will_backward = training && targets != nullptr;
   if (will_backward && c.num_layers > 0) PrefetchGroup(LayerGroup(c.num_layers - 1));
-  backend_->RmsNormForward(act_.nf.data, act_.rstdf.data, act_.x_final.data, weights_.norm.value.data,
-                      static_cast<int>(N), C, c.rms_norm_eps);
-  LinearCall head{&weights_.lm_head, nullptr, adapter ? adapter->lm_head() : nullptr,
-                  act_.head_xa, act_.head_mask};
-  LinearWithLoraForward(*backend_, act_.logits.data, act_.nf.data, head, N, scale, dropout, seed, row_offset, training, tmp);
-
-  LossStats stats;
-  if (targets) {
-    backend_->CrossEntropy(nullptr, &stats.loss_sum, &stats.tokens, act_.logits.data, targets,
-                      static_cast<int>(N), V, kIgnoreIndex, 0.0f);
-  }
-  last_training_ = will_backward;
-  if (last_training_) {
-    edges_held_ = true;  // Backward starts with the head
-  } else {
-    ReleaseGroup(kEdgeGroup);
-  }
-  if (last_training_) {
-    last_tokens_copy_.assign(tokens, tokens + N);
-    last_targets_copy_.assign(targets, targets + N);
-    last_B_ = B;
-    last_T_ = T;
-    last_adapter_ = adapter;
-  }
-  return stats;
+  backend_->RmsNormForward(act_.nf.data, act_.rstdf.data, act_.x_final.data,
+                           weights_.norm.value.data, static_cast<int>(N), C, c.rms_norm_eps);
+  return absl::OkStatus();
 }
 
 absl::Status Model::Backward(float grad_scale) {
@@ -497,9 +659,8 @@ absl::Status Model::Backward(float grad_scale) {
   const ModelConfig& c = config_;
   const int B = last_B_, T = last_T_, C = c.hidden_size, HD = c.head_dim, V = c.vocab_size;
   const int64_t N = int64_t{B} * T;
-  LoraAdapter* adapter = last_adapter_;
-  const float scale = adapter ? adapter->scale() : 0.0f;
-  float* dyb = scr_.lora_dyb.data;
+  const AdapterPlan& plan = last_plan_;
+  float* lora_scratch = scr_.lora_scratch.data;
   float* tmp = scr_.lora_tmp.data;
   float* dx = scr_.dx.data;
   float* dn = scr_.dn.data;
@@ -507,17 +668,31 @@ absl::Status Model::Backward(float grad_scale) {
     backend_->Zero(t.data, n_elems * static_cast<int64_t>(sizeof(float)));
   };
 
+  // The loss head: d(final hidden states) into dn.
   double unused_sum = 0;
   int64_t unused_n = 0;
-  backend_->CrossEntropy(scr_.dlogits.data, &unused_sum, &unused_n, act_.logits.data,
-                    last_targets_copy_.data(), static_cast<int>(N), V, kIgnoreIndex, grad_scale);
-  zero_rows(scr_.dn, N * C);
-  LinearCall head{&weights_.lm_head, nullptr, adapter ? adapter->lm_head() : nullptr,
-                  act_.head_xa, act_.head_mask};
-  LinearWithLoraBackward(*backend_, dn, scr_.dlogits.data, act_.nf.data, head, N, scale, dyb, tmp);
+  if (last_head_.kind == LossHead::Kind::kLossHeadSelectedRows) {
+    const SelectedRowsArgs args = HeadArgs(last_head_, N);
+    backend_->CrossEntropy(scr_.sel_dlogits.data, &unused_sum, &unused_n, act_.sel_logits.data,
+                           last_head_.targets.data(), args.num_rows, args.num_cols, kIgnoreIndex,
+                           grad_scale);
+    zero_rows(scr_.dn, N * C);
+    backend_->SelectedRowsHeadBackward(args, dn, weights_.lm_head.grad.data,
+                                       scr_.head_scratch.data, scr_.sel_dlogits.data,
+                                       act_.nf.data, weights_.lm_head.value);
+  } else {
+    backend_->CrossEntropy(scr_.dlogits.data, &unused_sum, &unused_n, act_.logits.data,
+                           last_targets_copy_.data(), static_cast<int>(N), V, kIgnoreIndex,
+                           grad_scale);
+    zero_rows(scr_.dn, N * C);
+    const LinearCall head{&weights_.lm_head, nullptr, &plan.lm_head(), &act_.head_xa,
+                          &act_.head_mask};
+    LinearWithPlanBackward(*backend_, dn, scr_.dlogits.data, act_.nf.data, head, N, tmp,
+                           lora_scratch);
+  }
   zero_rows(scr_.dx, N * C);
   backend_->RmsNormBackward(dx, weights_.norm.grad.data, dn, act_.x_final.data,
-                       weights_.norm.value.data, act_.rstdf.data, static_cast<int>(N), C);
+                            weights_.norm.value.data, act_.rstdf.data, static_cast<int>(N), C);
   ReleaseGroup(kEdgeGroup);
   edges_held_ = false;
   // A trainable embedding's gradient is only final after the embedding
@@ -531,63 +706,75 @@ absl::Status Model::Backward(float grad_scale) {
     LayerActs& a = act_.layers[static_cast<size_t>(l)];
     const int64_t I = s.intermediate, q_out = int64_t{s.num_heads} * HD,
                   kv_out = int64_t{s.num_kv_heads} * HD;
-    auto call = [&](Proj p, const Param* bias) {
-      return LinearCall{w.proj(p), bias, adapter ? adapter->module(l, p) : nullptr,
-                        a.lora_xa[static_cast<int>(p)], a.lora_mask[static_cast<int>(p)]};
+    auto linear = [&](float* d_in, const float* dy, const float* x, Proj p, const Param* bias) {
+      const LinearCall call{w.proj(p), bias, &plan.entries(l, p), &a.lora_xa[static_cast<int>(p)],
+                            &a.lora_mask[static_cast<int>(p)]};
+      LinearWithPlanBackward(*backend_, d_in, dy, x, call, N, tmp, lora_scratch);
     };
     // dx holds d(layer output). out = h + down(act).
     zero_rows(scr_.dact, N * I);
-    LinearWithLoraBackward(*backend_, scr_.dact.data, dx, a.act.data, call(Proj::kDown, nullptr), N, scale, dyb, tmp);
+    linear(scr_.dact.data, dx, a.act.data, Proj::kDown, nullptr);
     zero_rows(scr_.dgate, N * I);
     zero_rows(scr_.dup, N * I);
-    backend_->SwiGluBackward(scr_.dgate.data, scr_.dup.data, scr_.dact.data, a.gate.data, a.up.data, N * I);
+    backend_->SwiGluBackward(scr_.dgate.data, scr_.dup.data, scr_.dact.data, a.gate.data,
+                             a.up.data, N * I);
     zero_rows(scr_.dn, N * C);
-    LinearWithLoraBackward(*backend_, dn, scr_.dgate.data, a.n2.data, call(Proj::kGate, nullptr), N, scale, dyb, tmp);
-    LinearWithLoraBackward(*backend_, dn, scr_.dup.data, a.n2.data, call(Proj::kUp, nullptr), N, scale, dyb, tmp);
+    linear(dn, scr_.dgate.data, a.n2.data, Proj::kGate, nullptr);
+    linear(dn, scr_.dup.data, a.n2.data, Proj::kUp, nullptr);
     // dh = d(out) (residual) + rmsnorm backward.
     backend_->RmsNormBackward(dx, w.post_norm.grad.data, dn, a.h.data, w.post_norm.value.data,
-                         a.rstd2.data, static_cast<int>(N), C);
+                              a.rstd2.data, static_cast<int>(N), C);
     // h = x + o(att).
     zero_rows(scr_.datt, N * q_out);
-    LinearWithLoraBackward(*backend_, scr_.datt.data, dx, a.att.data, call(Proj::kO, nullptr), N, scale, dyb, tmp);
+    linear(scr_.datt.data, dx, a.att.data, Proj::kO, nullptr);
     zero_rows(scr_.dq, N * q_out);
     zero_rows(scr_.dk, N * kv_out);
     zero_rows(scr_.dv, N * kv_out);
-    backend_->AttentionBackward(scr_.dq.data, scr_.dk.data, scr_.dv.data, scr_.datt.data, a.q.data,
-                           a.k.data, a.v.data, a.attn_saved.data, B, T, s.num_heads, s.num_kv_heads, HD);
+    backend_->AttentionBackward(scr_.dq.data, scr_.dk.data, scr_.dv.data, scr_.datt.data,
+                                a.q.data, a.k.data, a.v.data, a.attn_saved.data, B, T,
+                                s.num_heads, s.num_kv_heads, HD);
     // RoPE is a rotation: un-rotate dq and dk (datt is free scratch now).
     zero_rows(scr_.datt, N * q_out);
-    backend_->RopeBackward(scr_.datt.data, scr_.dq.data, act_.cos.data, act_.sin.data, B, T, s.num_heads, HD);
+    backend_->RopeBackward(scr_.datt.data, scr_.dq.data, act_.cos.data, act_.sin.data, B, T,
+                           s.num_heads, HD);
     std::swap(scr_.dq.data, scr_.datt.data);
     zero_rows(scr_.datt, N * kv_out);
-    backend_->RopeBackward(scr_.datt.data, scr_.dk.data, act_.cos.data, act_.sin.data, B, T, s.num_kv_heads, HD);
+    backend_->RopeBackward(scr_.datt.data, scr_.dk.data, act_.cos.data, act_.sin.data, B, T,
+                           s.num_kv_heads, HD);
     std::swap(scr_.dk.data, scr_.datt.data);
     // Below layer 0 the input gradient only matters for a trainable embedding.
     const bool need_dx = l > 0 || weights_.embed.trainable();
     float* dn_or_null = need_dx || w.input_norm.trainable() ? dn : nullptr;
     if (dn_or_null) zero_rows(scr_.dn, N * C);
-    LinearWithLoraBackward(*backend_, dn_or_null, scr_.dq.data, a.n1.data, call(Proj::kQ, &w.q_bias), N, scale, dyb, tmp);
-    LinearWithLoraBackward(*backend_, dn_or_null, scr_.dk.data, a.n1.data, call(Proj::kK, &w.k_bias), N, scale, dyb, tmp);
-    LinearWithLoraBackward(*backend_, dn_or_null, scr_.dv.data, a.n1.data, call(Proj::kV, &w.v_bias), N, scale, dyb, tmp);
+    linear(dn_or_null, scr_.dq.data, a.n1.data, Proj::kQ, &w.q_bias);
+    linear(dn_or_null, scr_.dk.data, a.n1.data, Proj::kK, &w.k_bias);
+    linear(dn_or_null, scr_.dv.data, a.n1.data, Proj::kV, &w.v_bias);
     if (dn_or_null) {
-      backend_->RmsNormBackward(dx, w.input_norm.grad.data, dn, a.x.data, w.input_norm.value.data,
-                           a.rstd1.data, static_cast<int>(N), C);
+      backend_->RmsNormBackward(dx, w.input_norm.grad.data, dn, a.x.data,
+                                w.input_norm.value.data, a.rstd1.data, static_cast<int>(N), C);
     }
     ReleaseGroup(LayerGroup(l));
     RETURN_IF_ERROR(GradsReady(LayerGroup(l)));
   }
   if (weights_.embed.trainable()) {
     backend_->EmbeddingBackward(weights_.embed.grad.data, dx, last_tokens_copy_.data(),
-                           static_cast<int>(N), C);
+                                static_cast<int>(N), C);
   }
   return GradsReady(kEdgeGroup);
 }
 
-absl::Status Model::ApplyAdapter(const LoraAdapter& adapter, float sign) {
+absl::Status Model::ApplyAdapter(const LoraAdapter& adapter, float coefficient) {
   if (frozen_source_ != nullptr) {
     return absl::FailedPreconditionError("cannot merge into sharded frozen weights");
   }
-  const float s = sign * adapter.scale();
+  if (adapter.num_experts() != 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot merge a bank of ", adapter.num_experts(), " experts: its mixture needs a gate"));
+  }
+  if (adapter.num_layers() != config_.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("adapter has ", adapter.num_layers(),
+                                                   " layers, the model ", config_.num_layers));
+  }
   if (adapter.lm_head() && config_.tie_word_embeddings) {
     return absl::FailedPreconditionError(
         "cannot merge a LoRA on lm_head into tied word embeddings: it would change the input "
@@ -601,9 +788,10 @@ absl::Status Model::ApplyAdapter(const LoraAdapter& adapter, float sign) {
     }
   }
   auto merge = [&](Param* w, const LoraModule& m) {
-    // W[out,in] += s * B[out,R] @ A[R,in]
-    backend_->Matmul(w->value.data, m.b.data, m.a.data, m.out, m.in, static_cast<int>(m.a.dim(0)),
-                false, false, s, 1.0f);
+    // W[out,in] += coefficient · s · B[out,R] @ A[R,in] (s of this module;
+    // ±1 · s is exact, so Merge/Unmerge are today's products).
+    backend_->Matmul(w->value.data, m.b.data, m.a.data, m.out, m.in,
+                     static_cast<int>(m.a.dim(0)), false, false, coefficient * m.scale, 1.0f);
   };
   for (int l = 0; l < config_.num_layers; ++l) {
     for (int p = 0; p < kNumProj; ++p) {
@@ -616,6 +804,8 @@ absl::Status Model::ApplyAdapter(const LoraAdapter& adapter, float sign) {
 }
 
 absl::Status Model::MergeAdapter(const LoraAdapter& adapter) { return ApplyAdapter(adapter, 1.0f); }
-absl::Status Model::UnmergeAdapter(const LoraAdapter& adapter) { return ApplyAdapter(adapter, -1.0f); }
+absl::Status Model::UnmergeAdapter(const LoraAdapter& adapter) {
+  return ApplyAdapter(adapter, -1.0f);
+}
 
 }  // namespace sheaf

@@ -4,6 +4,7 @@
 #include "core/model.h"
 
 #include <cmath>
+#include <functional>
 #include <cstring>
 #include <random>
 
@@ -450,6 +451,468 @@ TEST(Model, FrozenDtypeErrorsAreClear) {
   auto a = LoraAdapter::Create(c, LoraOptions{});
   ASSERT_TRUE(a.ok());
   EXPECT_EQ((*m16)->MergeAdapter(**a).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// ---------------------------------------------------------------------------
+// Adapter plans and loss heads
+
+// GradError over any loss: central differences of `loss` against `grad`.
+// Same eps and the same reasoning for the 2e-2 normwise bound as GradError.
+double PlanGradError(const std::function<double()>& loss, const Tensor& value, const Tensor& grad,
+                     int max_samples, std::mt19937& rng) {
+  const float eps = 2e-3f;
+  double num = 0, den = 0;
+  const int64_t n = value.numel();
+  std::vector<int64_t> idx;
+  if (n <= max_samples) {
+    for (int64_t i = 0; i < n; ++i) idx.push_back(i);
+  } else {
+    for (int i = 0; i < max_samples; ++i) idx.push_back(static_cast<int64_t>(rng() % n));
+  }
+  for (int64_t i : idx) {
+    const float orig = value.data[i];
+    value.data[i] = orig + eps;
+    const double lp = loss();
+    value.data[i] = orig - eps;
+    const double lm = loss();
+    value.data[i] = orig;
+    const double fd = (lp - lm) / (2.0 * eps);
+    num += (fd - grad.data[i]) * (fd - grad.data[i]);
+    den += fd * fd;
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-6);
+}
+
+uint32_t FloatBits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+
+// The K = 1 plan of an adapter, built by hand, gives exactly the losses and
+// gradients of the adapter path (which is itself bit-identical to the code
+// before plans existed: checked once against a dump of the old binary, see
+// the change's note), with and without dropout, on every variant.
+TEST_P(ModelVariantTest, PlanOfOneAdapterIsBitIdenticalToTheAdapterPath) {
+  const ModelConfig c = MakeConfig(GetParam());
+  for (const float dropout : {0.0f, 0.3f}) {
+    auto m = Model::Create(c, NothingTrainable);
+    ASSERT_TRUE(m.ok());
+    (*m)->InitRandom(2, 0.5f);
+    LoraOptions lo;
+    lo.rank = 2;
+    lo.dropout = dropout;
+    lo.targets = {"q_proj", "v_proj", "o_proj", "up_proj", "down_proj", "lm_head"};
+    auto a = LoraAdapter::Create(c, lo);
+    ASSERT_TRUE(a.ok());
+    std::mt19937 rng(3);
+    for (LoraModule* mod : (*a)->all_modules()) Randomise(mod->b, rng, 0.5f);
+    (*a)->set_dropout_seed(99);
+    (*a)->set_dropout_row_offset(20);
+    const Batch b = MakeBatch(c.vocab_size, 4);
+    (*a)->grads().Zero();
+    auto old_loss = (*m)->Forward(b.tokens.data(), b.targets.data(), kB, kT, a->get(), true);
+    ASSERT_TRUE(old_loss.ok());
+    ASSERT_TRUE((*m)->Backward(0.125f).ok());
+    const std::vector<float> old_grads((*a)->grads().data(),
+                                       (*a)->grads().data() + (*a)->grads().size());
+    AdapterPlan plan(c.num_layers);
+    plan.set_dropout(99, 20);
+    ASSERT_TRUE(plan.AddAdapter(**a).ok());
+    (*a)->grads().Zero();
+    auto new_loss = (*m)->Forward(b.tokens.data(), b.targets.data(), kB, kT, plan, true);
+    ASSERT_TRUE(new_loss.ok()) << new_loss.status();
+    ASSERT_TRUE((*m)->Backward(0.125f).ok());
+    EXPECT_EQ(old_loss->loss_sum, new_loss->loss_sum);
+    for (size_t i = 0; i < old_grads.size(); ++i) {
+      ASSERT_EQ(FloatBits(old_grads[i]), FloatBits((*a)->grads().data()[i])) << i;
+    }
+  }
+}
+
+struct MixCase {
+  const char* name;
+  AdapterMixing mixing;
+  float dropout;
+};
+
+class GatedPlanTest : public ::testing::TestWithParam<MixCase> {};
+
+// A bank of 2 experts on every projection and lm_head, one gate row per
+// sample, the gate trainable: finite differences through the whole model for
+// A_cat, B_cat and every gate entry.
+TEST_P(GatedPlanTest, GradientsOfABankAndItsGateMatchFiniteDifferences) {
+  const MixCase& mc = GetParam();
+  const ModelConfig c = MakeConfig(kVariants[1]);  // GQA, tied, bias
+  auto m = Model::Create(c, NothingTrainable);
+  ASSERT_TRUE(m.ok());
+  (*m)->InitRandom(5, 0.5f);
+  LoraOptions lo;
+  lo.rank = 2;
+  lo.alpha = 4;
+  lo.num_experts = 2;
+  lo.dropout = mc.dropout;
+  lo.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                "lm_head"};
+  auto bank = LoraAdapter::Create(c, lo);
+  ASSERT_TRUE(bank.ok());
+  std::mt19937 rng(11);
+  for (LoraModule* mod : (*bank)->all_modules()) Randomise(mod->b, rng, 0.5f);
+  std::vector<float> gate(kB * 2), dgate(kB * 2, 0.0f);
+  std::uniform_real_distribution<float> u(0.2f, 0.9f);
+  for (float& g : gate) g = u(rng);
+  (*bank)->set_dropout_seed(7);
+  AdapterPlan plan(c.num_layers);
+  ASSERT_TRUE(plan.AddBank(**bank, AdapterGate{Tensor{gate.data(), {kB, 2}},
+                                               Tensor{dgate.data(), {kB, 2}}, kT, mc.mixing})
+                  .ok());
+  const Batch b = MakeBatch(c.vocab_size, 6);
+  auto loss = [&]() {
+    auto s = (*m)->Forward(b.tokens.data(), b.targets.data(), kB, kT, plan, true);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s->loss_sum;
+  };
+  (*bank)->grads().Zero();
+  loss();
+  ASSERT_TRUE((*m)->Backward(1.0f).ok());
+  const Tensor gate_t{gate.data(), {kB, 2}}, dgate_t{dgate.data(), {kB, 2}};
+  double gate_norm = 0;
+  for (float g : dgate) gate_norm += std::abs(g);
+  EXPECT_GT(gate_norm, 1e-3) << "the gate gradient must reach the plan's dgate";
+  EXPECT_LT(PlanGradError(loss, gate_t, dgate_t, 4, rng), 2e-2) << "gate";
+  for (LoraModule* mod : (*bank)->all_modules()) {
+    EXPECT_LT(PlanGradError(loss, mod->a, mod->da, 12, rng), 2e-2) << "A_cat " << mod->name;
+    EXPECT_LT(PlanGradError(loss, mod->b, mod->db, 12, rng), 2e-2) << "B_cat " << mod->name;
+  }
+  if (mc.dropout > 0) {
+    // Dropout is applied: an eval forward differs from the training one.
+    auto eval = (*m)->Forward(b.tokens.data(), b.targets.data(), kB, kT, plan, false);
+    ASSERT_TRUE(eval.ok());
+    EXPECT_NE(eval->loss_sum, loss());
+  }
+}
+
+const MixCase kMixCases[] = {
+    {"outputs", AdapterMixing::kAdapterMixingOutputs, 0.0f},
+    {"weights", AdapterMixing::kAdapterMixingWeights, 0.0f},
+    {"outputs_dropout", AdapterMixing::kAdapterMixingOutputs, 0.3f},
+    {"weights_dropout", AdapterMixing::kAdapterMixingWeights, 0.3f},
+};
+INSTANTIATE_TEST_SUITE_P(Forms, GatedPlanTest, ::testing::ValuesIn(kMixCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// A frozen adapter stacked under a trainable one equals the model with the
+// frozen adapter merged in (with the same coefficient), for the loss and
+// the trainable adapter's gradients; the frozen adapter gets no gradient.
+//
+// Tolerance: merging rounds W + c·s·B·A to fp32 (relative 6e-8 per element)
+// and sums in another order than the unmerged path; through two layers and
+// the head this moves a loss of ~25 by ~1e-6 relative and gradients by ~1e-5
+// normwise. Bounds of 1e-5 (loss, relative) and 1e-4 (gradients, normwise)
+// hold with margin, while dropping the frozen entry changes the loss by
+// > 1e-2 relative (checked).
+TEST(Model, StackedFrozenAdapterEqualsMergingIt) {
+  const ModelConfig c = MakeConfig(kVariants[0]);  // untied: lm_head can merge
+  auto m = Model::Create(c, NothingTrainable);
+  ASSERT_TRUE(m.ok());
+  (*m)->InitRandom(6, 0.5f);
+  LoraOptions lo;
+  lo.rank = 2;
+  lo.targets = {"q_proj", "v_proj", "down_proj", "lm_head"};
+  auto earlier = LoraAdapter::Create(c, lo);
+  ASSERT_TRUE(earlier.ok());
+  lo.targets = {"v_proj", "up_proj"};
+  lo.rank = 3;
+  lo.seed = 8;
+  lo.rank_pattern = {{"layers.1.mlp.up_proj", 1}};
+  auto current = LoraAdapter::Create(c, lo);
+  ASSERT_TRUE(current.ok());
+  std::mt19937 rng(12);
+  for (LoraModule* mod : (*earlier)->all_modules()) Randomise(mod->b, rng, 0.5f);
+  for (LoraModule* mod : (*current)->all_modules()) Randomise(mod->b, rng, 0.5f);
+  const float coefficient = 0.7f;
+  const Batch b = MakeBatch(c.vocab_size, 13);
+
+  AdapterPlan stacked(c.num_layers);
+  ASSERT_TRUE(stacked.AddFrozenAdapter(**earlier, coefficient).ok());
+  ASSERT_TRUE(stacked.AddAdapter(**current).ok());
+  (*earlier)->grads().Zero();
+  (*current)->grads().Zero();
+  auto l_stacked = (*m)->Forward(b.tokens.data(), b.targets.data(), kB, kT, stacked, true);
+  ASSERT_TRUE(l_stacked.ok()) << l_stacked.status();
+  ASSERT_TRUE((*m)->Backward(1.0f).ok());
+  const std::vector<float> g_stacked((*current)->grads().data(),
+                                     (*current)->grads().data() + (*current)->grads().size());
+  for (int64_t i = 0; i < (*earlier)->grads().size(); ++i) {
+    ASSERT_EQ((*earlier)->grads().data()[i], 0.0f) << "frozen adapter got a gradient";
+  }
+
+  auto alone = (*m)->Forward(b.tokens.data(), b.targets.data(), kB, kT, current->get(), false);
+  ASSERT_TRUE(alone.ok());
+  EXPECT_GT(std::abs(alone->loss_sum - l_stacked->loss_sum), 1e-2 * std::abs(l_stacked->loss_sum));
+
+  const std::vector<float> before((*m)->frozen_arena().data(),
+                                  (*m)->frozen_arena().data() + (*m)->frozen_arena().size());
+  ASSERT_TRUE((*m)->ApplyAdapter(**earlier, coefficient).ok());
+  (*current)->grads().Zero();
+  auto l_merged = (*m)->Forward(b.tokens.data(), b.targets.data(), kB, kT, current->get(), true);
+  ASSERT_TRUE(l_merged.ok());
+  ASSERT_TRUE((*m)->Backward(1.0f).ok());
+  EXPECT_NEAR(l_merged->loss_sum, l_stacked->loss_sum, 1e-5 * std::abs(l_stacked->loss_sum));
+  double num = 0, den = 0;
+  for (size_t i = 0; i < g_stacked.size(); ++i) {
+    const double d = g_stacked[i] - (*current)->grads().data()[i];
+    num += d * d;
+    den += static_cast<double>(g_stacked[i]) * g_stacked[i];
+  }
+  EXPECT_LT(std::sqrt(num / den), 1e-4);
+  // Applying the opposite coefficient restores the base (to fp32 round-off
+  // of the O(1) weights: 1e-6 absolute).
+  ASSERT_TRUE((*m)->ApplyAdapter(**earlier, -coefficient).ok());
+  for (size_t i = 0; i < before.size(); ++i) {
+    ASSERT_NEAR((*m)->frozen_arena().data()[i], before[i], 1e-6) << i;
+  }
+}
+
+ModelConfig WideVocabConfig() {
+  Variant v = kVariants[0];
+  ModelConfig c = MakeConfig(v);
+  c.vocab_size = 300;
+  return c;
+}
+
+// The selected-rows head's loss and logits are the full LM logits restricted
+// to those rows and columns, fed to the same cross-entropy; its activations
+// hold no [B*T, V] tensor.
+//
+// Tolerance: the selected logits come from a GEMM of another shape than the
+// full one ([M, C] x [C, J] vs [N, C] x [C, V]), so a logit may differ by a
+// few ulps (C = 8 products of O(1) values: < 1e-6); the summed loss of 3
+// rows then by < 1e-5.
+TEST(Model, SelectedRowsHeadIsTheFullCrossEntropyRestrictedToItsColumns) {
+  for (const bool tied : {false, true}) {
+    ModelConfig c = WideVocabConfig();
+    c.tie_word_embeddings = tied;
+    auto m = Model::Create(c, NothingTrainable);
+    ASSERT_TRUE(m.ok());
+    (*m)->InitRandom(9, 0.5f);
+    LoraOptions lo;
+    lo.rank = 2;
+    auto a = LoraAdapter::Create(c, lo);
+    ASSERT_TRUE(a.ok());
+    std::mt19937 rng(1);
+    for (LoraModule* mod : (*a)->all_modules()) Randomise(mod->b, rng, 0.5f);
+    const Batch b = MakeBatch(c.vocab_size, 14);
+    const int N = kB * kT, V = c.vocab_size;
+    auto full = (*m)->Forward(b.tokens.data(), nullptr, kB, kT, a->get(), false);
+    ASSERT_TRUE(full.ok());
+    const int64_t lm_bytes = (*m)->activation_bytes();
+    const std::vector<float> logits((*m)->logits(), (*m)->logits() + int64_t{N} * V);
+    const std::vector<int32_t> rows = {kT - 1, 2 * kT - 1, 3};
+    const std::vector<int32_t> cols = {17, 250, 4};
+    const std::vector<int32_t> targets = {0, 1, 2};
+    std::vector<float> restricted;
+    for (int32_t r : rows) {
+      for (int32_t col : cols) restricted.push_back(logits[static_cast<size_t>(r) * V + col]);
+    }
+    LossStats want;
+    (*m)->backend()->CrossEntropy(nullptr, &want.loss_sum, &want.tokens, restricted.data(),
+                                  targets.data(), 3, 3, kIgnoreIndex, 0.0f);
+    auto plan = AdapterPlan::ForAdapter(a->get(), c.num_layers);
+    ASSERT_TRUE(plan.ok());
+    auto got = (*m)->Forward(b.tokens.data(), nullptr, kB, kT, *plan, false,
+                             LossHead::SelectedRows(rows, cols, targets));
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->tokens, 3);
+    EXPECT_NEAR(got->loss_sum, want.loss_sum, 1e-5);
+    EXPECT_GT(want.loss_sum, 0.5);
+    for (size_t i = 0; i < restricted.size(); ++i) {
+      EXPECT_NEAR((*m)->selected_logits()[i], restricted[i], 1e-6) << i;
+    }
+    EXPECT_EQ((*m)->logits(), nullptr);
+    // No [N, V] logits nor their gradient: 2 N V floats fewer, less the
+    // head's own small buffers (M x J logits and gradient, gathered rows:
+    // 114 floats plus slot alignment, under 1 KiB).
+    EXPECT_LE((*m)->activation_bytes() + 2 * int64_t{N} * V * 4, lm_bytes + 1024);
+    EXPECT_GT((*m)->activation_bytes() + 2 * int64_t{N} * V * 4, lm_bytes - 1024);
+  }
+}
+
+// Backward through the selected-rows head: finite differences for a gated
+// bank (weights mixing, RecLoRA's yes/no setting: one row per sample, two
+// columns), its gate, and with all weights trainable for lm_head and a layer
+// weight (dW of the head only on the selected columns).
+TEST(Model, SelectedRowsHeadGradientsMatchFiniteDifferences) {
+  const ModelConfig c = MakeConfig(kVariants[2]);  // MQA, untied, bias, per-layer shapes
+  const std::vector<int32_t> rows = {kT - 1, 2 * kT - 1};
+  const std::vector<int32_t> cols = {3, 8};  // "yes", "no"
+  const std::vector<int32_t> targets = {0, 1};
+  const LossHead head = LossHead::SelectedRows(rows, cols, targets);
+  const Batch b = MakeBatch(c.vocab_size, 15);
+  {
+    auto m = Model::Create(c, NothingTrainable);
+    ASSERT_TRUE(m.ok());
+    (*m)->InitRandom(10, 0.5f);
+    LoraOptions lo;
+    lo.rank = 2;
+    lo.num_experts = 3;
+    lo.targets = {"q_proj", "v_proj", "o_proj", "up_proj", "down_proj"};
+    auto bank = LoraAdapter::Create(c, lo);
+    ASSERT_TRUE(bank.ok());
+    std::mt19937 rng(16);
+    for (LoraModule* mod : (*bank)->all_modules()) Randomise(mod->b, rng, 0.5f);
+    std::vector<float> gate = {0.5f, 0.3f, 0.2f, 0.1f, 0.6f, 0.3f}, dgate(6, 0.0f);
+    AdapterPlan plan(c.num_layers);
+    ASSERT_TRUE(plan.AddBank(**bank, AdapterGate{Tensor{gate.data(), {kB, 3}},
+                                                 Tensor{dgate.data(), {kB, 3}}, kT,
+                                                 AdapterMixing::kAdapterMixingWeights})
+                    .ok());
+    auto loss = [&]() {
+      auto s = (*m)->Forward(b.tokens.data(), nullptr, kB, kT, plan, true, head);
+      EXPECT_TRUE(s.ok()) << s.status();
+      return s->loss_sum;
+    };
+    (*bank)->grads().Zero();
+    loss();
+    ASSERT_TRUE((*m)->Backward(1.0f).ok());
+    EXPECT_LT(PlanGradError(loss, Tensor{gate.data(), {kB, 3}}, Tensor{dgate.data(), {kB, 3}}, 6,
+                            rng),
+              2e-2)
+        << "gate";
+    for (LoraModule* mod : (*bank)->all_modules()) {
+      EXPECT_LT(PlanGradError(loss, mod->a, mod->da, 10, rng), 2e-2) << mod->name;
+      EXPECT_LT(PlanGradError(loss, mod->b, mod->db, 10, rng), 2e-2) << mod->name;
+    }
+  }
+  {
+    auto m = Model::Create(c, EverythingTrainable);
+    ASSERT_TRUE(m.ok());
+    (*m)->InitRandom(10, 0.5f);
+    const AdapterPlan none(c.num_layers);
+    auto loss = [&]() {
+      auto s = (*m)->Forward(b.tokens.data(), nullptr, kB, kT, none, true, head);
+      EXPECT_TRUE(s.ok()) << s.status();
+      return s->loss_sum;
+    };
+    (*m)->ZeroGrads();
+    loss();
+    ASSERT_TRUE((*m)->Backward(1.0f).ok());
+    std::mt19937 rng(17);
+    const Param& lm = (*m)->weights().lm_head;
+    const int C = c.hidden_size;
+    for (int v = 0; v < c.vocab_size; ++v) {
+      const bool selected = v == cols[0] || v == cols[1];
+      double moved = 0;
+      for (int k = 0; k < C; ++k) moved += std::abs(lm.grad.data[int64_t{v} * C + k]);
+      if (selected) {
+        EXPECT_GT(moved, 1e-4) << v;
+      } else {
+        EXPECT_EQ(moved, 0.0) << v;
+      }
+    }
+    EXPECT_LT(PlanGradError(loss, lm.value, lm.grad, 40, rng), 2e-2) << "lm_head";
+    const Param& down = (*m)->weights().layers[1].down;
+    EXPECT_LT(PlanGradError(loss, down.value, down.grad, 24, rng), 2e-2) << "layer 1 down";
+    const Param& embed = (*m)->weights().embed;
+    EXPECT_LT(PlanGradError(loss, embed.value, embed.grad, 24, rng), 2e-2) << "embedding";
+  }
+}
+
+TEST(Model, RejectsPlansAndHeadsThatDoNotFit) {
+  const ModelConfig c = MakeConfig(kVariants[0]);
+  auto m = Model::Create(c, NothingTrainable);
+  ASSERT_TRUE(m.ok());
+  (*m)->InitRandom(1, 0.5f);
+  const Batch b = MakeBatch(c.vocab_size, 2);
+  const AdapterPlan wrong_layers(c.num_layers + 1);
+  EXPECT_EQ((*m)->Forward(b.tokens.data(), b.targets.data(), kB, kT, wrong_layers, true)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  const AdapterPlan none(c.num_layers);
+  auto bad_row = (*m)->Forward(b.tokens.data(), nullptr, kB, kT, none, true,
+                               LossHead::SelectedRows({kB * kT}, {1, 2}, {0}));
+  EXPECT_NE(std::string(bad_row.status().message()).find("row 10 is outside"), std::string::npos)
+      << bad_row.status();
+  auto bad_target = (*m)->Forward(b.tokens.data(), nullptr, kB, kT, none, true,
+                                  LossHead::SelectedRows({0}, {1, 2}, {2}));
+  EXPECT_NE(std::string(bad_target.status().message()).find("target 2"), std::string::npos);
+  auto bad_col = (*m)->Forward(b.tokens.data(), nullptr, kB, kT, none, true,
+                               LossHead::SelectedRows({0}, {1, c.vocab_size}, {0}));
+  EXPECT_NE(std::string(bad_col.status().message()).find("column 11"), std::string::npos);
+  EXPECT_EQ((*m)->Forward(b.tokens.data(), b.targets.data(), kB, kT, none, true,
+                          LossHead::SelectedRows({0}, {1}, {0}))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  LoraOptions lo;
+  lo.targets = {"lm_head"};
+  auto a = LoraAdapter::Create(c, lo);
+  ASSERT_TRUE(a.ok());
+  auto plan = AdapterPlan::ForAdapter(a->get(), c.num_layers);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ((*m)->Forward(b.tokens.data(), nullptr, kB, kT, *plan, true,
+                          LossHead::SelectedRows({0}, {1, 2}, {0}))
+                .status()
+                .code(),
+            absl::StatusCode::kUnimplemented);
+  // A bank cannot be merged without its gate.
+  lo.targets = {"q_proj"};
+  lo.num_experts = 2;
+  auto bank = LoraAdapter::Create(c, lo);
+  ASSERT_TRUE(bank.ok());
+  EXPECT_EQ((*m)->ApplyAdapter(**bank, 1.0f).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// The activation plan follows the adapter plan's layout and the head: a
+// plan with a new layout (here a bank after a plain adapter, then back)
+// re-plans, and results equal those of a fresh model.
+TEST(Model, ActivationsFollowThePlanLayoutAndTheHead) {
+  const ModelConfig c = MakeConfig(kVariants[1]);
+  auto m = Model::Create(c, NothingTrainable);
+  ASSERT_TRUE(m.ok());
+  (*m)->InitRandom(4, 0.5f);
+  LoraOptions lo;
+  lo.rank = 2;
+  auto plain = LoraAdapter::Create(c, lo);
+  lo.num_experts = 3;
+  lo.dropout = 0.2f;
+  auto bank = LoraAdapter::Create(c, lo);
+  ASSERT_TRUE(plain.ok() && bank.ok());
+  std::mt19937 rng(2);
+  for (LoraModule* mod : (*plain)->all_modules()) Randomise(mod->b, rng, 0.5f);
+  for (LoraModule* mod : (*bank)->all_modules()) Randomise(mod->b, rng, 0.5f);
+  std::vector<float> gate(kB * 3, 0.4f);
+  AdapterPlan bank_plan(c.num_layers);
+  ASSERT_TRUE(bank_plan.AddBank(**bank, AdapterGate{Tensor{gate.data(), {kB, 3}}, Tensor{}, kT,
+                                                    AdapterMixing::kAdapterMixingOutputs})
+                  .ok());
+  auto plain_plan = AdapterPlan::ForAdapter(plain->get(), c.num_layers);
+  ASSERT_TRUE(plain_plan.ok());
+  const Batch b = MakeBatch(c.vocab_size, 3);
+  const LossHead sel = LossHead::SelectedRows({1, 7}, {2, 5, 9}, {2, 0});
+  auto fresh_loss = [&](const AdapterPlan& p, const LossHead& h) {
+    auto f = Model::Create(c, NothingTrainable);
+    EXPECT_TRUE(f.ok());
+    (*f)->InitRandom(4, 0.5f);
+    auto s = (*f)->Forward(b.tokens.data(), h.kind == LossHead::Kind::kLossHeadLm ? b.targets.data()
+                                                                                 : nullptr,
+                           kB, kT, p, true, h);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s->loss_sum;
+  };
+  for (int round = 0; round < 2; ++round) {
+    for (const AdapterPlan* p : {&*plain_plan, &bank_plan}) {
+      for (const LossHead& h : {LossHead::Lm(), sel}) {
+        auto s = (*m)->Forward(b.tokens.data(),
+                               h.kind == LossHead::Kind::kLossHeadLm ? b.targets.data() : nullptr,
+                               kB, kT, *p, true, h);
+        ASSERT_TRUE(s.ok()) << s.status();
+        ASSERT_TRUE((*m)->Backward(1.0f).ok());
+        EXPECT_EQ(s->loss_sum, fresh_loss(*p, h));
+      }
+    }
+  }
 }
 
 }  // namespace
