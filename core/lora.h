@@ -15,10 +15,10 @@
 // plan's business (core/adapter_plan.h), not the bank's.
 //
 // An adapter owns two arenas (params, grads) with the same layout, so the
-// optimizer and checkpoints see one contiguous block. The model applies an
-// adapter through ops::LoraForward on a row range; a later batch planner can
-// apply different adapters (or per-row mixtures of experts) to different rows
-// of one batch over the same frozen weights without changing this class.
+// optimizer and checkpoints see one contiguous block. The model applies
+// adapters through an AdapterPlan (core/adapter_plan.h), which views their
+// modules: one adapter, stacked adapters, or a gated bank, without changing
+// this class.
 //
 // Not thread-safe; one trainer owns an adapter.
 #ifndef SHEAF_CORE_LORA_H_

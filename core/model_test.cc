@@ -420,6 +420,59 @@ TEST(Model, Bf16FrozenWeightsGiveTheLossOfTheWidenedWeightsInHalfTheMemory) {
               l32->loss_sum, std::sqrt(diff / norm));
 }
 
+// The selected-rows head over a bf16 lm_head (its J rows widened by the
+// backend) gives the loss and adapter gradients of the widened f32 model.
+// Tolerance: the widening is exact, so the only difference is the GEMM
+// blocking of bf16 tiles vs one f32 GEMM in the trunk (as the LM-head test
+// above): 1e-6 relative on the loss, 1e-5 normwise on the gradients.
+TEST(Model, Bf16SelectedRowsHeadMatchesTheWidenedWeights) {
+  const ModelConfig c = Bf16Config();
+  ModelOptions bf16;
+  bf16.frozen_dtype = DType::kDTypeBF16;
+  const std::string dir = ::testing::TempDir() + "/bf16_head_model";
+  {
+    auto src = Model::Create(c, NothingTrainable, bf16);
+    ASSERT_TRUE(src.ok()) << src.status();
+    (*src)->InitRandom(6, 0.3f);
+    ASSERT_TRUE((*src)->Save(dir).ok());
+  }
+  auto m16 = Model::Create(c, NothingTrainable, bf16);
+  auto m32 = Model::Create(c, NothingTrainable);
+  ASSERT_TRUE(m16.ok() && m32.ok());
+  ASSERT_TRUE((*m16)->LoadWeights(dir).ok());
+  ASSERT_TRUE((*m32)->LoadWeights(dir).ok());
+  ASSERT_EQ((*m16)->weights().lm_head.value.dtype, DType::kDTypeBF16);
+  LoraOptions lo;
+  lo.rank = 4;
+  auto a16 = LoraAdapter::Create(c, lo);
+  auto a32 = LoraAdapter::Create(c, lo);
+  ASSERT_TRUE(a16.ok() && a32.ok());
+  std::mt19937 rng(19);
+  for (LoraModule* mod : (*a16)->all_modules()) Randomise(mod->b, rng, 0.1f);
+  std::memcpy((*a32)->params().data(), (*a16)->params().data(), (*a16)->params().bytes());
+  std::vector<int32_t> tokens(kB * kT);
+  for (int i = 0; i < kB * kT; ++i) tokens[i] = static_cast<int32_t>(rng() % c.vocab_size);
+  const LossHead head = LossHead::SelectedRows({kT - 1, 2 * kT - 1}, {2011, 37}, {1, 0});
+  auto p16 = AdapterPlan::ForAdapter(a16->get(), c.num_layers);
+  auto p32 = AdapterPlan::ForAdapter(a32->get(), c.num_layers);
+  ASSERT_TRUE(p16.ok() && p32.ok());
+  auto l16 = (*m16)->Forward(tokens.data(), nullptr, kB, kT, *p16, true, head);
+  auto l32 = (*m32)->Forward(tokens.data(), nullptr, kB, kT, *p32, true, head);
+  ASSERT_TRUE(l16.ok() && l32.ok()) << l16.status() << l32.status();
+  EXPECT_NEAR(l16->loss_sum, l32->loss_sum, 1e-6 * std::abs(l32->loss_sum));
+  ASSERT_TRUE((*m16)->Backward(1.0f).ok());
+  ASSERT_TRUE((*m32)->Backward(1.0f).ok());
+  double diff = 0, norm = 0;
+  const float* g16 = (*a16)->grads().data();
+  const float* g32 = (*a32)->grads().data();
+  for (int64_t i = 0; i < (*a16)->grads().size(); ++i) {
+    diff += (double{g16[i]} - g32[i]) * (double{g16[i]} - g32[i]);
+    norm += double{g32[i]} * g32[i];
+  }
+  ASSERT_GT(norm, 0);
+  EXPECT_LT(std::sqrt(diff / norm), 1e-5);
+}
+
 TEST(Model, FrozenDtypeErrorsAreClear) {
   const ModelConfig c = Bf16Config();
   ModelOptions nf4;
