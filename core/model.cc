@@ -460,8 +460,21 @@ LossHead LossHead::SelectedRows(std::vector<int32_t> rows, std::vector<int32_t> 
 
 absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* targets, int B,
                                          int T, LoraAdapter* adapter, bool training) {
-  ASSIGN_OR_RETURN(AdapterPlan plan, AdapterPlan::ForAdapter(adapter, config_.num_layers));
-  return Forward(tokens, targets, B, T, plan, training);
+  // The adapter's K = 1 plan is built once per adapter, in last_plan_, and
+  // only its dropout stream is refreshed per call: building and copying a
+  // plan costs ~1 us per module, which this path, called every micro-step,
+  // need not pay.
+  const uint64_t id = adapter != nullptr ? adapter->instance_id() : 0;
+  if (!adapter_plan_cached_ || cached_adapter_id_ != id) {
+    absl::StatusOr<AdapterPlan> plan = AdapterPlan::ForAdapter(adapter, config_.num_layers);
+    if (!plan.ok()) return plan.status();
+    last_plan_ = *std::move(plan);
+    cached_adapter_id_ = id;
+    adapter_plan_cached_ = true;
+  } else if (adapter != nullptr) {
+    last_plan_.set_dropout(adapter->dropout_seed(), adapter->dropout_row_offset());
+  }
+  return Forward(tokens, targets, B, T, last_plan_, training);
 }
 
 absl::Status Model::CheckHead(const LossHead& head, int64_t N) const {
@@ -531,7 +544,10 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
         "adapter's targets)");
   }
   PlanActivations(B, T, plan, head);
-  last_plan_ = plan;  // views only; Backward reads them
+  if (&plan != &last_plan_) {
+    last_plan_ = plan;  // views only; Backward reads them
+    adapter_plan_cached_ = false;
+  }
   const int V = c.vocab_size;
   const bool will_backward = training && (selected ? !head.targets.empty() : targets != nullptr);
 

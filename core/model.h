@@ -284,6 +284,10 @@ class Model {
   std::vector<int32_t> last_tokens_copy_, last_targets_copy_;
   int last_B_ = 0, last_T_ = 0;
   AdapterPlan last_plan_;
+  // last_plan_ is the K = 1 plan of the adapter with this instance_id (set
+  // by the LoraAdapter* Forward, cleared when another plan is copied in).
+  bool adapter_plan_cached_ = false;
+  uint64_t cached_adapter_id_ = 0;
   LossHead last_head_;
   bool last_training_ = false;
 };
