@@ -20,8 +20,15 @@
 // means frozen: nothing is computed or stored for it.
 //
 // Lifecycle: build (ForAdapter, or an empty plan plus Add* calls), set the
-// dropout stream per micro-step (set_dropout), pass to Model::Forward, keep
-// it alive until the matching Backward. Not thread-safe.
+// dropout stream per micro-step (set_dropout), pass to Model::Forward (which
+// copies the plan; what it views must stay alive until the matching
+// Backward). Not thread-safe.
+//
+// Gradients: entry gradients go where the views point (the adapters' grad
+// arenas, the gate's gradient tensor), added to, never overwritten. A shared
+// gate's gradient gathers contributions from every layer, so it is complete
+// only when Model::Backward returns (GradReadyListener reports the model's
+// groups, not gates): reduce it across ranks after Backward.
 #ifndef SHEAF_CORE_ADAPTER_PLAN_H_
 #define SHEAF_CORE_ADAPTER_PLAN_H_
 
