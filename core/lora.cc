@@ -99,24 +99,29 @@ absl::Status LoraOptions::Validate(const ModelConfig& config) const {
     return absl::InvalidArgumentError(absl::StrCat("adapter.dropout: must be in [0, 1), got ", dropout));
   }
   if (num_experts < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("adapter.num_experts: must be >= 1, got ", num_experts));
+    return absl::InvalidArgumentError(
+        absl::StrCat("adapter.num_experts: must be >= 1, got ", num_experts));
   }
   for (const auto& [pattern, r] : rank_pattern) {
     absl::StatusOr<bool> m = PatternMatches(pattern, "");
     if (!m.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("adapter.rank_pattern[\"", pattern, "\"]: ", m.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("adapter.rank_pattern[\"", pattern, "\"]: ", m.status().message()));
     }
     if (r < 1) {
-      return absl::InvalidArgumentError(absl::StrCat("adapter.rank_pattern[\"", pattern, "\"]: rank must be >= 1, got ", r));
+      return absl::InvalidArgumentError(absl::StrCat("adapter.rank_pattern[\"", pattern,
+                                                     "\"]: rank must be >= 1, got ", r));
     }
   }
   for (const auto& [pattern, a] : alpha_pattern) {
     absl::StatusOr<bool> m = PatternMatches(pattern, "");
     if (!m.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("adapter.alpha_pattern[\"", pattern, "\"]: ", m.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("adapter.alpha_pattern[\"", pattern, "\"]: ", m.status().message()));
     }
     if (!std::isfinite(a)) {
-      return absl::InvalidArgumentError(absl::StrCat("adapter.alpha_pattern[\"", pattern, "\"]: alpha must be finite"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("adapter.alpha_pattern[\"", pattern, "\"]: alpha must be finite"));
     }
   }
   if (targets.empty()) return absl::InvalidArgumentError("adapter.targets: empty");
@@ -385,8 +390,9 @@ absl::StatusOr<std::unique_ptr<LoraAdapter>> LoraAdapter::LoadPeft(const std::st
     for (const auto& [pattern, r] : v->items()) {
       if (!r.is_int64()) return field(absl::StrCat("rank_pattern[\"", pattern, "\"]"));
       if (r.as_int64() < 1 || r.as_int64() > (int64_t{1} << 20)) {
-        return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": rank_pattern[\"", pattern,
-                                                       "\"]: rank ", r.as_int64(), " out of range"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            cfg_path, ": rank_pattern[\"", pattern, "\"]: rank ", r.as_int64(),
+            " out of range [1, 2^20]"));
       }
       o.rank_pattern.emplace_back(pattern, static_cast<int>(r.as_int64()));
     }

@@ -180,7 +180,8 @@ TEST(LoraOptions, BadPatternsAreErrorsNamingThePattern) {
   o.rank_pattern = {{"q_proj(", 2}};
   absl::Status s = o.Validate(c);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(std::string(s.message()).find("adapter.rank_pattern[\"q_proj(\"]"), std::string::npos) << s;
+  EXPECT_NE(std::string(s.message()).find("adapter.rank_pattern[\"q_proj(\"]"), std::string::npos)
+      << s;
   o.rank_pattern = {{"q_proj", 0}};
   EXPECT_NE(std::string(o.Validate(c).message()).find("rank must be >= 1"), std::string::npos);
   o.rank_pattern = {};
