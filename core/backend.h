@@ -235,6 +235,12 @@ class Backend : public BufferAllocator {
   virtual void SelectedRowsHeadBackward(const SelectedRowsArgs& args, float* dh, float* dw,
                                         float* scratch, const float* dlogits, const float* h,
                                         const Tensor& w) = 0;
+  // Row gathers for adapters on the selected rows and columns of lm_head:
+  // out[m, :] = src[idx[m], :] and dst[idx[m], :] += src[m, :] over C
+  // columns (repeated indices add in m order).
+  virtual void GatherRows(float* out, const float* src, const int32_t* idx, int M, int C) = 0;
+  virtual void ScatterAddRows(float* dst, const float* src, const int32_t* idx, int M,
+                              int C) = 0;
 
   // ---- elementwise over n values (out may alias an input) -----------------
   virtual void Add(float* out, const float* a, const float* b, int64_t n) = 0;  // a + b

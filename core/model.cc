@@ -288,18 +288,19 @@ void Model::PlanActivations(int B, int T, const AdapterPlan& plan, const LossHea
   };
   // Per entry of a site: the saved x·A_catᵀ (N, K·R) and, with dropout, the
   // mask (N, in); the operator's scratch is shared by all entries.
-  auto entries = [&](const std::vector<AdapterEntry>& es, int in, int out,
+  // `rows` rows: N, or M for lm_head under the selected-rows head.
+  auto entries = [&](const std::vector<AdapterEntry>& es, int64_t rows, int in, int out,
                      std::vector<Tensor>* xa, std::vector<Tensor>* mask) {
     xa->assign(es.size(), Tensor{});
     mask->assign(es.size(), Tensor{});
     for (size_t i = 0; i < es.size(); ++i) {
-      act(&(*xa)[i], "lora_xa", {N, es[i].kr()});
+      act(&(*xa)[i], "lora_xa", {rows, es[i].kr()});
       if (es[i].dropout > 0.0f) {
-        act(&(*mask)[i], "lora_mask", {N, in});
+        act(&(*mask)[i], "lora_mask", {rows, in});
         any_dropout = true;
       }
       lora_scratch = std::max(lora_scratch,
-                              backend_->LoraScratchFloats(EntryArgs(es[i], N, in, out)));
+                              backend_->LoraScratchFloats(EntryArgs(es[i], rows, in, out)));
     }
   };
   act_ = Acts{};
@@ -330,7 +331,7 @@ void Model::PlanActivations(int B, int T, const AdapterPlan& plan, const LossHea
     act(&a.up, "up", {N, I});
     act(&a.act, "act", {N, I});
     for (int p = 0; p < kNumProj; ++p) {
-      entries(plan.entries(l, static_cast<Proj>(p)), ProjIn(c, l, static_cast<Proj>(p)),
+      entries(plan.entries(l, static_cast<Proj>(p)), N, ProjIn(c, l, static_cast<Proj>(p)),
               ProjOut(c, l, static_cast<Proj>(p)), &a.lora_xa[p], &a.lora_mask[p]);
     }
   }
@@ -342,9 +343,19 @@ void Model::PlanActivations(int B, int T, const AdapterPlan& plan, const LossHea
   if (!selected) act(&act_.logits, "logits", {N, V});
   act(&act_.cos, "cos", {T, HD / 2});
   act(&act_.sin, "sin", {T, HD / 2});
-  entries(plan.lm_head(), static_cast<int>(C), static_cast<int>(V), &act_.head_xa,
-          &act_.head_mask);
-  if (selected) act(&act_.sel_logits, "sel_logits", {plan_M, plan_J});
+  // lm_head entries: on all N rows and V columns for the LM head; on the M
+  // selected rows and J columns (gathered) for the selected-rows head.
+  entries(plan.lm_head(), selected ? plan_M : N, static_cast<int>(C),
+          selected ? plan_J : static_cast<int>(V), &act_.head_xa, &act_.head_mask);
+  int64_t head_kr = 0, head_k = 0;
+  for (const AdapterEntry& e : plan.lm_head()) {
+    head_kr = std::max<int64_t>(head_kr, e.kr());
+    head_k = std::max<int64_t>(head_k, e.num_experts);
+  }
+  if (selected) {
+    act(&act_.sel_logits, "sel_logits", {plan_M, plan_J});
+    if (!plan.lm_head().empty()) act(&act_.sel_h, "sel_h", {plan_M, C});
+  }
   const int64_t max_in = std::max({C, max_q, max_i});
   scr_ = Scratch{};
   scratch(&scr_.dx, "dx", {N, C});
@@ -365,13 +376,22 @@ void Model::PlanActivations(int B, int T, const AdapterPlan& plan, const LossHea
     args.num_rows = plan_M;
     args.num_cols = plan_J;
     scratch(&scr_.sel_dlogits, "sel_dlogits", {plan_M, plan_J});
+    if (!plan.lm_head().empty()) {
+      scratch(&scr_.sel_b, "sel_b", {plan_J, head_kr});
+      scratch(&scr_.sel_db, "sel_db", {plan_J, head_kr});
+      scratch(&scr_.sel_gate, "sel_gate", {plan_M, head_k});
+      scratch(&scr_.sel_dgate, "sel_dgate", {plan_M, head_k});
+      scratch(&scr_.sel_dh, "sel_dh", {plan_M, C});
+    }
     scratch(&scr_.head_scratch, "head_scratch",
             {std::max<int64_t>(1, backend_->SelectedRowsHeadScratchFloats(args))});
   } else {
     scratch(&scr_.dlogits, "dlogits", {N, V});
   }
   scratch(&scr_.lora_scratch, "lora_scratch", {lora_scratch});
-  scratch(&scr_.lora_tmp, "lora_tmp", {N, any_dropout ? 2 * max_in : 1});
+  // Masked inputs and their gradients; the selected rows may outnumber N.
+  scratch(&scr_.lora_tmp, "lora_tmp",
+          {std::max<int64_t>(N, plan_M), any_dropout ? 2 * max_in : 1});
   acts_.Allocate();
   scratch_.Allocate();
   for (auto& [t, slot] : acts_binds) *t = acts_.view(slot);
@@ -538,11 +558,6 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
   }
   RETURN_IF_ERROR(CheckHead(head, N));
   RETURN_IF_ERROR(plan.Validate(c, N));
-  if (selected && !plan.lm_head().empty()) {
-    return absl::UnimplementedError(
-        "adapter entries on lm_head with the selected-rows head (drop lm_head from the "
-        "adapter's targets)");
-  }
   PlanActivations(B, T, plan, head);
   if (&plan != &last_plan_) {
     last_plan_ = plan;  // views only; Backward reads them
@@ -558,6 +573,15 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
     backend_->SelectedRowsHeadForward(args, act_.sel_logits.data, nullptr, &stats.loss_sum,
                                       &stats.tokens, scr_.head_scratch.data, act_.nf.data,
                                       weights_.lm_head.value, 0.0f);
+    if (!last_plan_.lm_head().empty()) {
+      // The lm_head entries add onto the selected logits; the loss is then
+      // taken again (M x J values: negligible).
+      SelectedHeadEntriesForward(head, training);
+      stats = LossStats{};
+      backend_->CrossEntropy(nullptr, &stats.loss_sum, &stats.tokens, act_.sel_logits.data,
+                             head.targets.data(), args.num_rows, args.num_cols, kIgnoreIndex,
+                             0.0f);
+    }
   } else {
     const LinearCall call{&weights_.lm_head, nullptr, &last_plan_.lm_head(), &act_.head_xa,
                           &act_.head_mask};
@@ -600,6 +624,103 @@ SelectedRowsArgs Model::HeadArgs(const LossHead& head, int64_t N) const {
   args.targets = head.targets.data();
   args.ignore_index = kIgnoreIndex;
   return args;
+}
+
+namespace {
+
+// The gate rows the selected rows read: gate row rows[m] / P.
+std::vector<int32_t> GateRowsOf(const std::vector<int32_t>& rows, int rows_per_group) {
+  std::vector<int32_t> idx(rows.size());
+  for (size_t m = 0; m < rows.size(); ++m) idx[m] = rows[m] / rows_per_group;
+  return idx;
+}
+
+}  // namespace
+
+// lm_head entries under the selected-rows head, on the M selected rows of h
+// (gathered into act_.sel_h) and the J selected columns (B_cat's rows and
+// the gate rows gathered per entry):
+//   sel_logits += mixture_e(drop_e(h[rows]))[:, cols]
+// Dropout masks are drawn for the selected rows' global indices, so they are
+// the masks the LM head would use on those rows.
+void Model::SelectedHeadEntriesForward(const LossHead& head, bool training) {
+  const AdapterPlan& plan = last_plan_;
+  const int M = static_cast<int>(head.rows.size());
+  const int C = config_.hidden_size;
+  float* tmp = scr_.lora_tmp.data;
+  backend_->GatherRows(act_.sel_h.data, act_.nf.data, head.rows.data(), M, C);
+  for (size_t i = 0; i < plan.lm_head().size(); ++i) {
+    const AdapterEntry& e = plan.lm_head()[i];
+    const Tensor& mask = act_.head_mask[i];
+    const float* xin = act_.sel_h.data;
+    if (mask && training) {
+      for (int m = 0; m < M; ++m) {
+        backend_->DropoutMask(mask.data + int64_t{m} * C, C,
+                              (plan.dropout_row_offset() + head.rows[m]) * int64_t{C},
+                              e.dropout, plan.dropout_seed(), e.dropout_stream);
+      }
+      backend_->Mul(tmp, act_.sel_h.data, mask.data, int64_t{M} * C);
+      xin = tmp;
+    }
+    backend_->LoraMixForward(SelectedEntryArgs(e, head), act_.sel_logits.data,
+                             act_.head_xa[i].data, scr_.lora_scratch.data, xin);
+  }
+}
+
+LoraOpArgs Model::SelectedEntryArgs(const AdapterEntry& e, const LossHead& head) {
+  const int M = static_cast<int>(head.rows.size()), J = static_cast<int>(head.cols.size());
+  LoraOpArgs args = EntryArgs(e, M, config_.hidden_size, J);
+  backend_->GatherRows(scr_.sel_b.data, e.b.data, head.cols.data(), J, e.kr());
+  args.b = scr_.sel_b.data;
+  if (e.gate) {
+    const std::vector<int32_t> idx = GateRowsOf(head.rows, e.rows_per_group);
+    backend_->GatherRows(scr_.sel_gate.data, e.gate.data, idx.data(), M, e.num_experts);
+    args.gate = scr_.sel_gate.data;
+    args.rows_per_group = 1;
+  }
+  return args;
+}
+
+// Backward of SelectedHeadEntriesForward: gradients of the gathered B rows,
+// gate rows and h rows are formed densely and scattered back by index.
+void Model::SelectedHeadEntriesBackward(const LossHead& head) {
+  const AdapterPlan& plan = last_plan_;
+  const int M = static_cast<int>(head.rows.size()), J = static_cast<int>(head.cols.size());
+  const int C = config_.hidden_size;
+  const int64_t mc = int64_t{M} * C;
+  float* tmp = scr_.lora_tmp.data;
+  auto zero = [&](float* p, int64_t n) {
+    backend_->Zero(p, n * static_cast<int64_t>(sizeof(float)));
+  };
+  zero(scr_.sel_dh.data, mc);
+  for (size_t i = 0; i < plan.lm_head().size(); ++i) {
+    const AdapterEntry& e = plan.lm_head()[i];
+    const Tensor& mask = act_.head_mask[i];
+    const LoraOpArgs args = SelectedEntryArgs(e, head);
+    float* db = e.db ? scr_.sel_db.data : nullptr;
+    float* dgate = e.dgate ? scr_.sel_dgate.data : nullptr;
+    if (db) zero(db, int64_t{J} * e.kr());
+    if (dgate) zero(dgate, int64_t{M} * e.num_experts);
+    float* da = e.da ? e.da.data : nullptr;
+    if (mask) {
+      float* xd = tmp;
+      float* dxd = tmp + mc;
+      backend_->Mul(xd, act_.sel_h.data, mask.data, mc);
+      zero(dxd, mc);
+      backend_->LoraMixBackward(args, dxd, da, db, dgate, scr_.lora_scratch.data,
+                                scr_.sel_dlogits.data, xd, act_.head_xa[i].data);
+      backend_->MulAdd(scr_.sel_dh.data, dxd, mask.data, mc);
+    } else {
+      backend_->LoraMixBackward(args, scr_.sel_dh.data, da, db, dgate, scr_.lora_scratch.data,
+                                scr_.sel_dlogits.data, act_.sel_h.data, act_.head_xa[i].data);
+    }
+    if (db) backend_->ScatterAddRows(e.db.data, db, head.cols.data(), J, e.kr());
+    if (dgate) {
+      const std::vector<int32_t> idx = GateRowsOf(head.rows, e.rows_per_group);
+      backend_->ScatterAddRows(e.dgate.data, dgate, idx.data(), M, e.num_experts);
+    }
+  }
+  backend_->ScatterAddRows(scr_.dn.data, scr_.sel_dh.data, head.rows.data(), M, C);
 }
 
 // Embedding, layers and the final norm: act_.nf holds the final hidden
@@ -696,6 +817,7 @@ absl::Status Model::Backward(float grad_scale) {
     backend_->SelectedRowsHeadBackward(args, dn, weights_.lm_head.grad.data,
                                        scr_.head_scratch.data, scr_.sel_dlogits.data,
                                        act_.nf.data, weights_.lm_head.value);
+    if (!plan.lm_head().empty()) SelectedHeadEntriesBackward(last_head_);
   } else {
     backend_->CrossEntropy(scr_.dlogits.data, &unused_sum, &unused_n, act_.logits.data,
                            last_targets_copy_.data(), static_cast<int>(N), V, kIgnoreIndex,

@@ -171,8 +171,7 @@ class Model {
   // Backward needs and applies the entries' dropout. The plan is copied
   // (views): what it views must live until the matching Backward.
   // InvalidArgument for tokens, targets, head indices or plan entries that do
-  // not fit the model (naming them); Unimplemented for lm_head entries with
-  // the selected-rows head.
+  // not fit the model (naming them).
   absl::StatusOr<LossStats> Forward(const int32_t* tokens, const int32_t* targets, int B,
                                     int T, const AdapterPlan& plan, bool training,
                                     const LossHead& head = LossHead::Lm());
@@ -223,6 +222,12 @@ class Model {
   // the edge group acquired for the head.
   absl::Status ForwardTrunk(const int32_t* tokens, int B, int T, bool training,
                             bool will_backward);
+  // lm_head entries of last_plan_ on the selected rows and columns.
+  void SelectedHeadEntriesForward(const LossHead& head, bool training);
+  void SelectedHeadEntriesBackward(const LossHead& head);
+  // An entry's op arguments on the selected rows/columns; gathers its B_cat
+  // rows (and gate rows) into scratch.
+  LoraOpArgs SelectedEntryArgs(const AdapterEntry& e, const LossHead& head);
 
   struct LayerActs {
     Tensor x;          // (B*T, C) layer input (residual stream)
@@ -243,6 +248,7 @@ class Model {
     Tensor nf, rstdf;          // (B*T, C), (B*T)
     Tensor logits;             // (B*T, V), LM head only
     Tensor sel_logits;         // (M, J), selected-rows head only
+    Tensor sel_h;              // (M, C) h[rows], with lm_head entries only
     std::vector<Tensor> head_xa, head_mask;  // lm_head entries
     Tensor cos, sin;           // (T, HD/2)
   };
@@ -254,6 +260,10 @@ class Model {
     Tensor dlogits;       // (B*T, V), LM head only
     Tensor sel_dlogits;   // (M, J), selected-rows head only
     Tensor head_scratch;  // selected-rows head's gathers
+    // lm_head entries under the selected-rows head: gathered B_cat rows
+    // (J, maxKR) and their gradient, gathered gate rows (M, maxK) and theirs,
+    // d h[rows] (M, C).
+    Tensor sel_b, sel_db, sel_gate, sel_dgate, sel_dh;
     Tensor lora_scratch;  // the adapter op's scratch (largest entry)
     Tensor lora_tmp;      // (B*T, max(in)) dropout path / masked input
   };

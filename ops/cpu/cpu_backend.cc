@@ -230,6 +230,12 @@ class Cpu final : public Backend {
     ops::SelectedRowsHeadBackward(dh, dw, scratch + int64_t{a.num_cols} * a.C, dlogits, h, wf,
                                   args);
   }
+  void GatherRows(float* out, const float* src, const int32_t* idx, int M, int C) override {
+    ops::GatherRows(out, src, idx, M, C);
+  }
+  void ScatterAddRows(float* dst, const float* src, const int32_t* idx, int M, int C) override {
+    ops::ScatterAddRows(dst, src, idx, M, C);
+  }
 
   void Add(float* out, const float* a, const float* b, int64_t n) override {
     ops::Add(out, a, b, n);
