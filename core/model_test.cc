@@ -587,6 +587,7 @@ struct MixCase {
   const char* name;
   AdapterMixing mixing;
   float dropout;
+  bool per_row = false;  // one gate row per token (P = 1) instead of per sample (P = T)
 };
 
 class GatedPlanTest : public ::testing::TestWithParam<MixCase> {};
@@ -611,13 +612,15 @@ TEST_P(GatedPlanTest, GradientsOfABankAndItsGateMatchFiniteDifferences) {
   ASSERT_TRUE(bank.ok());
   std::mt19937 rng(11);
   for (LoraModule* mod : (*bank)->all_modules()) Randomise(mod->b, rng, 0.5f);
-  std::vector<float> gate(kB * 2), dgate(kB * 2, 0.0f);
+  const int groups = mc.per_row ? kB * kT : kB;
+  std::vector<float> gate(groups * 2), dgate(groups * 2, 0.0f);
   std::uniform_real_distribution<float> u(0.2f, 0.9f);
   for (float& g : gate) g = u(rng);
   (*bank)->set_dropout_seed(7);
   AdapterPlan plan(c.num_layers);
-  ASSERT_TRUE(plan.AddBank(**bank, AdapterGate{Tensor{gate.data(), {kB, 2}},
-                                               Tensor{dgate.data(), {kB, 2}}, kT, mc.mixing})
+  ASSERT_TRUE(plan.AddBank(**bank, AdapterGate{Tensor{gate.data(), {groups, 2}},
+                                               Tensor{dgate.data(), {groups, 2}},
+                                               mc.per_row ? 1 : kT, mc.mixing})
                   .ok());
   const Batch b = MakeBatch(c.vocab_size, 6);
   auto loss = [&]() {
@@ -628,11 +631,11 @@ TEST_P(GatedPlanTest, GradientsOfABankAndItsGateMatchFiniteDifferences) {
   (*bank)->grads().Zero();
   loss();
   ASSERT_TRUE((*m)->Backward(1.0f).ok());
-  const Tensor gate_t{gate.data(), {kB, 2}}, dgate_t{dgate.data(), {kB, 2}};
+  const Tensor gate_t{gate.data(), {groups, 2}}, dgate_t{dgate.data(), {groups, 2}};
   double gate_norm = 0;
   for (float g : dgate) gate_norm += std::abs(g);
   EXPECT_GT(gate_norm, 1e-3) << "the gate gradient must reach the plan's dgate";
-  EXPECT_LT(PlanGradError(loss, gate_t, dgate_t, 4, rng), 2e-2) << "gate";
+  EXPECT_LT(PlanGradError(loss, gate_t, dgate_t, 2 * groups, rng), 2e-2) << "gate";
   for (LoraModule* mod : (*bank)->all_modules()) {
     EXPECT_LT(PlanGradError(loss, mod->a, mod->da, 12, rng), 2e-2) << "A_cat " << mod->name;
     EXPECT_LT(PlanGradError(loss, mod->b, mod->db, 12, rng), 2e-2) << "B_cat " << mod->name;
@@ -650,6 +653,8 @@ const MixCase kMixCases[] = {
     {"weights", AdapterMixing::kAdapterMixingWeights, 0.0f},
     {"outputs_dropout", AdapterMixing::kAdapterMixingOutputs, 0.3f},
     {"weights_dropout", AdapterMixing::kAdapterMixingWeights, 0.3f},
+    {"outputs_per_token", AdapterMixing::kAdapterMixingOutputs, 0.0f, true},
+    {"weights_per_token_dropout", AdapterMixing::kAdapterMixingWeights, 0.3f, true},
 };
 INSTANTIATE_TEST_SUITE_P(Forms, GatedPlanTest, ::testing::ValuesIn(kMixCases),
                          [](const auto& info) { return std::string(info.param.name); });
@@ -969,6 +974,50 @@ TEST(Model, ActivationsFollowThePlanLayoutAndTheHead) {
         EXPECT_EQ(s->loss_sum, fresh_loss(*p, h));
       }
     }
+  }
+}
+
+// Per-module alpha reaches the model: an alpha_pattern doubling q_proj's
+// alpha gives exactly the losses and gradients of doubling q_proj's B
+// instead (scaling by 2 is exact in binary floating point, so the two
+// orders of the same products round identically).
+TEST(Model, AlphaPatternScalesItsModulesInTheModel) {
+  const ModelConfig c = MakeConfig(kVariants[2]);
+  auto m = Model::Create(c, NothingTrainable);
+  ASSERT_TRUE(m.ok());
+  (*m)->InitRandom(3, 0.5f);
+  LoraOptions lo;
+  lo.rank = 2;
+  lo.alpha = 3;
+  auto plain = LoraAdapter::Create(c, lo);
+  lo.alpha_pattern = {{"q_proj", 6.0f}};
+  auto patterned = LoraAdapter::Create(c, lo);
+  ASSERT_TRUE(plain.ok() && patterned.ok());
+  std::mt19937 rng(4);
+  for (LoraModule* mod : (*patterned)->all_modules()) Randomise(mod->b, rng, 0.5f);
+  std::memcpy((*plain)->params().data(), (*patterned)->params().data(),
+              (*patterned)->params().bytes());
+  for (int l = 0; l < c.num_layers; ++l) {
+    const Tensor& b = (*plain)->module(l, Proj::kQ)->b;
+    for (int64_t i = 0; i < b.numel(); ++i) b.data[i] *= 2.0f;
+  }
+  const Batch batch = MakeBatch(c.vocab_size, 21);
+  (*plain)->grads().Zero();
+  (*patterned)->grads().Zero();
+  auto lp = (*m)->Forward(batch.tokens.data(), batch.targets.data(), kB, kT, plain->get(), true);
+  ASSERT_TRUE(lp.ok());
+  ASSERT_TRUE((*m)->Backward(1.0f).ok());
+  auto lq =
+      (*m)->Forward(batch.tokens.data(), batch.targets.data(), kB, kT, patterned->get(), true);
+  ASSERT_TRUE(lq.ok());
+  ASSERT_TRUE((*m)->Backward(1.0f).ok());
+  EXPECT_EQ(lp->loss_sum, lq->loss_sum);
+  // dA is the same; dB of q_proj is half (B doubled, scale halved).
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LoraModule* p = (*plain)->module(l, Proj::kQ);
+    const LoraModule* q = (*patterned)->module(l, Proj::kQ);
+    for (int64_t i = 0; i < p->da.numel(); ++i) ASSERT_EQ(p->da.data[i], q->da.data[i]);
+    for (int64_t i = 0; i < p->db.numel(); ++i) ASSERT_EQ(p->db.data[i] * 2.0f, q->db.data[i]);
   }
 }
 
