@@ -1,10 +1,12 @@
 #include "core/lora.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <regex>
 #include <set>
 #include <sstream>
 
@@ -19,6 +21,34 @@ namespace {
 
 constexpr const char* kProjNames[kNumProj] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                               "gate_proj", "up_proj", "down_proj"};
+
+// PEFT's get_pattern_key: re.match(rf"(.*\.)?({pattern})$", name). The
+// pattern is a raw regex fragment, on purpose (PEFT users write
+// "layers.[0-3].*q_proj"). std::regex reports a bad pattern by exception;
+// Validate turns that into a Status, so later calls cannot throw.
+absl::StatusOr<bool> PatternMatches(const std::string& pattern, const std::string& name) {
+  try {
+    const std::regex re("(.*\\.)?(" + pattern + ")", std::regex::ECMAScript);
+    return std::regex_match(name, re);
+  } catch (const std::regex_error& e) {
+    return absl::InvalidArgumentError(absl::StrCat("not a regular expression (", e.what(), ")"));
+  }
+}
+
+// The value of the first pattern matching `name`, or `fallback`.
+template <typename T>
+T PatternValue(const std::vector<std::pair<std::string, T>>& patterns, const std::string& name,
+               T fallback) {
+  for (const auto& [pattern, value] : patterns) {
+    absl::StatusOr<bool> m = PatternMatches(pattern, name);
+    if (m.ok() && *m) return value;
+  }
+  return fallback;
+}
+
+float ScaleOf(float alpha, int rank, bool rslora) {
+  return rslora ? alpha / std::sqrt(static_cast<float>(rank)) : alpha / static_cast<float>(rank);
+}
 
 }  // namespace
 
@@ -49,14 +79,50 @@ int ProjOut(const ModelConfig& c, int layer, Proj p) {
   }
 }
 
-float LoraOptions::scale() const {
-  return rslora ? alpha / std::sqrt(static_cast<float>(rank)) : alpha / static_cast<float>(rank);
+float LoraOptions::scale() const { return ScaleOf(alpha, rank, rslora); }
+
+int LoraOptions::RankFor(const std::string& module) const {
+  return PatternValue(rank_pattern, module, rank);
+}
+
+float LoraOptions::AlphaFor(const std::string& module) const {
+  return PatternValue(alpha_pattern, module, alpha);
+}
+
+float LoraOptions::ScaleFor(const std::string& module) const {
+  return ScaleOf(AlphaFor(module), RankFor(module), rslora);
 }
 
 absl::Status LoraOptions::Validate(const ModelConfig& config) const {
   if (rank < 1) return absl::InvalidArgumentError(absl::StrCat("adapter.rank: must be >= 1, got ", rank));
   if (!(dropout >= 0.0f && dropout < 1.0f)) {
     return absl::InvalidArgumentError(absl::StrCat("adapter.dropout: must be in [0, 1), got ", dropout));
+  }
+  if (num_experts < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("adapter.num_experts: must be >= 1, got ", num_experts));
+  }
+  for (const auto& [pattern, r] : rank_pattern) {
+    absl::StatusOr<bool> m = PatternMatches(pattern, "");
+    if (!m.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("adapter.rank_pattern[\"", pattern, "\"]: ", m.status().message()));
+    }
+    if (r < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("adapter.rank_pattern[\"", pattern,
+                                                     "\"]: rank must be >= 1, got ", r));
+    }
+  }
+  for (const auto& [pattern, a] : alpha_pattern) {
+    absl::StatusOr<bool> m = PatternMatches(pattern, "");
+    if (!m.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("adapter.alpha_pattern[\"", pattern, "\"]: ", m.status().message()));
+    }
+    if (!std::isfinite(a)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("adapter.alpha_pattern[\"", pattern, "\"]: alpha must be finite"));
+    }
   }
   if (targets.empty()) return absl::InvalidArgumentError("adapter.targets: empty");
   std::set<std::string> seen;
@@ -101,11 +167,14 @@ absl::StatusOr<std::unique_ptr<LoraAdapter>> LoraAdapter::Create(const ModelConf
   if (layers.empty()) {
     for (int l = 0; l < config.num_layers; ++l) layers.insert(l);
   }
-  const int R = options.rank;
+  const int K = options.num_experts;
   struct Planned {
     int layer;  // -1 = lm_head
     int proj;
     int slot_a, slot_b;
+    int lora_rank;
+    float scale;
+    std::string name;
   };
   std::vector<Planned> planned;
   // Fixed order: layer-major, projections in Proj order, lm_head last. The
@@ -115,21 +184,24 @@ absl::StatusOr<std::unique_ptr<LoraAdapter>> LoraAdapter::Create(const ModelConf
     for (int p = 0; p < kNumProj; ++p) {
       if (!targets.count(kProjNames[p])) continue;
       const int in = ProjIn(config, l, static_cast<Proj>(p)), out = ProjOut(config, l, static_cast<Proj>(p));
+      const std::string name = ModuleName(l, static_cast<Proj>(p));
+      const int R = options.RankFor(name);
       const std::string a_name = PeftKey(l, static_cast<Proj>(p), false);
       const std::string b_name = PeftKey(l, static_cast<Proj>(p), true);
-      int sa = a->params_.Add(a_name, {R, in});
-      a->grads_.Add(a_name, {R, in});
-      int sb = a->params_.Add(b_name, {out, R});
-      a->grads_.Add(b_name, {out, R});
-      planned.push_back({l, p, sa, sb});
+      int sa = a->params_.Add(a_name, {K * R, in});
+      a->grads_.Add(a_name, {K * R, in});
+      int sb = a->params_.Add(b_name, {out, K * R});
+      a->grads_.Add(b_name, {out, K * R});
+      planned.push_back({l, p, sa, sb, R, options.ScaleFor(name), name});
     }
   }
   if (targets.count("lm_head")) {
-    int sa = a->params_.Add(PeftLmHeadKey(false), {R, config.hidden_size});
-    a->grads_.Add(PeftLmHeadKey(false), {R, config.hidden_size});
-    int sb = a->params_.Add(PeftLmHeadKey(true), {config.vocab_size, R});
-    a->grads_.Add(PeftLmHeadKey(true), {config.vocab_size, R});
-    planned.push_back({-1, 0, sa, sb});
+    const int R = options.RankFor(kLmHeadModuleName);
+    int sa = a->params_.Add(PeftLmHeadKey(false), {K * R, config.hidden_size});
+    a->grads_.Add(PeftLmHeadKey(false), {K * R, config.hidden_size});
+    int sb = a->params_.Add(PeftLmHeadKey(true), {config.vocab_size, K * R});
+    a->grads_.Add(PeftLmHeadKey(true), {config.vocab_size, K * R});
+    planned.push_back({-1, 0, sa, sb, R, options.ScaleFor(kLmHeadModuleName), kLmHeadModuleName});
   }
   a->params_.Allocate();
   a->grads_.Allocate();
@@ -144,6 +216,10 @@ absl::StatusOr<std::unique_ptr<LoraAdapter>> LoraAdapter::Create(const ModelConf
     m.in = static_cast<int>(m.a.dim(1));
     m.out = static_cast<int>(m.b.dim(0));
     m.id = static_cast<int>(i);
+    m.lora_rank = planned[i].lora_rank;
+    m.num_experts = K;
+    m.scale = planned[i].scale;
+    m.name = planned[i].name;
     if (planned[i].layer < 0) {
       a->lm_head_ = &m;
     } else {
@@ -171,15 +247,32 @@ std::vector<LoraModule*> LoraAdapter::all_modules() {
   return out;
 }
 
+bool LoraAdapter::uniform() const {
+  for (const LoraModule& m : storage_) {
+    if (m.lora_rank != options_.rank || m.scale != scale_) return false;
+  }
+  return true;
+}
+
+int LoraAdapter::max_rank() const {
+  int r = 0;
+  for (const LoraModule& m : storage_) r = std::max(r, m.num_experts * m.lora_rank);
+  return r;
+}
+
 int64_t LoraAdapter::num_params() const {
   int64_t n = 0;
   for (const LoraModule& m : storage_) n += m.a.numel() + m.b.numel();
   return n;
 }
 
+std::string LoraAdapter::ModuleName(int layer, Proj p) {
+  return absl::StrCat("model.layers.", layer, ".", ProjBlock(p), ".", ProjName(p));
+}
+
 std::string LoraAdapter::PeftKey(int layer, Proj p, bool is_b) {
-  return absl::StrCat("base_model.model.model.layers.", layer, ".", ProjBlock(p), ".",
-                      ProjName(p), is_b ? ".lora_B.weight" : ".lora_A.weight");
+  return absl::StrCat("base_model.model.", ModuleName(layer, p),
+                      is_b ? ".lora_B.weight" : ".lora_A.weight");
 }
 
 std::string LoraAdapter::PeftLmHeadKey(bool is_b) {
@@ -187,6 +280,11 @@ std::string LoraAdapter::PeftLmHeadKey(bool is_b) {
 }
 
 absl::Status LoraAdapter::SavePeft(const std::string& dir, const std::string& base_model_name) const {
+  if (options_.num_experts > 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "a bank of ", options_.num_experts,
+        " experts has no PEFT layout (export a materialised mixture or single experts)"));
+  }
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
@@ -218,6 +316,17 @@ absl::Status LoraAdapter::SavePeft(const std::string& dir, const std::string& ba
     Json layers = Json::Array();
     for (int l : options_.layers) layers.Push(l);
     cfg.Set("layers_to_transform", std::move(layers));
+  }
+  // Written only when used, so plain adapters keep today's file.
+  if (!options_.rank_pattern.empty()) {
+    Json pattern = Json::Object();
+    for (const auto& [p, r] : options_.rank_pattern) pattern.Set(p, r);
+    cfg.Set("rank_pattern", std::move(pattern));
+  }
+  if (!options_.alpha_pattern.empty()) {
+    Json pattern = Json::Object();
+    for (const auto& [p, a] : options_.alpha_pattern) pattern.Set(p, static_cast<double>(a));
+    cfg.Set("alpha_pattern", std::move(pattern));
   }
   cfg.Set("layers_pattern", nullptr);
   cfg.Set("modules_to_save", nullptr);
@@ -272,6 +381,27 @@ absl::StatusOr<std::unique_ptr<LoraAdapter>> LoraAdapter::LoadPeft(const std::st
       }
     } else {
       return field("layers_to_transform");
+    }
+  }
+  // rank_pattern / alpha_pattern: objects of pattern -> int / number (PEFT
+  // writes {} when unused; older files have no key or null).
+  if (v = cfg->Find("rank_pattern"); v != nullptr && !v->is_null()) {
+    if (!v->is_object()) return field("rank_pattern");
+    for (const auto& [pattern, r] : v->items()) {
+      if (!r.is_int64()) return field(absl::StrCat("rank_pattern[\"", pattern, "\"]"));
+      if (r.as_int64() < 1 || r.as_int64() > (int64_t{1} << 20)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            cfg_path, ": rank_pattern[\"", pattern, "\"]: rank ", r.as_int64(),
+            " out of range [1, 2^20]"));
+      }
+      o.rank_pattern.emplace_back(pattern, static_cast<int>(r.as_int64()));
+    }
+  }
+  if (v = cfg->Find("alpha_pattern"); v != nullptr && !v->is_null()) {
+    if (!v->is_object()) return field("alpha_pattern");
+    for (const auto& [pattern, a] : v->items()) {
+      if (!a.is_number()) return field(absl::StrCat("alpha_pattern[\"", pattern, "\"]"));
+      o.alpha_pattern.emplace_back(pattern, static_cast<float>(a.as_double()));
     }
   }
   absl::Status valid = o.Validate(config);

@@ -7,50 +7,11 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "core/backend.h"
 #include "core/safetensors.h"
 #include "core/status.h"
-#include "ops/cpu/ops.h"
 
 namespace sheaf {
-namespace {
-
-// Counter-based uniform [0,1) draws for dropout masks: the mask of element i
-// of module m depends only on (seed, m, i), so it is identical on resume and
-// independent of thread count.
-inline uint64_t SplitMix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-void FillDropoutMask(float* mask, int64_t n, int64_t first_index, float p, uint64_t seed,
-                     int module_id) {
-  const uint64_t base = SplitMix(seed ^ SplitMix(static_cast<uint64_t>(module_id) + 1));
-  const float keep_scale = 1.0f / (1.0f - p);
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) {
-    const float u = static_cast<float>(SplitMix(base + static_cast<uint64_t>(first_index + i)) >> 40) *
-                    (1.0f / 16777216.0f);
-    mask[i] = u < p ? 0.0f : keep_scale;
-  }
-}
-
-void Mul(float* out, const float* a, const float* b, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
-}
-
-void MulAdd(float* out, const float* a, const float* b, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) out[i] += a[i] * b[i];
-}
-
-void ZeroRows(const Tensor& t, int64_t n_elems) {
-  std::memset(t.data, 0, static_cast<size_t>(n_elems) * sizeof(float));
-}
-
-}  // namespace
 
 Param* LayerWeights::proj(Proj p) {
   switch (p) {
@@ -85,7 +46,29 @@ std::vector<Param*> ModelWeights::all() {
 absl::StatusOr<std::unique_ptr<Model>> Model::Create(
     const ModelConfig& config, const TrainablePredicate& trainable, const ModelOptions& options) {
   RETURN_IF_ERROR(config.Validate());
+  Backend* backend = options.backend ? options.backend : DefaultBackend();
+  if (backend == nullptr) {
+    return absl::FailedPreconditionError(
+        "no compute backend: ModelOptions::backend is null and none is registered (link "
+        "//ops/cpu:ops)");
+  }
+  const DType fdt = options.frozen_dtype;
+  if (fdt == DType::kDTypeNF4) {
+    return absl::UnimplementedError(
+        "frozen_dtype nf4 is not supported yet (its blocks-of-64 layout is in core/dtype.h; "
+        "the kernels come with the loram issue)");
+  }
+  if (!backend->Supports(BackendOp::kBackendOpLinear, {DType::kDTypeF32, fdt}) ||
+      !backend->Supports(BackendOp::kBackendOpEmbedding, {fdt})) {
+    return absl::InvalidArgumentError(absl::StrCat("frozen_dtype ", DTypeName(fdt),
+                                                   " is not supported by backend ",
+                                                   backend->name(), " (use f32 or bf16)"));
+  }
   std::unique_ptr<Model> m(new Model(config));
+  m->backend_ = backend;
+  for (Arena* a : {&m->frozen_, &m->params_, &m->grads_, &m->acts_, &m->scratch_}) {
+    a->set_allocator(backend);
+  }
   const int C = config.hidden_size, HD = config.head_dim, V = config.vocab_size;
 
   // Plan every tensor into the frozen or the params arena (grads mirror
@@ -99,7 +82,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(
   auto plan = [&](Param* p, std::string name, std::vector<int64_t> shape) {
     p->name = name;
     const bool t = trainable(name);
-    int slot = t ? m->params_.Add(name, shape) : m->frozen_.Add(name, shape);
+    // Frozen matrices take the frozen dtype; norms and biases stay f32.
+    const DType dtype = shape.size() == 2 ? fdt : DType::kDTypeF32;
+    int slot = t ? m->params_.Add(name, shape) : m->frozen_.Add(name, shape, dtype);
     if (t) m->grads_.Add(name, shape);
     planned.push_back({p, t, slot});
   };
@@ -139,8 +124,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(
     } else {
       // External frozen storage: the shape is known, the data comes from
       // the FrozenWeightSource on Acquire.
-      p.param->value = options.external_frozen ? Tensor{nullptr, m->frozen_.view(p.slot).shape}
-                                               : m->frozen_.view(p.slot);
+      p.param->value = m->frozen_.view(p.slot);
+      if (options.external_frozen) p.param->value.data = nullptr;
     }
   }
   if (config.tie_word_embeddings) {
@@ -187,7 +172,7 @@ absl::Status Model::LoadWeights(const std::string& dir) {
   }
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsModel> st, SafetensorsModel::Open(dir));
   for (Param* p : weights_.all()) {
-    RETURN_IF_ERROR(st->ReadF32(p->name, p->value.shape, p->value.data));
+    RETURN_IF_ERROR(st->Read(p->name, p->value.shape, p->value.dtype, p->value.raw()));
   }
   return absl::OkStatus();
 }
@@ -198,8 +183,15 @@ void Model::InitRandom(uint64_t seed, float std) {
   for (Param* p : weights_.all()) {
     const bool is_norm = p->name.find("norm") != std::string::npos;
     const bool is_bias = p->name.size() > 5 && p->name.ends_with(".bias");
+    const bool bf16 = p->value.dtype == DType::kDTypeBF16;
+    uint16_t* bits = static_cast<uint16_t*>(p->value.raw());
     for (int64_t i = 0; i < p->value.numel(); ++i) {
-      p->value.data[i] = is_norm ? 1.0f : is_bias ? 0.0f : normal(rng);
+      const float x = is_norm ? 1.0f : is_bias ? 0.0f : normal(rng);
+      if (bf16) {
+        bits[i] = F32ToBf16(x);
+      } else {
+        p->value.data[i] = x;
+      }
     }
   }
 }
@@ -222,23 +214,68 @@ absl::Status Model::Save(const std::string& dir) const {
     if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", ec.message()));
   }
   SafetensorsWriter writer;
+  std::vector<std::vector<float>> widened;  // bf16 tensors, written back as BF16 (exact)
   for (Param* p : const_cast<ModelWeights&>(weights_).all()) {
-    writer.Add(p->name, p->value.shape, p->value.data);
+    if (p->value.dtype == DType::kDTypeBF16) {
+      widened.emplace_back(static_cast<size_t>(p->value.numel()));
+      const uint16_t* bits = static_cast<const uint16_t*>(p->value.raw());
+      for (size_t i = 0; i < widened.back().size(); ++i) widened.back()[i] = Bf16ToF32(bits[i]);
+      writer.Add(p->name, p->value.shape, widened.back().data(), SafetensorsDtype::kDtypeBF16);
+    } else {
+      writer.Add(p->name, p->value.shape, p->value.data);
+    }
   }
   return writer.Write(dir + "/model.safetensors", {{"format", "pt"}});
 }
 
-void Model::PlanActivations(int B, int T, const LoraAdapter* adapter) {
-  const uint64_t adapter_id = adapter ? adapter->instance_id() : 0;
-  if (B <= planned_B_ && T == planned_T_ && adapter_id == planned_adapter_id_) return;
+namespace {
+
+LoraMixing BackendMixing(AdapterMixing m) {
+  return m == AdapterMixing::kAdapterMixingWeights ? LoraMixing::kLoraMixingWeights
+                                                   : LoraMixing::kLoraMixingOutputs;
+}
+
+// The adapter op's arguments for one plan entry on rows [0, n) of a layer
+// W [out, in].
+LoraOpArgs EntryArgs(const AdapterEntry& e, int64_t n, int64_t in, int64_t out) {
+  LoraOpArgs args;
+  args.n = static_cast<int>(n);
+  args.in = static_cast<int>(in);
+  args.out = static_cast<int>(out);
+  args.r = e.kr();
+  args.scale = e.scale;
+  args.a = e.a.data;
+  args.b = e.b.data;
+  args.num_experts = e.num_experts;
+  args.gate = e.gate ? e.gate.data : nullptr;
+  args.rows_per_group = e.gate ? e.rows_per_group : 1;
+  args.mixing = BackendMixing(e.mixing);
+  return args;
+}
+
+}  // namespace
+
+void Model::PlanActivations(int B, int T, const AdapterPlan& plan, const LossHead& head) {
+  const bool selected = head.kind == LossHead::Kind::kLossHeadSelectedRows;
+  std::vector<int32_t> layout = plan.Layout();
+  layout.push_back(selected ? 1 : 0);
+  const int M = selected ? static_cast<int>(head.rows.size()) : 0;
+  const int J = selected ? static_cast<int>(head.cols.size()) : 0;
+  if (B <= planned_B_ && T == planned_T_ && layout == planned_layout_ && M <= planned_M_ &&
+      J <= planned_J_) {
+    return;
+  }
   B = std::max(B, planned_B_);
+  const bool same_layout = layout == planned_layout_;
+  const int plan_M = same_layout ? std::max(M, planned_M_) : M;
+  const int plan_J = same_layout ? std::max(J, planned_J_) : J;
   acts_.Reset();
   scratch_.Reset();
   const ModelConfig& c = config_;
   const int64_t N = int64_t{B} * T, C = c.hidden_size, HD = c.head_dim, V = c.vocab_size;
-  const int R = adapter ? adapter->options().rank : 0;
-  const bool dropout = adapter && adapter->options().dropout > 0;
   int64_t max_q = 0, max_kv = 0, max_i = 0;
+  bool any_dropout = false;
+  int64_t lora_scratch = 1;
 
   // Each view is planned and bound in one place; the data pointers are
   // filled in once the arenas are allocated.
@@ -248,6 +285,23 @@ void Model::PlanActivations(int B, int T, const LoraAdapter* adapter) {
   };
   auto scratch = [&](Tensor* t, const char* name, std::vector<int64_t> shape) {
     scratch_binds.emplace_back(t, scratch_.Add(name, std::move(shape)));
+  };
+  // Per entry of a site: the saved x·A_catᵀ (N, K·R) and, with dropout, the
+  // mask (N, in); the operator's scratch is shared by all entries.
+  // `rows` rows: N, or M for lm_head under the selected-rows head.
+  auto entries = [&](const std::vector<AdapterEntry>& es, int64_t rows, int in, int out,
+                     std::vector<Tensor>* xa, std::vector<Tensor>* mask) {
+    xa->assign(es.size(), Tensor{});
+    mask->assign(es.size(), Tensor{});
+    for (size_t i = 0; i < es.size(); ++i) {
+      act(&(*xa)[i], "lora_xa", {rows, es[i].kr()});
+      if (es[i].dropout > 0.0f) {
+        act(&(*mask)[i], "lora_mask", {rows, in});
+        any_dropout = true;
+      }
+      lora_scratch = std::max(lora_scratch,
+                              backend_->LoraScratchFloats(EntryArgs(es[i], rows, in, out)));
+    }
   };
   act_ = Acts{};
   act_.layers.assign(static_cast<size_t>(c.num_layers), {});
@@ -264,7 +318,11 @@ void Model::PlanActivations(int B, int T, const LoraAdapter* adapter) {
     act(&a.q, "q", {N, q_out});
     act(&a.k, "k", {N, kv_out});
     act(&a.v, "v", {N, kv_out});
-    act(&a.probs, "probs", {B, s.num_heads, T, T});
+    // Attention's saved state is opaque (the CPU backend keeps the softmax
+    // probabilities): planned by size, in 4-byte words.
+    const int64_t saved_bytes =
+        backend_->AttentionSavedBytes(B, T, s.num_heads, s.num_kv_heads, static_cast<int>(HD));
+    act(&a.attn_saved, "attn_saved", {(saved_bytes + 3) / 4});
     act(&a.att, "att", {N, q_out});
     act(&a.h, "h", {N, C});
     act(&a.n2, "n2", {N, C});
@@ -273,21 +331,30 @@ void Model::PlanActivations(int B, int T, const LoraAdapter* adapter) {
     act(&a.up, "up", {N, I});
     act(&a.act, "act", {N, I});
     for (int p = 0; p < kNumProj; ++p) {
-      const LoraModule* m = adapter ? adapter->module(l, static_cast<Proj>(p)) : nullptr;
-      if (!m) continue;
-      act(&a.lora_xa[p], "lora_xa", {N, R});
-      if (dropout) act(&a.lora_mask[p], "lora_mask", {N, m->in});
+      entries(plan.entries(l, static_cast<Proj>(p)), N, ProjIn(c, l, static_cast<Proj>(p)),
+              ProjOut(c, l, static_cast<Proj>(p)), &a.lora_xa[p], &a.lora_mask[p]);
     }
   }
   act(&act_.x_final, "x_final", {N, C});
   act(&act_.nf, "nf", {N, C});
   act(&act_.rstdf, "rstdf", {N});
-  act(&act_.logits, "logits", {N, V});
+  // The [N, V] logits exist only for the LM head: the selected-rows head
+  // never forms them.
+  if (!selected) act(&act_.logits, "logits", {N, V});
   act(&act_.cos, "cos", {T, HD / 2});
   act(&act_.sin, "sin", {T, HD / 2});
-  if (adapter && adapter->lm_head()) {
-    act(&act_.head_xa, "head_xa", {N, R});
-    if (dropout) act(&act_.head_mask, "head_mask", {N, C});
+  // lm_head entries: on all N rows and V columns for the LM head; on the M
+  // selected rows and J columns (gathered) for the selected-rows head.
+  entries(plan.lm_head(), selected ? plan_M : N, static_cast<int>(C),
+          selected ? plan_J : static_cast<int>(V), &act_.head_xa, &act_.head_mask);
+  int64_t head_kr = 0, head_k = 0;
+  for (const AdapterEntry& e : plan.lm_head()) {
+    head_kr = std::max<int64_t>(head_kr, e.kr());
+    head_k = std::max<int64_t>(head_k, e.num_experts);
+  }
+  if (selected) {
+    act(&act_.sel_logits, "sel_logits", {plan_M, plan_J});
+    if (!plan.lm_head().empty()) act(&act_.sel_h, "sel_h", {plan_M, C});
   }
   const int64_t max_in = std::max({C, max_q, max_i});
   scr_ = Scratch{};
@@ -301,79 +368,170 @@ void Model::PlanActivations(int B, int T, const LoraAdapter* adapter) {
   scratch(&scr_.dgate, "dgate", {N, max_i});
   scratch(&scr_.dup, "dup", {N, max_i});
   scratch(&scr_.dact, "dact", {N, max_i});
-  scratch(&scr_.dlogits, "dlogits", {N, V});
-  scratch(&scr_.lora_dyb, "lora_dyb", {N, std::max(R, 1)});
-  scratch(&scr_.lora_tmp, "lora_tmp", {N, dropout ? 2 * max_in : 1});
+  if (selected) {
+    SelectedRowsArgs args;
+    args.n = static_cast<int>(N);
+    args.C = static_cast<int>(C);
+    args.V = static_cast<int>(V);
+    args.num_rows = plan_M;
+    args.num_cols = plan_J;
+    scratch(&scr_.sel_dlogits, "sel_dlogits", {plan_M, plan_J});
+    if (!plan.lm_head().empty()) {
+      scratch(&scr_.sel_b, "sel_b", {plan_J, head_kr});
+      scratch(&scr_.sel_db, "sel_db", {plan_J, head_kr});
+      scratch(&scr_.sel_gate, "sel_gate", {plan_M, head_k});
+      scratch(&scr_.sel_dgate, "sel_dgate", {plan_M, head_k});
+      scratch(&scr_.sel_dh, "sel_dh", {plan_M, C});
+    }
+    scratch(&scr_.head_scratch, "head_scratch",
+            {std::max<int64_t>(1, backend_->SelectedRowsHeadScratchFloats(args))});
+  } else {
+    scratch(&scr_.dlogits, "dlogits", {N, V});
+  }
+  scratch(&scr_.lora_scratch, "lora_scratch", {lora_scratch});
+  // Masked inputs and their gradients; the selected rows may outnumber N.
+  scratch(&scr_.lora_tmp, "lora_tmp",
+          {std::max<int64_t>(N, plan_M), any_dropout ? 2 * max_in : 1});
   acts_.Allocate();
   scratch_.Allocate();
   for (auto& [t, slot] : acts_binds) *t = acts_.view(slot);
   for (auto& [t, slot] : scratch_binds) *t = scratch_.view(slot);
-  ops::RopeTables(act_.cos.data, act_.sin.data, T, static_cast<int>(HD), c.rope_theta);
+  backend_->RopeTables(act_.cos.data, act_.sin.data, T, static_cast<int>(HD), c.rope_theta);
   planned_B_ = B;
   planned_T_ = T;
-  planned_adapter_id_ = adapter_id;
+  planned_layout_ = std::move(layout);
+  planned_M_ = plan_M;
+  planned_J_ = plan_J;
 }
 
 namespace {
 
-// One (possibly LoRA-adapted) linear layer's forward:
-//   y = x Wᵀ + b + s · (drop(x) Aᵀ) Bᵀ
+// One linear layer with the adapter plan's entries on it:
+//   y = x Wᵀ + b + Σ_entries mixture_e(drop_e(x))
 struct LinearCall {
   const Param* w;
-  const Param* bias;     // may be null / empty
-  LoraModule* lora;      // may be null
-  Tensor xa, mask;       // LoRA saved activations
+  const Param* bias;                         // may be null / empty
+  const std::vector<AdapterEntry>* entries;  // the site's entries
+  const std::vector<Tensor>* xa;             // per entry: saved x·A_catᵀ
+  const std::vector<Tensor>* mask;           // per entry: dropout mask or empty
 };
 
-void LinearWithLoraForward(float* y, const float* x, const LinearCall& c, int64_t n,
-                           float scale, float dropout, uint64_t seed, int64_t row_offset,
-                           bool training, float* tmp) {
+void LinearWithPlanForward(Backend& be, float* y, const float* x, const LinearCall& c,
+                           int64_t n, const AdapterPlan& plan, bool training, float* tmp,
+                           float* lora_scratch) {
   const int out = static_cast<int>(c.w->value.dim(0)), in = static_cast<int>(c.w->value.dim(1));
-  ops::LinearForward(y, x, c.w->value.data, c.bias && c.bias->value ? c.bias->value.data : nullptr,
-                     static_cast<int>(n), in, out);
-  if (!c.lora) return;
-  const float* xin = x;
-  if (c.mask) {
-    if (training) {
-      FillDropoutMask(c.mask.data, n * in, row_offset * in, dropout, seed, c.lora->id);
-      Mul(tmp, x, c.mask.data, n * in);
+  be.LinearForward(y, x, c.w->value, c.bias && c.bias->value ? c.bias->value.data : nullptr,
+                   static_cast<int>(n));
+  for (size_t i = 0; i < c.entries->size(); ++i) {
+    const AdapterEntry& e = (*c.entries)[i];
+    const Tensor& mask = (*c.mask)[i];
+    const float* xin = x;
+    if (mask && training) {
+      be.DropoutMask(mask.data, n * in, plan.dropout_row_offset() * in, e.dropout,
+                     plan.dropout_seed(), e.dropout_stream);
+      be.Mul(tmp, x, mask.data, n * in);
       xin = tmp;
     }
+    be.LoraMixForward(EntryArgs(e, n, in, out), y, (*c.xa)[i].data, lora_scratch, xin);
   }
-  ops::LoraForward(y, c.xa.data, xin, c.lora->a.data, c.lora->b.data, scale,
-                   static_cast<int>(n), in, out, static_cast<int>(c.lora->a.dim(0)));
 }
 
-// Backward of LinearWithLoraForward: dx += ...; trainable grads accumulate.
-void LinearWithLoraBackward(float* dx, const float* dy, const float* x, const LinearCall& c,
-                            int64_t n, float scale, float* dyb, float* tmp) {
+// Backward of LinearWithPlanForward: dx += ...; trainable grads (adapter
+// factors, gates, base weights) accumulate.
+void LinearWithPlanBackward(Backend& be, float* dx, const float* dy, const float* x,
+                            const LinearCall& c, int64_t n, float* tmp, float* lora_scratch) {
   const int out = static_cast<int>(c.w->value.dim(0)), in = static_cast<int>(c.w->value.dim(1));
-  ops::LinearBackward(dx, c.w->grad.data,
-                      c.bias && c.bias->grad ? c.bias->grad.data : nullptr, dy, x,
-                      c.w->value.data, static_cast<int>(n), in, out);
-  if (!c.lora) return;
-  const int r = static_cast<int>(c.lora->a.dim(0));
-  if (c.mask) {
-    // Recompute the masked input, and route dx through the mask.
-    float* xd = tmp;
-    float* dxd = tmp + n * in;
-    Mul(xd, x, c.mask.data, n * in);
-    std::memset(dxd, 0, static_cast<size_t>(n * in) * sizeof(float));
-    ops::LoraBackward(dx ? dxd : nullptr, c.lora->da.data, c.lora->db.data, dyb, dy, xd,
-                      c.xa.data, c.lora->a.data, c.lora->b.data, scale, static_cast<int>(n),
-                      in, out, r);
-    if (dx) MulAdd(dx, dxd, c.mask.data, n * in);
-  } else {
-    ops::LoraBackward(dx, c.lora->da.data, c.lora->db.data, dyb, dy, x, c.xa.data,
-                      c.lora->a.data, c.lora->b.data, scale, static_cast<int>(n), in, out, r);
+  be.LinearBackward(dx, c.w->grad.data, c.bias && c.bias->grad ? c.bias->grad.data : nullptr,
+                    dy, x, c.w->value, static_cast<int>(n));
+  for (size_t i = 0; i < c.entries->size(); ++i) {
+    const AdapterEntry& e = (*c.entries)[i];
+    const Tensor& mask = (*c.mask)[i];
+    float* da = e.da ? e.da.data : nullptr;
+    float* db = e.db ? e.db.data : nullptr;
+    float* dgate = e.dgate ? e.dgate.data : nullptr;
+    if (dx == nullptr && da == nullptr && db == nullptr && dgate == nullptr) continue;
+    const LoraOpArgs args = EntryArgs(e, n, in, out);
+    if (mask) {
+      // Recompute the masked input, and route dx through the mask.
+      float* xd = tmp;
+      float* dxd = tmp + n * in;
+      be.Mul(xd, x, mask.data, n * in);
+      be.Zero(dxd, n * in * static_cast<int64_t>(sizeof(float)));
+      be.LoraMixBackward(args, dx ? dxd : nullptr, da, db, dgate, lora_scratch, dy, xd,
+                         (*c.xa)[i].data);
+      if (dx) be.MulAdd(dx, dxd, mask.data, n * in);
+    } else {
+      be.LoraMixBackward(args, dx, da, db, dgate, lora_scratch, dy, x, (*c.xa)[i].data);
+    }
   }
 }
 
 }  // namespace
 
+LossHead LossHead::SelectedRows(std::vector<int32_t> rows, std::vector<int32_t> cols,
+                                std::vector<int32_t> targets) {
+  LossHead h;
+  h.kind = Kind::kLossHeadSelectedRows;
+  h.rows = std::move(rows);
+  h.cols = std::move(cols);
+  h.targets = std::move(targets);
+  return h;
+}
+
 absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* targets, int B,
                                          int T, LoraAdapter* adapter, bool training) {
+  // The adapter's K = 1 plan is built once per adapter, in last_plan_, and
+  // only its dropout stream is refreshed per call: building and copying a
+  // plan costs ~1 us per module, which this path, called every micro-step,
+  // need not pay.
+  const uint64_t id = adapter != nullptr ? adapter->instance_id() : 0;
+  if (!adapter_plan_cached_ || cached_adapter_id_ != id) {
+    absl::StatusOr<AdapterPlan> plan = AdapterPlan::ForAdapter(adapter, config_.num_layers);
+    if (!plan.ok()) return plan.status();
+    last_plan_ = *std::move(plan);
+    cached_adapter_id_ = id;
+    adapter_plan_cached_ = true;
+  } else if (adapter != nullptr) {
+    last_plan_.set_dropout(adapter->dropout_seed(), adapter->dropout_row_offset());
+  }
+  return Forward(tokens, targets, B, T, last_plan_, training);
+}
+
+absl::Status Model::CheckHead(const LossHead& head, int64_t N) const {
+  if (head.kind == LossHead::Kind::kLossHeadLm) return absl::OkStatus();
+  const int64_t V = config_.vocab_size;
+  const int64_t J = static_cast<int64_t>(head.cols.size());
+  if (head.cols.empty()) return absl::InvalidArgumentError("selected-rows head: no columns");
+  if (head.targets.size() != head.rows.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("selected-rows head: ", head.rows.size(),
+                                                   " rows but ", head.targets.size(),
+                                                   " targets"));
+  }
+  for (size_t m = 0; m < head.rows.size(); ++m) {
+    if (head.rows[m] < 0 || head.rows[m] >= N) {
+      return absl::InvalidArgumentError(absl::StrCat("selected-rows head: row ", head.rows[m],
+                                                     " is outside the batch's ", N, " rows"));
+    }
+    if (head.targets[m] != kIgnoreIndex && (head.targets[m] < 0 || head.targets[m] >= J)) {
+      return absl::InvalidArgumentError(absl::StrCat("selected-rows head: target ",
+                                                     head.targets[m], " of row ", m,
+                                                     " is outside the ", J, " columns"));
+    }
+  }
+  for (int32_t col : head.cols) {
+    if (col < 0 || col >= V) {
+      return absl::InvalidArgumentError(absl::StrCat("selected-rows head: column ", col,
+                                                     " is outside the vocabulary"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* targets, int B,
+                                         int T, const AdapterPlan& plan, bool training,
+                                         const LossHead& head) {
   const ModelConfig& c = config_;
+  const bool selected = head.kind == LossHead::Kind::kLossHeadSelectedRows;
   if (B <= 0 || T <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("batch ", B, " x ", T, " is empty"));
   }
@@ -394,13 +552,187 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
                                                      " is outside the vocabulary"));
     }
   }
-  PlanActivations(B, T, adapter);
-  const int C = c.hidden_size, HD = c.head_dim, V = c.vocab_size;
-  const float scale = adapter ? adapter->scale() : 0.0f;
-  const float dropout = adapter ? adapter->options().dropout : 0.0f;
-  const uint64_t seed = adapter ? adapter->dropout_seed() : 0;
-  const int64_t row_offset = adapter ? adapter->dropout_row_offset() : 0;
+  if (selected && targets != nullptr) {
+    return absl::InvalidArgumentError(
+        "the selected-rows head takes its targets from the head, not per token");
+  }
+  RETURN_IF_ERROR(CheckHead(head, N));
+  RETURN_IF_ERROR(plan.Validate(c, N));
+  PlanActivations(B, T, plan, head);
+  if (&plan != &last_plan_) {
+    last_plan_ = plan;  // views only; Backward reads them
+    adapter_plan_cached_ = false;
+  }
+  const int V = c.vocab_size;
+  const bool will_backward = training && (selected ? !head.targets.empty() : targets != nullptr);
+
+  RETURN_IF_ERROR(ForwardTrunk(tokens, B, T, training, will_backward));
+  LossStats stats;
+  if (selected) {
+    const SelectedRowsArgs args = HeadArgs(head, N);
+    backend_->SelectedRowsHeadForward(args, act_.sel_logits.data, nullptr, &stats.loss_sum,
+                                      &stats.tokens, scr_.head_scratch.data, act_.nf.data,
+                                      weights_.lm_head.value, 0.0f);
+    if (!last_plan_.lm_head().empty()) {
+      // The lm_head entries add onto the selected logits; the loss is then
+      // taken again (M x J values: negligible).
+      SelectedHeadEntriesForward(head, training);
+      stats = LossStats{};
+      backend_->CrossEntropy(nullptr, &stats.loss_sum, &stats.tokens, act_.sel_logits.data,
+                             head.targets.data(), args.num_rows, args.num_cols, kIgnoreIndex,
+                             0.0f);
+    }
+  } else {
+    const LinearCall call{&weights_.lm_head, nullptr, &last_plan_.lm_head(), &act_.head_xa,
+                          &act_.head_mask};
+    LinearWithPlanForward(*backend_, act_.logits.data, act_.nf.data, call, N, last_plan_,
+                          training, scr_.lora_tmp.data, scr_.lora_scratch.data);
+    if (targets) {
+      backend_->CrossEntropy(nullptr, &stats.loss_sum, &stats.tokens, act_.logits.data, targets,
+                             static_cast<int>(N), V, kIgnoreIndex, 0.0f);
+    }
+  }
+  last_training_ = will_backward;
+  if (last_training_) {
+    edges_held_ = true;  // Backward starts with the head
+  } else {
+    ReleaseGroup(kEdgeGroup);
+  }
+  if (last_training_) {
+    last_tokens_copy_.assign(tokens, tokens + N);
+    if (selected) {
+      last_targets_copy_.clear();
+    } else {
+      last_targets_copy_.assign(targets, targets + N);
+    }
+    last_head_ = head;
+    last_B_ = B;
+    last_T_ = T;
+  }
+  return stats;
+}
+
+SelectedRowsArgs Model::HeadArgs(const LossHead& head, int64_t N) const {
+  SelectedRowsArgs args;
+  args.n = static_cast<int>(N);
+  args.C = config_.hidden_size;
+  args.V = config_.vocab_size;
+  args.num_rows = static_cast<int>(head.rows.size());
+  args.num_cols = static_cast<int>(head.cols.size());
+  args.rows = head.rows.data();
+  args.cols = head.cols.data();
+  args.targets = head.targets.data();
+  args.ignore_index = kIgnoreIndex;
+  return args;
+}
+
+namespace {
+
+// The gate rows the selected rows read: gate row rows[m] / P.
+std::vector<int32_t> GateRowsOf(const std::vector<int32_t>& rows, int rows_per_group) {
+  std::vector<int32_t> idx(rows.size());
+  for (size_t m = 0; m < rows.size(); ++m) idx[m] = rows[m] / rows_per_group;
+  return idx;
+}
+
+}  // namespace
+
+// lm_head entries under the selected-rows head, on the M selected rows of h
+// (gathered into act_.sel_h) and the J selected columns (B_cat's rows and
+// the gate rows gathered per entry):
+//   sel_logits += mixture_e(drop_e(h[rows]))[:, cols]
+// Dropout masks are drawn for the selected rows' global indices, so they are
+// the masks the LM head would use on those rows.
+void Model::SelectedHeadEntriesForward(const LossHead& head, bool training) {
+  const AdapterPlan& plan = last_plan_;
+  const int M = static_cast<int>(head.rows.size());
+  const int C = config_.hidden_size;
   float* tmp = scr_.lora_tmp.data;
+  backend_->GatherRows(act_.sel_h.data, act_.nf.data, head.rows.data(), M, C);
+  for (size_t i = 0; i < plan.lm_head().size(); ++i) {
+    const AdapterEntry& e = plan.lm_head()[i];
+    const Tensor& mask = act_.head_mask[i];
+    const float* xin = act_.sel_h.data;
+    if (mask && training) {
+      for (int m = 0; m < M; ++m) {
+        backend_->DropoutMask(mask.data + int64_t{m} * C, C,
+                              (plan.dropout_row_offset() + head.rows[m]) * int64_t{C},
+                              e.dropout, plan.dropout_seed(), e.dropout_stream);
+      }
+      backend_->Mul(tmp, act_.sel_h.data, mask.data, int64_t{M} * C);
+      xin = tmp;
+    }
+    backend_->LoraMixForward(SelectedEntryArgs(e, head), act_.sel_logits.data,
+                             act_.head_xa[i].data, scr_.lora_scratch.data, xin);
+  }
+}
+
+LoraOpArgs Model::SelectedEntryArgs(const AdapterEntry& e, const LossHead& head) {
+  const int M = static_cast<int>(head.rows.size()), J = static_cast<int>(head.cols.size());
+  LoraOpArgs args = EntryArgs(e, M, config_.hidden_size, J);
+  backend_->GatherRows(scr_.sel_b.data, e.b.data, head.cols.data(), J, e.kr());
+  args.b = scr_.sel_b.data;
+  if (e.gate) {
+    const std::vector<int32_t> idx = GateRowsOf(head.rows, e.rows_per_group);
+    backend_->GatherRows(scr_.sel_gate.data, e.gate.data, idx.data(), M, e.num_experts);
+    args.gate = scr_.sel_gate.data;
+    args.rows_per_group = 1;
+  }
+  return args;
+}
+
+// Backward of SelectedHeadEntriesForward: gradients of the gathered B rows,
+// gate rows and h rows are formed densely and scattered back by index.
+void Model::SelectedHeadEntriesBackward(const LossHead& head) {
+  const AdapterPlan& plan = last_plan_;
+  const int M = static_cast<int>(head.rows.size()), J = static_cast<int>(head.cols.size());
+  const int C = config_.hidden_size;
+  const int64_t mc = int64_t{M} * C;
+  float* tmp = scr_.lora_tmp.data;
+  auto zero = [&](float* p, int64_t n) {
+    backend_->Zero(p, n * static_cast<int64_t>(sizeof(float)));
+  };
+  zero(scr_.sel_dh.data, mc);
+  for (size_t i = 0; i < plan.lm_head().size(); ++i) {
+    const AdapterEntry& e = plan.lm_head()[i];
+    const Tensor& mask = act_.head_mask[i];
+    const LoraOpArgs args = SelectedEntryArgs(e, head);
+    float* db = e.db ? scr_.sel_db.data : nullptr;
+    float* dgate = e.dgate ? scr_.sel_dgate.data : nullptr;
+    if (db) zero(db, int64_t{J} * e.kr());
+    if (dgate) zero(dgate, int64_t{M} * e.num_experts);
+    float* da = e.da ? e.da.data : nullptr;
+    if (mask) {
+      float* xd = tmp;
+      float* dxd = tmp + mc;
+      backend_->Mul(xd, act_.sel_h.data, mask.data, mc);
+      zero(dxd, mc);
+      backend_->LoraMixBackward(args, dxd, da, db, dgate, scr_.lora_scratch.data,
+                                scr_.sel_dlogits.data, xd, act_.head_xa[i].data);
+      backend_->MulAdd(scr_.sel_dh.data, dxd, mask.data, mc);
+    } else {
+      backend_->LoraMixBackward(args, scr_.sel_dh.data, da, db, dgate, scr_.lora_scratch.data,
+                                scr_.sel_dlogits.data, act_.sel_h.data, act_.head_xa[i].data);
+    }
+    if (db) backend_->ScatterAddRows(e.db.data, db, head.cols.data(), J, e.kr());
+    if (dgate) {
+      const std::vector<int32_t> idx = GateRowsOf(head.rows, e.rows_per_group);
+      backend_->ScatterAddRows(e.dgate.data, dgate, idx.data(), M, e.num_experts);
+    }
+  }
+  backend_->ScatterAddRows(scr_.dn.data, scr_.sel_dh.data, head.rows.data(), M, C);
+}
+
+// Embedding, layers and the final norm: act_.nf holds the final hidden
+// states. Leaves the edge group acquired (the head reads lm_head).
+absl::Status Model::ForwardTrunk(const int32_t* tokens, int B, int T, bool training,
+                                 bool will_backward) {
+  const ModelConfig& c = config_;
+  const int64_t N = int64_t{B} * T;
+  const int C = c.hidden_size, HD = c.head_dim;
+  const AdapterPlan& plan = last_plan_;
+  float* tmp = scr_.lora_tmp.data;
+  float* lora_scratch = scr_.lora_scratch.data;
 
   if (edges_held_) {  // a training Forward that was never followed by Backward
     ReleaseGroup(kEdgeGroup);
@@ -408,8 +740,8 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
   }
   RETURN_IF_ERROR(AcquireGroup(kEdgeGroup));
   PrefetchGroup(LayerGroup(0));
-  ops::EmbeddingForward(act_.layers.empty() ? act_.x_final.data : act_.layers[0].x.data, tokens,
-                        weights_.embed.value.data, static_cast<int>(N), C);
+  backend_->EmbeddingForward(act_.layers.empty() ? act_.x_final.data : act_.layers[0].x.data,
+                             tokens, weights_.embed.value, static_cast<int>(N));
   ReleaseGroup(kEdgeGroup);
   for (int l = 0; l < c.num_layers; ++l) {
     RETURN_IF_ERROR(AcquireGroup(LayerGroup(l)));
@@ -420,60 +752,40 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
     float* out = l + 1 < c.num_layers ? act_.layers[static_cast<size_t>(l) + 1].x.data
                                       : act_.x_final.data;
     auto call = [&](Proj p, const Param* bias) {
-      return LinearCall{w.proj(p), bias,
-                        adapter ? adapter->module(l, p) : nullptr,
-                        a.lora_xa[static_cast<int>(p)], a.lora_mask[static_cast<int>(p)]};
+      return LinearCall{w.proj(p), bias, &plan.entries(l, p), &a.lora_xa[static_cast<int>(p)],
+                        &a.lora_mask[static_cast<int>(p)]};
     };
-    ops::RmsNormForward(a.n1.data, a.rstd1.data, a.x.data, w.input_norm.value.data,
-                        static_cast<int>(N), C, c.rms_norm_eps);
-    LinearWithLoraForward(a.q.data, a.n1.data, call(Proj::kQ, &w.q_bias), N, scale, dropout, seed, row_offset, training, tmp);
-    LinearWithLoraForward(a.k.data, a.n1.data, call(Proj::kK, &w.k_bias), N, scale, dropout, seed, row_offset, training, tmp);
-    LinearWithLoraForward(a.v.data, a.n1.data, call(Proj::kV, &w.v_bias), N, scale, dropout, seed, row_offset, training, tmp);
-    ops::RopeForward(a.q.data, a.q.data, act_.cos.data, act_.sin.data, B, T, s.num_heads, HD);
-    ops::RopeForward(a.k.data, a.k.data, act_.cos.data, act_.sin.data, B, T, s.num_kv_heads, HD);
-    ops::AttentionForward(a.att.data, a.probs.data, a.q.data, a.k.data, a.v.data, B, T,
-                          s.num_heads, s.num_kv_heads, HD);
-    LinearWithLoraForward(a.h.data, a.att.data, call(Proj::kO, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
-    ops::Add(a.h.data, a.h.data, a.x.data, N * C);
-    ops::RmsNormForward(a.n2.data, a.rstd2.data, a.h.data, w.post_norm.value.data,
-                        static_cast<int>(N), C, c.rms_norm_eps);
-    LinearWithLoraForward(a.gate.data, a.n2.data, call(Proj::kGate, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
-    LinearWithLoraForward(a.up.data, a.n2.data, call(Proj::kUp, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
-    ops::SwiGluForward(a.act.data, a.gate.data, a.up.data, N * s.intermediate);
-    LinearWithLoraForward(out, a.act.data, call(Proj::kDown, nullptr), N, scale, dropout, seed, row_offset, training, tmp);
-    ops::Add(out, out, a.h.data, N * C);
+    auto linear = [&](float* y, const float* x, Proj p, const Param* bias) {
+      LinearWithPlanForward(*backend_, y, x, call(p, bias), N, plan, training, tmp, lora_scratch);
+    };
+    backend_->RmsNormForward(a.n1.data, a.rstd1.data, a.x.data, w.input_norm.value.data,
+                             static_cast<int>(N), C, c.rms_norm_eps);
+    linear(a.q.data, a.n1.data, Proj::kQ, &w.q_bias);
+    linear(a.k.data, a.n1.data, Proj::kK, &w.k_bias);
+    linear(a.v.data, a.n1.data, Proj::kV, &w.v_bias);
+    backend_->RopeForward(a.q.data, a.q.data, act_.cos.data, act_.sin.data, B, T, s.num_heads, HD);
+    backend_->RopeForward(a.k.data, a.k.data, act_.cos.data, act_.sin.data, B, T, s.num_kv_heads,
+                          HD);
+    backend_->AttentionForward(a.att.data, a.attn_saved.data, a.q.data, a.k.data, a.v.data, B, T,
+                               s.num_heads, s.num_kv_heads, HD);
+    linear(a.h.data, a.att.data, Proj::kO, nullptr);
+    backend_->Add(a.h.data, a.h.data, a.x.data, N * C);
+    backend_->RmsNormForward(a.n2.data, a.rstd2.data, a.h.data, w.post_norm.value.data,
+                             static_cast<int>(N), C, c.rms_norm_eps);
+    linear(a.gate.data, a.n2.data, Proj::kGate, nullptr);
+    linear(a.up.data, a.n2.data, Proj::kUp, nullptr);
+    backend_->SwiGluForward(a.act.data, a.gate.data, a.up.data, N * s.intermediate);
+    linear(out, a.act.data, Proj::kDown, nullptr);
+    backend_->Add(out, out, a.h.data, N * C);
     ReleaseGroup(LayerGroup(l));
   }
   RETURN_IF_ERROR(AcquireGroup(kEdgeGroup));
   // With external frozen storage the embedding view moves; a tied head follows.
   if (c.tie_word_embeddings) weights_.lm_head.value.data = weights_.embed.value.data;
-  const bool will_backward = training && targets != nullptr;
   if (will_backward && c.num_layers > 0) PrefetchGroup(LayerGroup(c.num_layers - 1));
-  ops::RmsNormForward(act_.nf.data, act_.rstdf.data, act_.x_final.data, weights_.norm.value.data,
-                      static_cast<int>(N), C, c.rms_norm_eps);
-  LinearCall head{&weights_.lm_head, nullptr, adapter ? adapter->lm_head() : nullptr,
-                  act_.head_xa, act_.head_mask};
-  LinearWithLoraForward(act_.logits.data, act_.nf.data, head, N, scale, dropout, seed, row_offset, training, tmp);
-
-  LossStats stats;
-  if (targets) {
-    ops::CrossEntropy(nullptr, &stats.loss_sum, &stats.tokens, act_.logits.data, targets,
-                      static_cast<int>(N), V, kIgnoreIndex, 0.0f);
-  }
-  last_training_ = will_backward;
-  if (last_training_) {
-    edges_held_ = true;  // Backward starts with the head
-  } else {
-    ReleaseGroup(kEdgeGroup);
-  }
-  if (last_training_) {
-    last_tokens_copy_.assign(tokens, tokens + N);
-    last_targets_copy_.assign(targets, targets + N);
-    last_B_ = B;
-    last_T_ = T;
-    last_adapter_ = adapter;
-  }
-  return stats;
+  backend_->RmsNormForward(act_.nf.data, act_.rstdf.data, act_.x_final.data,
+                           weights_.norm.value.data, static_cast<int>(N), C, c.rms_norm_eps);
+  return absl::OkStatus();
 }
 
 absl::Status Model::Backward(float grad_scale) {
@@ -484,24 +796,41 @@ absl::Status Model::Backward(float grad_scale) {
   const ModelConfig& c = config_;
   const int B = last_B_, T = last_T_, C = c.hidden_size, HD = c.head_dim, V = c.vocab_size;
   const int64_t N = int64_t{B} * T;
-  LoraAdapter* adapter = last_adapter_;
-  const float scale = adapter ? adapter->scale() : 0.0f;
-  float* dyb = scr_.lora_dyb.data;
+  const AdapterPlan& plan = last_plan_;
+  float* lora_scratch = scr_.lora_scratch.data;
   float* tmp = scr_.lora_tmp.data;
   float* dx = scr_.dx.data;
   float* dn = scr_.dn.data;
+  auto zero_rows = [&](const Tensor& t, int64_t n_elems) {
+    backend_->Zero(t.data, n_elems * static_cast<int64_t>(sizeof(float)));
+  };
 
+  // The loss head: d(final hidden states) into dn.
   double unused_sum = 0;
   int64_t unused_n = 0;
-  ops::CrossEntropy(scr_.dlogits.data, &unused_sum, &unused_n, act_.logits.data,
-                    last_targets_copy_.data(), static_cast<int>(N), V, kIgnoreIndex, grad_scale);
-  ZeroRows(scr_.dn, N * C);
-  LinearCall head{&weights_.lm_head, nullptr, adapter ? adapter->lm_head() : nullptr,
-                  act_.head_xa, act_.head_mask};
-  LinearWithLoraBackward(dn, scr_.dlogits.data, act_.nf.data, head, N, scale, dyb, tmp);
-  ZeroRows(scr_.dx, N * C);
-  ops::RmsNormBackward(dx, weights_.norm.grad.data, dn, act_.x_final.data,
-                       weights_.norm.value.data, act_.rstdf.data, static_cast<int>(N), C);
+  if (last_head_.kind == LossHead::Kind::kLossHeadSelectedRows) {
+    const SelectedRowsArgs args = HeadArgs(last_head_, N);
+    backend_->CrossEntropy(scr_.sel_dlogits.data, &unused_sum, &unused_n, act_.sel_logits.data,
+                           last_head_.targets.data(), args.num_rows, args.num_cols, kIgnoreIndex,
+                           grad_scale);
+    zero_rows(scr_.dn, N * C);
+    backend_->SelectedRowsHeadBackward(args, dn, weights_.lm_head.grad.data,
+                                       scr_.head_scratch.data, scr_.sel_dlogits.data,
+                                       act_.nf.data, weights_.lm_head.value);
+    if (!plan.lm_head().empty()) SelectedHeadEntriesBackward(last_head_);
+  } else {
+    backend_->CrossEntropy(scr_.dlogits.data, &unused_sum, &unused_n, act_.logits.data,
+                           last_targets_copy_.data(), static_cast<int>(N), V, kIgnoreIndex,
+                           grad_scale);
+    zero_rows(scr_.dn, N * C);
+    const LinearCall head{&weights_.lm_head, nullptr, &plan.lm_head(), &act_.head_xa,
+                          &act_.head_mask};
+    LinearWithPlanBackward(*backend_, dn, scr_.dlogits.data, act_.nf.data, head, N, tmp,
+                           lora_scratch);
+  }
+  zero_rows(scr_.dx, N * C);
+  backend_->RmsNormBackward(dx, weights_.norm.grad.data, dn, act_.x_final.data,
+                            weights_.norm.value.data, act_.rstdf.data, static_cast<int>(N), C);
   ReleaseGroup(kEdgeGroup);
   edges_held_ = false;
   // A trainable embedding's gradient is only final after the embedding
@@ -515,72 +844,92 @@ absl::Status Model::Backward(float grad_scale) {
     LayerActs& a = act_.layers[static_cast<size_t>(l)];
     const int64_t I = s.intermediate, q_out = int64_t{s.num_heads} * HD,
                   kv_out = int64_t{s.num_kv_heads} * HD;
-    auto call = [&](Proj p, const Param* bias) {
-      return LinearCall{w.proj(p), bias, adapter ? adapter->module(l, p) : nullptr,
-                        a.lora_xa[static_cast<int>(p)], a.lora_mask[static_cast<int>(p)]};
+    auto linear = [&](float* d_in, const float* dy, const float* x, Proj p, const Param* bias) {
+      const LinearCall call{w.proj(p), bias, &plan.entries(l, p), &a.lora_xa[static_cast<int>(p)],
+                            &a.lora_mask[static_cast<int>(p)]};
+      LinearWithPlanBackward(*backend_, d_in, dy, x, call, N, tmp, lora_scratch);
     };
     // dx holds d(layer output). out = h + down(act).
-    ZeroRows(scr_.dact, N * I);
-    LinearWithLoraBackward(scr_.dact.data, dx, a.act.data, call(Proj::kDown, nullptr), N, scale, dyb, tmp);
-    ZeroRows(scr_.dgate, N * I);
-    ZeroRows(scr_.dup, N * I);
-    ops::SwiGluBackward(scr_.dgate.data, scr_.dup.data, scr_.dact.data, a.gate.data, a.up.data, N * I);
-    ZeroRows(scr_.dn, N * C);
-    LinearWithLoraBackward(dn, scr_.dgate.data, a.n2.data, call(Proj::kGate, nullptr), N, scale, dyb, tmp);
-    LinearWithLoraBackward(dn, scr_.dup.data, a.n2.data, call(Proj::kUp, nullptr), N, scale, dyb, tmp);
+    zero_rows(scr_.dact, N * I);
+    linear(scr_.dact.data, dx, a.act.data, Proj::kDown, nullptr);
+    zero_rows(scr_.dgate, N * I);
+    zero_rows(scr_.dup, N * I);
+    backend_->SwiGluBackward(scr_.dgate.data, scr_.dup.data, scr_.dact.data, a.gate.data,
+                             a.up.data, N * I);
+    zero_rows(scr_.dn, N * C);
+    linear(dn, scr_.dgate.data, a.n2.data, Proj::kGate, nullptr);
+    linear(dn, scr_.dup.data, a.n2.data, Proj::kUp, nullptr);
     // dh = d(out) (residual) + rmsnorm backward.
-    ops::RmsNormBackward(dx, w.post_norm.grad.data, dn, a.h.data, w.post_norm.value.data,
-                         a.rstd2.data, static_cast<int>(N), C);
+    backend_->RmsNormBackward(dx, w.post_norm.grad.data, dn, a.h.data, w.post_norm.value.data,
+                              a.rstd2.data, static_cast<int>(N), C);
     // h = x + o(att).
-    ZeroRows(scr_.datt, N * q_out);
-    LinearWithLoraBackward(scr_.datt.data, dx, a.att.data, call(Proj::kO, nullptr), N, scale, dyb, tmp);
-    ZeroRows(scr_.dq, N * q_out);
-    ZeroRows(scr_.dk, N * kv_out);
-    ZeroRows(scr_.dv, N * kv_out);
-    ops::AttentionBackward(scr_.dq.data, scr_.dk.data, scr_.dv.data, scr_.datt.data, a.q.data,
-                           a.k.data, a.v.data, a.probs.data, B, T, s.num_heads, s.num_kv_heads, HD);
+    zero_rows(scr_.datt, N * q_out);
+    linear(scr_.datt.data, dx, a.att.data, Proj::kO, nullptr);
+    zero_rows(scr_.dq, N * q_out);
+    zero_rows(scr_.dk, N * kv_out);
+    zero_rows(scr_.dv, N * kv_out);
+    backend_->AttentionBackward(scr_.dq.data, scr_.dk.data, scr_.dv.data, scr_.datt.data,
+                                a.q.data, a.k.data, a.v.data, a.attn_saved.data, B, T,
+                                s.num_heads, s.num_kv_heads, HD);
     // RoPE is a rotation: un-rotate dq and dk (datt is free scratch now).
-    ZeroRows(scr_.datt, N * q_out);
-    ops::RopeBackward(scr_.datt.data, scr_.dq.data, act_.cos.data, act_.sin.data, B, T, s.num_heads, HD);
+    zero_rows(scr_.datt, N * q_out);
+    backend_->RopeBackward(scr_.datt.data, scr_.dq.data, act_.cos.data, act_.sin.data, B, T,
+                           s.num_heads, HD);
     std::swap(scr_.dq.data, scr_.datt.data);
-    ZeroRows(scr_.datt, N * kv_out);
-    ops::RopeBackward(scr_.datt.data, scr_.dk.data, act_.cos.data, act_.sin.data, B, T, s.num_kv_heads, HD);
+    zero_rows(scr_.datt, N * kv_out);
+    backend_->RopeBackward(scr_.datt.data, scr_.dk.data, act_.cos.data, act_.sin.data, B, T,
+                           s.num_kv_heads, HD);
     std::swap(scr_.dk.data, scr_.datt.data);
     // Below layer 0 the input gradient only matters for a trainable embedding.
     const bool need_dx = l > 0 || weights_.embed.trainable();
     float* dn_or_null = need_dx || w.input_norm.trainable() ? dn : nullptr;
-    if (dn_or_null) ZeroRows(scr_.dn, N * C);
-    LinearWithLoraBackward(dn_or_null, scr_.dq.data, a.n1.data, call(Proj::kQ, &w.q_bias), N, scale, dyb, tmp);
-    LinearWithLoraBackward(dn_or_null, scr_.dk.data, a.n1.data, call(Proj::kK, &w.k_bias), N, scale, dyb, tmp);
-    LinearWithLoraBackward(dn_or_null, scr_.dv.data, a.n1.data, call(Proj::kV, &w.v_bias), N, scale, dyb, tmp);
+    if (dn_or_null) zero_rows(scr_.dn, N * C);
+    linear(dn_or_null, scr_.dq.data, a.n1.data, Proj::kQ, &w.q_bias);
+    linear(dn_or_null, scr_.dk.data, a.n1.data, Proj::kK, &w.k_bias);
+    linear(dn_or_null, scr_.dv.data, a.n1.data, Proj::kV, &w.v_bias);
     if (dn_or_null) {
-      ops::RmsNormBackward(dx, w.input_norm.grad.data, dn, a.x.data, w.input_norm.value.data,
-                           a.rstd1.data, static_cast<int>(N), C);
+      backend_->RmsNormBackward(dx, w.input_norm.grad.data, dn, a.x.data,
+                                w.input_norm.value.data, a.rstd1.data, static_cast<int>(N), C);
     }
     ReleaseGroup(LayerGroup(l));
     RETURN_IF_ERROR(GradsReady(LayerGroup(l)));
   }
   if (weights_.embed.trainable()) {
-    ops::EmbeddingBackward(weights_.embed.grad.data, dx, last_tokens_copy_.data(),
-                           static_cast<int>(N), C);
+    backend_->EmbeddingBackward(weights_.embed.grad.data, dx, last_tokens_copy_.data(),
+                                static_cast<int>(N), C);
   }
   return GradsReady(kEdgeGroup);
 }
 
-absl::Status Model::ApplyAdapter(const LoraAdapter& adapter, float sign) {
+absl::Status Model::ApplyAdapter(const LoraAdapter& adapter, float coefficient) {
   if (frozen_source_ != nullptr) {
     return absl::FailedPreconditionError("cannot merge into sharded frozen weights");
   }
-  const float s = sign * adapter.scale();
+  if (adapter.num_experts() != 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot merge a bank of ", adapter.num_experts(), " experts: its mixture needs a gate"));
+  }
+  if (adapter.num_layers() != config_.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("adapter has ", adapter.num_layers(),
+                                                   " layers, the model ", config_.num_layers));
+  }
   if (adapter.lm_head() && config_.tie_word_embeddings) {
     return absl::FailedPreconditionError(
         "cannot merge a LoRA on lm_head into tied word embeddings: it would change the input "
         "embeddings too (untie them first)");
   }
+  for (Param* p : weights_.all()) {
+    if (p->value.dtype != DType::kDTypeF32) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot merge an adapter into ", DTypeName(p->value.dtype), " frozen weights (",
+          p->name, "): load the model with frozen_dtype f32"));
+    }
+  }
   auto merge = [&](Param* w, const LoraModule& m) {
-    // W[out,in] += s * B[out,R] @ A[R,in]
-    ops::Matmul(w->value.data, m.b.data, m.a.data, m.out, m.in, static_cast<int>(m.a.dim(0)),
-                false, false, s, 1.0f);
+    // W[out,in] += coefficient · s · B[out,R] @ A[R,in] (s of this module;
+    // ±1 · s is exact, so Merge/Unmerge are today's products).
+    backend_->Matmul(w->value.data, m.b.data, m.a.data, m.out, m.in,
+                     static_cast<int>(m.a.dim(0)), false, false, coefficient * m.scale, 1.0f);
   };
   for (int l = 0; l < config_.num_layers; ++l) {
     for (int p = 0; p < kNumProj; ++p) {
@@ -593,6 +942,8 @@ absl::Status Model::ApplyAdapter(const LoraAdapter& adapter, float sign) {
 }
 
 absl::Status Model::MergeAdapter(const LoraAdapter& adapter) { return ApplyAdapter(adapter, 1.0f); }
-absl::Status Model::UnmergeAdapter(const LoraAdapter& adapter) { return ApplyAdapter(adapter, -1.0f); }
+absl::Status Model::UnmergeAdapter(const LoraAdapter& adapter) {
+  return ApplyAdapter(adapter, -1.0f);
+}
 
 }  // namespace sheaf

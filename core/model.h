@@ -1,11 +1,21 @@
-// The Llama-family decoder with hand-written forward and backward (fp32, CPU).
+// The Llama-family decoder with hand-written forward and backward (fp32
+// activations; frozen weights f32 or bf16), computed by a Backend
+// (core/backend.h; the CPU one lives in ops/cpu).
 //
 //   x0 = embed[tokens]
 //   per layer l:  h = x + o_proj(attn(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1)))
 //                 x' = h + down_proj(silu(gate_proj(n2)) * up_proj(n2))
 //                 with n1 = rmsnorm(x), n2 = rmsnorm(h)
-//   logits = lm_head(rmsnorm(x_L))   (lm_head = embedᵀ when tied)
-//   loss = mean cross-entropy over targets != kIgnoreIndex
+//   h_final = rmsnorm(x_L)           (the trunk ends here)
+//   loss head: logits = lm_head(h_final) (lm_head = embedᵀ when tied) and
+//              cross-entropy over targets != kIgnoreIndex (the LM head), or
+//              the selected-rows head (LossHead): a few rows, a few
+//              vocabulary columns, never the [B*T, V] logits
+//
+// Every projection (and lm_head) adds what an AdapterPlan lists for it
+// (core/adapter_plan.h): plain LoRA, stacked frozen + trainable adapters, or
+// gated mixtures of K experts; Forward(..., LoraAdapter*, ...) is the K = 1
+// plan of one adapter.
 //
 // Which base tensors are trainable is decided per tensor at creation (by HF
 // tensor name): trainable ones live in the params arena with a same-layout
@@ -15,8 +25,8 @@
 //
 // Lifecycle: Create → load or init weights → Forward(training) → Backward →
 // (optimizer) → ... Activations are planned for the largest (B, T) seen and
-// reused. Not thread-safe: one model per training thread (kernels use OpenMP
-// internally).
+// reused. Not thread-safe: one model per training thread (the backend's
+// kernels use their own threads internally).
 #ifndef SHEAF_CORE_MODEL_H_
 #define SHEAF_CORE_MODEL_H_
 
@@ -27,6 +37,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/adapter_plan.h"
+#include "core/backend.h"
+#include "core/dtype.h"
 #include "core/lora.h"
 #include "core/model_config.h"
 #include "core/tensor.h"
@@ -59,6 +72,24 @@ struct ModelWeights {
   Param lm_head;  // (V, C); shares embed's storage (and grad) when tied
   // Every distinct tensor (tied lm_head listed once, as embed).
   std::vector<Param*> all();
+};
+
+// The loss head that takes over after the trunk's final hidden states.
+struct LossHead {
+  enum class Kind {
+    kLossHeadLm,            // logits [B*T, V], cross-entropy per token
+    kLossHeadSelectedRows,  // logits [M, J] = h[rows] · lm_head[cols]ᵀ
+  };
+  Kind kind = Kind::kLossHeadLm;
+  // kLossHeadSelectedRows: rows of the B*T batch rows (M), vocabulary
+  // columns (J), and per selected row a target in [0, J) or kIgnoreIndex
+  // (a yes/no classifier: the answer row of each sample, the "yes" and "no"
+  // token ids, target 0 or 1).
+  std::vector<int32_t> rows, cols, targets;
+
+  static LossHead Lm() { return LossHead{}; }
+  static LossHead SelectedRows(std::vector<int32_t> rows, std::vector<int32_t> cols,
+                               std::vector<int32_t> targets);
 };
 
 struct LossStats {
@@ -100,6 +131,14 @@ struct ModelOptions {
   // When true the frozen tensors get no storage here: a FrozenWeightSource
   // provides them (sharded worlds). Trainable tensors always live here.
   bool external_frozen = false;
+  // Where the model computes and allocates; null = DefaultBackend() (link
+  // //ops/cpu:ops for the CPU backend). Not owned; must outlive the model.
+  Backend* backend = nullptr;
+  // Storage of the frozen matrices (projections, embedding, untied head):
+  // f32, or bf16 (half the memory; a bf16 file is then read without
+  // widening, and the backend computes in fp32 tile by tile). Norms and
+  // biases stay f32. NF4 is refused until its kernels exist.
+  DType frozen_dtype = DType::kDTypeF32;
 };
 inline bool NothingTrainable(const std::string&) { return false; }
 inline bool EverythingTrainable(const std::string&) { return true; }
@@ -125,27 +164,45 @@ class Model {
   // Writes config.json + model.safetensors into dir (created if missing).
   absl::Status Save(const std::string& dir) const;
 
-  // Runs the model on tokens [B*T]. With targets (may be null for logits
-  // only) returns the loss. training = true keeps what Backward needs and
-  // applies LoRA dropout. The adapter may be null.
+  // Runs the model on tokens [B*T] with the adapter plan's entries on the
+  // projections, then the loss head. With the LM head, targets [B*T] (may be
+  // null for logits only) give the loss; the selected-rows head carries its
+  // own targets (targets must then be null). training = true keeps what
+  // Backward needs and applies the entries' dropout. The plan is copied
+  // (views): what it views must live until the matching Backward.
+  // InvalidArgument for tokens, targets, head indices or plan entries that do
+  // not fit the model (naming them).
+  absl::StatusOr<LossStats> Forward(const int32_t* tokens, const int32_t* targets, int B,
+                                    int T, const AdapterPlan& plan, bool training,
+                                    const LossHead& head = LossHead::Lm());
+  // The plan of one adapter (AdapterPlan::ForAdapter; null = none): today's
+  // behaviour, bit for bit.
   absl::StatusOr<LossStats> Forward(const int32_t* tokens,
                                     const int32_t* targets, int B, int T,
                                     LoraAdapter* adapter, bool training);
   // Accumulates gradients of (grad_scale * summed loss of the last training
-  // Forward) into the trainable base grads and the adapter's grads. Use
-  // grad_scale = 1 / (valid target tokens in the whole optimizer step).
+  // Forward) into the trainable base grads and the plan's trainable entries
+  // (adapter factors and gates). Use grad_scale = 1 / (valid targets in the
+  // whole optimizer step).
   absl::Status Backward(float grad_scale);
 
-  // logits [B*T, V] of the last Forward.
+  // logits [B*T, V] of the last Forward with the LM head (null after one
+  // with the selected-rows head, which never forms them).
   const float* logits() const { return act_.logits.data; }
+  // logits [M, J] of the last Forward with the selected-rows head.
+  const float* selected_logits() const { return act_.sel_logits.data; }
 
-  // W += s·B·A for every adapted module (and -= to unmerge). Merging a LoRA on
-  // lm_head into tied embeddings is refused (it would change the input
-  // embeddings as well).
+  // Model arithmetic: W += coefficient · s · B·A for every module of
+  // `adapter` (s = the module's own scale). FailedPrecondition for sharded or
+  // bf16 frozen weights, a bank (its mixture needs a gate), or a LoRA on
+  // lm_head with tied embeddings (it would change the input embeddings too).
+  absl::Status ApplyAdapter(const LoraAdapter& adapter, float coefficient);
+  // ApplyAdapter with +1 and -1.
   absl::Status MergeAdapter(const LoraAdapter& adapter);
   absl::Status UnmergeAdapter(const LoraAdapter& adapter);
 
   const ModelConfig& config() const { return config_; }
+  Backend* backend() const { return backend_; }
   ModelWeights& weights() { return weights_; }
   const ModelWeights& weights() const { return weights_; }
   Arena& frozen_arena() { return frozen_; }
@@ -156,28 +213,43 @@ class Model {
 
  private:
   explicit Model(const ModelConfig& config) : config_(config) {}
-  absl::Status ApplyAdapter(const LoraAdapter& adapter, float sign);
-  void PlanActivations(int B, int T, const LoraAdapter* adapter);
+  // Plans activations for (B, T), the plan's layout and the head; keeps the
+  // current plan when it fits.
+  void PlanActivations(int B, int T, const AdapterPlan& plan, const LossHead& head);
+  absl::Status CheckHead(const LossHead& head, int64_t N) const;
+  SelectedRowsArgs HeadArgs(const LossHead& head, int64_t N) const;
+  // Embedding, layers, final norm (into act_.nf) under last_plan_; leaves
+  // the edge group acquired for the head.
+  absl::Status ForwardTrunk(const int32_t* tokens, int B, int T, bool training,
+                            bool will_backward);
+  // lm_head entries of last_plan_ on the selected rows and columns.
+  void SelectedHeadEntriesForward(const LossHead& head, bool training);
+  void SelectedHeadEntriesBackward(const LossHead& head);
+  // An entry's op arguments on the selected rows/columns; gathers its B_cat
+  // rows (and gate rows) into scratch.
+  LoraOpArgs SelectedEntryArgs(const AdapterEntry& e, const LossHead& head);
 
   struct LayerActs {
     Tensor x;          // (B*T, C) layer input (residual stream)
     Tensor n1, rstd1;  // (B*T, C), (B*T)
     Tensor q, k, v;    // (B*T, NH*HD) (B*T, KVH*HD) (B*T, KVH*HD), q/k after RoPE
-    Tensor probs;      // (B, NH, T, T)
+    Tensor attn_saved;  // backend-defined attention state (AttentionSavedBytes)
     Tensor att;        // (B*T, NH*HD)
     Tensor h;          // (B*T, C) residual after attention
     Tensor n2, rstd2;  // (B*T, C), (B*T)
     Tensor gate, up, act;  // (B*T, I) each; act = silu(gate)*up
-    // Per adapted projection: x·Aᵀ (B*T, R) and, with dropout, the mask
-    // (B*T, in) holding 0 or 1/(1-p).
-    std::array<Tensor, kNumProj> lora_xa, lora_mask;
+    // Per projection, per plan entry: x·A_catᵀ (B*T, K*R) and, with dropout,
+    // the mask (B*T, in) holding 0 or 1/(1-p) (empty without dropout).
+    std::array<std::vector<Tensor>, kNumProj> lora_xa, lora_mask;
   };
   struct Acts {
     std::vector<LayerActs> layers;
     Tensor x_final;            // (B*T, C) output of the last layer
     Tensor nf, rstdf;          // (B*T, C), (B*T)
-    Tensor logits;             // (B*T, V)
-    Tensor head_xa, head_mask;  // lm_head LoRA
+    Tensor logits;             // (B*T, V), LM head only
+    Tensor sel_logits;         // (M, J), selected-rows head only
+    Tensor sel_h;              // (M, C) h[rows], with lm_head entries only
+    std::vector<Tensor> head_xa, head_mask;  // lm_head entries
     Tensor cos, sin;           // (T, HD/2)
   };
   // Backward scratch: gradients of activations, reused across layers.
@@ -185,12 +257,19 @@ class Model {
     Tensor dx, dn;        // (B*T, C)
     Tensor dq, dk, dv, datt;  // (B*T, maxNH*HD) / (B*T, maxKVH*HD)
     Tensor dgate, dup, dact;  // (B*T, maxI)
-    Tensor dlogits;       // (B*T, V)
-    Tensor lora_dyb;      // (B*T, maxR)
+    Tensor dlogits;       // (B*T, V), LM head only
+    Tensor sel_dlogits;   // (M, J), selected-rows head only
+    Tensor head_scratch;  // selected-rows head's gathers
+    // lm_head entries under the selected-rows head: gathered B_cat rows
+    // (J, maxKR) and their gradient, gathered gate rows (M, maxK) and theirs,
+    // d h[rows] (M, C).
+    Tensor sel_b, sel_db, sel_gate, sel_dgate, sel_dh;
+    Tensor lora_scratch;  // the adapter op's scratch (largest entry)
     Tensor lora_tmp;      // (B*T, max(in)) dropout path / masked input
   };
 
   ModelConfig config_;
+  Backend* backend_ = nullptr;  // not owned
   Arena frozen_{ArenaKind::kArenaFrozen};
   Arena params_{ArenaKind::kArenaParams};
   Arena grads_{ArenaKind::kArenaGrads};
@@ -208,11 +287,18 @@ class Model {
   GradReadyListener* grad_listener_ = nullptr;
   bool edges_held_ = false;  // training Forward keeps group 0 for Backward
   int planned_B_ = 0, planned_T_ = 0;
-  uint64_t planned_adapter_id_ = 0;  // LoraAdapter::instance_id(), 0 = none
+  // AdapterPlan::Layout() + the head kind, and the head's planned M x J.
+  std::vector<int32_t> planned_layout_;
+  int planned_M_ = 0, planned_J_ = 0;
   // State of the last Forward, for Backward.
   std::vector<int32_t> last_tokens_copy_, last_targets_copy_;
   int last_B_ = 0, last_T_ = 0;
-  LoraAdapter* last_adapter_ = nullptr;
+  AdapterPlan last_plan_;
+  // last_plan_ is the K = 1 plan of the adapter with this instance_id (set
+  // by the LoraAdapter* Forward, cleared when another plan is copied in).
+  bool adapter_plan_cached_ = false;
+  uint64_t cached_adapter_id_ = 0;
+  LossHead last_head_;
   bool last_training_ = false;
 };
 

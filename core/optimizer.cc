@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <numbers>
 #include <span>
 #include <string>
@@ -13,64 +15,21 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "core/backend.h"
 #include "core/status.h"
 
 namespace sheaf {
 namespace {
 
-// Below this many elements a parallel region costs more than it saves.
-constexpr int64_t kParallelMinElements = int64_t{1} << 15;
-
 // ClipGradNorm sums squares in chunks of this many elements. The chunking
 // depends only on the param sizes, so the set of partial sums and the order in
-// which they are added are the same for any number of threads.
+// which they are added are the same for any number of threads (and on every
+// backend that computes each partial in an order fixed by its chunk).
 constexpr int64_t kNormChunkElements = int64_t{1} << 14;
 
-// Σ x² over n floats in double. Eight independent lanes, combined in a fixed
-// order, let the compiler vectorise without reassociating (which it may not
-// do without -ffast-math) and keep the result independent of the machine's
-// vector width.
-double SumSquares(const float* x, int64_t n) {
-  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) {
-      const double xj = x[i + j];
-      lanes[j] += xj * xj;
-    }
-  }
-  double tail = 0.0;
-  for (; i < n; ++i) {
-    const double xi = x[i];
-    tail += xi * xi;
-  }
-  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
-         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7])) + tail;
-}
-
-// One param's update; see the formula in optimizer.h. All scalars arrive
-// precomputed so that the loop body is pure float arithmetic on independent
-// elements.
-void AdamWUpdate(float* __restrict p, const float* __restrict g,
-                 float* __restrict m, float* __restrict v, int64_t n,
-                 float decay, float beta1, float one_minus_beta1, float beta2,
-                 float one_minus_beta2, float step_size, float inv_sqrt_bc2,
-                 float eps) {
-#pragma omp parallel for simd schedule(static) if (n >= kParallelMinElements)
-  for (int64_t i = 0; i < n; ++i) {
-    const float gi = g[i];
-    const float mi = beta1 * m[i] + one_minus_beta1 * gi;
-    const float vi = beta2 * v[i] + one_minus_beta2 * (gi * gi);
-    m[i] = mi;
-    v[i] = vi;
-    const float denom = std::sqrt(vi) * inv_sqrt_bc2 + eps;
-    p[i] = p[i] * decay - step_size * mi / denom;
-  }
-}
-
-void Scale(float* __restrict x, int64_t n, float scale) {
-#pragma omp parallel for simd schedule(static) if (n >= kParallelMinElements)
-  for (int64_t i = 0; i < n; ++i) x[i] *= scale;
+Backend* ResolveBackend(Backend* backend) {
+  if (backend == nullptr) backend = DefaultBackend();
+  return backend;
 }
 
 }  // namespace
@@ -101,8 +60,15 @@ absl::Status AdamWOptions::Validate() const {
 }
 
 absl::StatusOr<AdamW> AdamW::Create(std::vector<ParamRef> params,
-                                    const AdamWOptions& options) {
+                                    const AdamWOptions& options,
+                                    Backend* backend) {
   RETURN_IF_ERROR(options.Validate());
+  backend = ResolveBackend(backend);
+  if (backend == nullptr) {
+    return absl::FailedPreconditionError(
+        "no compute backend for AdamW: none given and none registered (link "
+        "//ops/cpu:ops)");
+  }
   std::unordered_set<std::string> names;
   std::vector<int64_t> offsets;
   offsets.reserve(params.size());
@@ -123,12 +89,13 @@ absl::StatusOr<AdamW> AdamW::Create(std::vector<ParamRef> params,
     offsets.push_back(total);
     total += p.size;
   }
-  return AdamW(std::move(params), options, std::move(offsets), total);
+  return AdamW(std::move(params), options, std::move(offsets), total, backend);
 }
 
 AdamW::AdamW(std::vector<ParamRef> params, const AdamWOptions& options,
-             std::vector<int64_t> offsets, int64_t total_size)
-    : params_(std::move(params)),
+             std::vector<int64_t> offsets, int64_t total_size, Backend* backend)
+    : backend_(backend),
+      params_(std::move(params)),
       options_(options),
       offsets_(std::move(offsets)),
       total_size_(total_size),
@@ -158,17 +125,22 @@ void AdamW::Step(float lr) {
   const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
   const float decay_on =
       static_cast<float>(1.0 - static_cast<double>(lr) * options_.weight_decay);
-  const float one_minus_beta1 = 1.0f - options_.beta1;
-  const float one_minus_beta2 = 1.0f - options_.beta2;
+  AdamWStepArgs args;
+  args.beta1 = options_.beta1;
+  args.one_minus_beta1 = 1.0f - options_.beta1;
+  args.beta2 = options_.beta2;
+  args.one_minus_beta2 = 1.0f - options_.beta2;
+  args.step_size = step_size;
+  args.inv_sqrt_bc2 = inv_sqrt_bc2;
+  args.eps = options_.eps;
 
   for (size_t i = 0; i < params_.size(); ++i) {
     const ParamRef& p = params_[i];
     if (p.size == 0) continue;
     float* m = state_.data() + offsets_[i];
     float* v = state_.data() + total_size_ + offsets_[i];
-    AdamWUpdate(p.value, p.grad, m, v, p.size, p.weight_decay ? decay_on : 1.0f,
-                options_.beta1, one_minus_beta1, options_.beta2,
-                one_minus_beta2, step_size, inv_sqrt_bc2, options_.eps);
+    args.decay = p.weight_decay ? decay_on : 1.0f;
+    backend_->AdamWStep(args, p.value, p.grad, m, v, p.size);
   }
 }
 
@@ -195,28 +167,25 @@ std::string AdamW::StateLayout() const {
   return out;
 }
 
-float ClipGradNorm(std::span<const ParamRef> params, float max_norm) {
+float ClipGradNorm(std::span<const ParamRef> params, float max_norm,
+                   Backend* backend) {
+  backend = ResolveBackend(backend);
+  if (backend == nullptr) {
+    std::fprintf(stderr,
+                 "ClipGradNorm: no compute backend (link //ops/cpu:ops)\n");
+    std::abort();
+  }
   // Work items (param, first element) in param order, then element order.
-  struct Chunk {
-    const float* data;
-    int64_t size;
-  };
-  std::vector<Chunk> chunks;
+  std::vector<std::span<const float>> chunks;
   for (const ParamRef& p : params) {
     if (p.grad == nullptr) continue;
     for (int64_t start = 0; start < p.size; start += kNormChunkElements) {
-      chunks.push_back(
-          {p.grad + start, std::min(kNormChunkElements, p.size - start)});
+      chunks.emplace_back(p.grad + start, static_cast<size_t>(std::min(
+                                              kNormChunkElements, p.size - start)));
     }
   }
   std::vector<double> partial(chunks.size(), 0.0);
-  const int64_t num_chunks = static_cast<int64_t>(chunks.size());
-#pragma omp parallel for schedule(static) if (num_chunks > 1)
-  for (int64_t c = 0; c < num_chunks; ++c) {
-    partial[static_cast<size_t>(c)] =
-        SumSquares(chunks[static_cast<size_t>(c)].data,
-                   chunks[static_cast<size_t>(c)].size);
-  }
+  backend->SumSquares(chunks, partial.data());
   double sum = 0.0;
   for (double s : partial) sum += s;
   const double norm = std::sqrt(sum);
@@ -224,7 +193,7 @@ float ClipGradNorm(std::span<const ParamRef> params, float max_norm) {
   if (max_norm > 0.0f && std::isfinite(norm) && norm > max_norm) {
     const float scale = static_cast<float>(max_norm / (norm + 1e-6));
     for (const ParamRef& p : params) {
-      if (p.grad != nullptr) Scale(p.grad, p.size, scale);
+      if (p.grad != nullptr) backend->Scale(p.grad, scale, p.size);
     }
   }
   return static_cast<float>(norm);

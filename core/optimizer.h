@@ -27,6 +27,8 @@
 
 namespace sheaf {
 
+class Backend;  // core/backend.h
+
 // A trainable tensor as the optimizer sees it: flat fp32 value and gradient of
 // `size` elements. Non-owning; the pointers must outlive every user.
 struct ParamRef {
@@ -59,13 +61,18 @@ struct AdamWOptions {
 //   state = [ m(param 0) | m(param 1) | ... | v(param 0) | v(param 1) | ... ]
 // so that saving or restoring optimizer state is a single contiguous copy.
 //
-// Thread-safety: not thread-safe; Step() itself uses OpenMP internally.
+// The element loops run on a Backend (core/backend.h); null = DefaultBackend().
+// The pointers of the params must be memory of that backend.
+//
+// Thread-safety: not thread-safe; Step() itself uses the backend's threads.
 class AdamW {
  public:
   // InvalidArgument for bad options, a negative size, a null value/grad on a
   // non-empty param, or duplicate names (checkpoints key state by name).
+  // FailedPrecondition when `backend` is null and none is registered.
   static absl::StatusOr<AdamW> Create(std::vector<ParamRef> params,
-                                      const AdamWOptions& options);
+                                      const AdamWOptions& options,
+                                      Backend* backend = nullptr);
 
   AdamW(AdamW&&) = default;
   AdamW& operator=(AdamW&&) = default;
@@ -103,8 +110,9 @@ class AdamW {
 
  private:
   AdamW(std::vector<ParamRef> params, const AdamWOptions& options,
-        std::vector<int64_t> offsets, int64_t total_size);
+        std::vector<int64_t> offsets, int64_t total_size, Backend* backend);
 
+  Backend* backend_;  // not owned
   std::vector<ParamRef> params_;
   AdamWOptions options_;
   std::vector<int64_t> offsets_;  // offsets_[i]: start of param i in m and v
@@ -121,8 +129,10 @@ class AdamW {
 // list and sizes alone, never by the thread count. Params with a null grad are
 // skipped. A non-finite norm is returned without touching the grads, so the
 // caller can skip the step instead of training on NaN (torch would scale every
-// grad to NaN).
-float ClipGradNorm(std::span<const ParamRef> params, float max_norm);
+// grad to NaN). The squares and the scaling run on `backend` (null =
+// DefaultBackend(); having none is a programmer error).
+float ClipGradNorm(std::span<const ParamRef> params, float max_norm,
+                   Backend* backend = nullptr);
 
 // Learning rate by step: linear warmup to `peak`, then a cosine decay to
 // peak · min_ratio at total_steps, constant afterwards.

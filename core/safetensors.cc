@@ -423,6 +423,63 @@ const TensorInfo* SafetensorsFile::Find(std::string_view name) const {
   return it == index_.end() ? nullptr : &tensors_[it->second];
 }
 
+absl::Status SafetensorsFile::Read(std::string_view name,
+                                   std::span<const int64_t> expected_shape,
+                                   DType dtype, void* out) const {
+  if (dtype == DType::kDTypeF32) {
+    return ReadF32(name, expected_shape, static_cast<float*>(out));
+  }
+  const TensorInfo* info = Find(name);
+  if (info == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat(path_, ": no tensor named '", ToAbsl(name), "'"));
+  }
+  if (!std::equal(info->shape.begin(), info->shape.end(),
+                  expected_shape.begin(), expected_shape.end())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path_, ": tensor '", ToAbsl(name), "' has shape ",
+        ShapeToString(info->shape), ", expected ",
+        ShapeToString(expected_shape)));
+  }
+  return ReadRange(name, 0, info->numel(), dtype, out);
+}
+
+absl::Status SafetensorsFile::ReadRange(std::string_view name,
+                                        int64_t first_element, int64_t count,
+                                        DType dtype, void* out) const {
+  if (dtype == DType::kDTypeF32) {
+    return ReadF32Range(name, first_element, count, static_cast<float*>(out));
+  }
+  if (dtype != DType::kDTypeBF16) {
+    return absl::UnimplementedError(absl::StrCat(
+        path_, ": tensor '", ToAbsl(name), "': reading into ", DTypeName(dtype),
+        " storage is not supported (f32 or bf16)"));
+  }
+  const TensorInfo* info = Find(name);
+  if (info == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat(path_, ": no tensor named '", ToAbsl(name), "'"));
+  }
+  if (info->dtype != SafetensorsDtype::kDtypeBF16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path_, ": tensor '", ToAbsl(name), "' has dtype ",
+        SafetensorsDtypeName(info->dtype),
+        "; bf16 storage reads BF16 tensors only (it never narrows on load)"));
+  }
+  const int64_t numel = info->numel();
+  if (first_element < 0 || count < 0 || first_element > numel ||
+      count > numel - first_element) {
+    return absl::OutOfRangeError(absl::StrCat(
+        path_, ": tensor '", ToAbsl(name), "': cannot read ", count,
+        " elements starting at element ", first_element, ", it has ", numel,
+        " elements"));
+  }
+  if (count == 0) return absl::OkStatus();
+  std::memcpy(out, data_ + info->begin + DTypeBytes(dtype, first_element),
+              static_cast<size_t>(DTypeBytes(dtype, count)));
+  return absl::OkStatus();
+}
+
 std::span<const std::byte> SafetensorsFile::Bytes(
     const TensorInfo& info) const {
   return {data_ + info.begin, static_cast<size_t>(info.bytes())};
@@ -598,6 +655,22 @@ absl::Status SafetensorsModel::NotFound(std::string_view name) const {
   return absl::NotFoundError(absl::StrCat(
       path_, ": no tensor named '", ToAbsl(name), "' (", tensors_.size(),
       " tensors in ", files_.size(), " file(s))"));
+}
+
+absl::Status SafetensorsModel::Read(std::string_view name,
+                                    std::span<const int64_t> expected_shape,
+                                    DType dtype, void* out) const {
+  const SafetensorsFile* file = FileFor(name);
+  if (file == nullptr) return NotFound(name);
+  return file->Read(name, expected_shape, dtype, out);
+}
+
+absl::Status SafetensorsModel::ReadRange(std::string_view name,
+                                         int64_t first_element, int64_t count,
+                                         DType dtype, void* out) const {
+  const SafetensorsFile* file = FileFor(name);
+  if (file == nullptr) return NotFound(name);
+  return file->ReadRange(name, first_element, count, dtype, out);
 }
 
 absl::Status SafetensorsModel::ReadF32(std::string_view name,

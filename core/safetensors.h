@@ -34,6 +34,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/dtype.h"
 
 namespace sheaf {
 
@@ -134,6 +135,20 @@ class SafetensorsFile {
   absl::Status ReadF32Range(std::string_view name, int64_t first_element,
                             int64_t count, float* out) const;
 
+  // Reads tensor `name` into storage of `dtype` (out holds DTypeBytes(dtype,
+  // numel) bytes): f32 converts as ReadF32 does; bf16 copies the bytes of a
+  // BF16 tensor as they are (no widening, and no silent narrowing: another
+  // file dtype is InvalidArgument). Other dtypes are Unimplemented (NF4
+  // comes with its quantiser; its ranges will be whole 64-element blocks).
+  // Errors otherwise as ReadF32.
+  absl::Status Read(std::string_view name,
+                    std::span<const int64_t> expected_shape, DType dtype,
+                    void* out) const;
+  // Elements [first_element, first_element + count) in `dtype` storage
+  // (row-major; out receives DTypeBytes(dtype, count) bytes).
+  absl::Status ReadRange(std::string_view name, int64_t first_element,
+                         int64_t count, DType dtype, void* out) const;
+
  private:
   SafetensorsFile() = default;
   absl::Status ParseHeader(std::string_view header);
@@ -180,6 +195,11 @@ class SafetensorsModel {
                        float* out) const;
   absl::Status ReadF32Range(std::string_view name, int64_t first_element,
                             int64_t count, float* out) const;
+  absl::Status Read(std::string_view name,
+                    std::span<const int64_t> expected_shape, DType dtype,
+                    void* out) const;
+  absl::Status ReadRange(std::string_view name, int64_t first_element,
+                         int64_t count, DType dtype, void* out) const;
 
  private:
   SafetensorsModel() = default;

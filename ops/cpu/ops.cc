@@ -1,22 +1,28 @@
 // CPU reference kernels. See ops.h for the contract of each function.
 //
 // Threading model
-//  - GEMMs (Matmul, Linear*, Lora*) are issued from the calling thread, outside
-//    any OpenMP region, and OpenBLAS parallelises them itself.
-//  - Everything else is a plain loop parallelised with OpenMP. No OpenBLAS call
-//    is made inside an OpenMP region: Debian's OpenBLAS is the pthreads build,
-//    and nesting its thread pool under ours would oversubscribe the cores (and
-//    concurrent calls serialise on its internal lock anyway). Attention's
-//    per-head products are therefore explicit loops.
+//  - OpenBLAS is the OpenMP build (libopenblas0-openmp, see
+//    third_party/system/BUILD), so BLAS and our loops share one OpenMP
+//    runtime and one pool of threads.
+//  - Matmul, Linear* and Lora* issue their GEMMs from the calling thread,
+//    outside any OpenMP region; OpenBLAS parallelises each GEMM itself.
+//  - Attention is the exception: it opens one OpenMP region over (batch,
+//    head) tasks and issues its per-head GEMMs (cblas_sgemm) from INSIDE that
+//    region. The OpenMP build of OpenBLAS sees it is in a parallel region and
+//    runs each of those calls single-threaded, so nothing nests or
+//    oversubscribes; with a pthreads OpenBLAS those calls would start its
+//    own pool under ours (the reason the build pins the OpenMP flavour).
+//  - Everything else is a plain loop parallelised with OpenMP, with no BLAS
+//    call inside.
 //  - Inner loops carry `#pragma omp simd`: at -O2 GCC's "very cheap" cost
 //    model refuses to vectorise loops whose trip count is not a known multiple
 //    of the vector width, and never reassociates float reductions; the pragma
 //    overrides both where we know it is safe.
 //  - Every kernel is deterministic and independent of the thread count: each
 //    output element is produced by one thread in a fixed order (gradients
-//    that several rows contribute to are reduced by column blocks, and
-//    attention's shared KV-head gradients through per-query-head scratch
-//    summed in head order).
+//    that several rows contribute to are reduced by column blocks, and the
+//    query heads that share a KV head run one after another in one task, so
+//    dK/dV accumulate in head order).
 #include "ops/cpu/ops.h"
 
 #include <cblas.h>
@@ -67,9 +73,10 @@ inline void Axpy(float alpha, const float* x, float* y, int n) {
   for (int i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
-// Row-major C[M,N] = alpha * op(A) op(B) + beta * C with explicit leading
-// dimensions. Guards the degenerate shapes that BLAS rejects as illegal
-// leading dimensions (ld must be >= 1) instead of treating as no-ops.
+}  // namespace
+
+// Guards the degenerate shapes that BLAS rejects as illegal leading
+// dimensions (ld must be >= 1) instead of treating as no-ops.
 void Gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
           const float* a, int lda, const float* b, int ldb, float beta,
           float* c, int ldc) {
@@ -85,6 +92,8 @@ void Gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
               trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, a,
               std::max(1, lda), b, std::max(1, ldb), beta, c, std::max(1, ldc));
 }
+
+namespace {
 
 // dst[c] += sum_i value(i, c) for c < C, i < n, accumulated in double.
 // Parallel over column blocks so that no two threads write the same element
@@ -164,6 +173,76 @@ void LinearBackward(float* dx, float* dw, float* dbias, const float* dy,
 }
 
 // ----------------------------------------------------------------------------
+// Linear with a frozen bf16 weight, in fp32 tile by tile.
+
+namespace {
+
+// Rows of W widened per tile: about 256 KiB of fp32 (fits L2 next to the x
+// panel) and at least 16 rows so that the GEMMs stay efficient.
+int Bf16TileRows(int in) { return std::max(16, (1 << 16) / std::max(1, in)); }
+
+// A per-thread tile buffer, grown once: no allocation in the training loop.
+float* Bf16TileBuffer(int64_t floats) {
+  thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < floats) buffer.resize(static_cast<size_t>(floats));
+  return buffer.data();
+}
+
+inline float Bf16ToF32(uint16_t bits) {
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+}  // namespace
+
+void WidenBf16(float* out, const uint16_t* in, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (n >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i) out[i] = Bf16ToF32(in[i]);
+}
+
+void LinearForwardBf16(float* y, const float* x, const uint16_t* w16,
+                       const float* bias, int n, int in, int out) {
+  float beta = 0.0f;
+  if (bias != nullptr) {
+    const bool use_threads = static_cast<int64_t>(n) * out >= kMinParallelWork;
+#pragma omp parallel for schedule(static) if (use_threads)
+    for (int i = 0; i < n; ++i) {
+      std::memcpy(y + static_cast<int64_t>(i) * out, bias, sizeof(float) * out);
+    }
+    beta = 1.0f;
+  }
+  const int tile = Bf16TileRows(in);
+  float* w = Bf16TileBuffer(static_cast<int64_t>(tile) * in);
+  for (int r0 = 0; r0 < out; r0 += tile) {
+    const int rows = std::min(tile, out - r0);
+    WidenBf16(w, w16 + static_cast<int64_t>(r0) * in, static_cast<int64_t>(rows) * in);
+    // y[:, r0:r0+rows] (ld out) = x @ w_tile^T (+ bias already there).
+    Gemm(false, true, n, rows, in, 1.0f, x, in, w, in, beta, y + r0, out);
+  }
+}
+
+void LinearBackwardBf16(float* dx, float* dbias, const float* dy,
+                        const uint16_t* w16, int n, int in, int out) {
+  if (dx != nullptr) {
+    const int tile = Bf16TileRows(in);
+    float* w = Bf16TileBuffer(static_cast<int64_t>(tile) * in);
+    for (int r0 = 0; r0 < out; r0 += tile) {
+      const int rows = std::min(tile, out - r0);
+      WidenBf16(w, w16 + static_cast<int64_t>(r0) * in, static_cast<int64_t>(rows) * in);
+      // dx += dy[:, r0:r0+rows] (ld out) @ w_tile.
+      Gemm(false, false, n, in, rows, 1.0f, dy + r0, out, w, in, 1.0f, dx, in);
+    }
+  }
+  if (dbias != nullptr) {
+    AddColumnSums(dbias, n, out, [=](int i, int c) {
+      return static_cast<double>(dy[static_cast<int64_t>(i) * out + c]);
+    });
+  }
+}
+
+// ----------------------------------------------------------------------------
 // LoRA: xa = x @ a^T; y += scale * xa @ b^T
 
 void LoraForward(float* y, float* xa, const float* x, const float* a,
@@ -202,6 +281,17 @@ void EmbeddingForward(float* out, const int32_t* tokens, const float* wte,
   for (int i = 0; i < n; ++i) {
     std::memcpy(out + static_cast<int64_t>(i) * C,
                 wte + static_cast<int64_t>(tokens[i]) * C, sizeof(float) * C);
+  }
+}
+
+void EmbeddingForwardBf16(float* out, const int32_t* tokens,
+                          const uint16_t* wte16, int n, int C) {
+  const bool use_threads = static_cast<int64_t>(n) * C >= kMinParallelWork;
+#pragma omp parallel for schedule(static) if (use_threads)
+  for (int i = 0; i < n; ++i) {
+    const uint16_t* row = wte16 + static_cast<int64_t>(tokens[i]) * C;
+    float* o = out + static_cast<int64_t>(i) * C;
+    for (int c = 0; c < C; ++c) o[c] = Bf16ToF32(row[c]);
   }
 }
 
@@ -509,6 +599,46 @@ void Add(float* out, const float* a, const float* b, int64_t n) {
   const bool use_threads = n >= kMinParallelWork;
 #pragma omp parallel for simd schedule(static) if (parallel : use_threads)
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+// The model's loops, moved here from core/model.cc unchanged (same bodies,
+// same thresholds, same flags), so results stay bit-identical.
+void Mul(float* out, const float* a, const float* b, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
+}
+
+void MulAdd(float* out, const float* a, const float* b, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) out[i] += a[i] * b[i];
+}
+
+// ----------------------------------------------------------------------------
+// Dropout masks: counter-based uniform [0,1) draws.
+
+namespace {
+
+inline uint64_t SplitMix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+void DropoutMask(float* mask, int64_t n, int64_t first_index, float p,
+                 uint64_t seed, int stream) {
+  const uint64_t base =
+      SplitMix(seed ^ SplitMix(static_cast<uint64_t>(stream) + 1));
+  const float keep_scale = 1.0f / (1.0f - p);
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) {
+    const float u = static_cast<float>(
+                        SplitMix(base + static_cast<uint64_t>(first_index + i)) >> 40) *
+                    (1.0f / 16777216.0f);
+    mask[i] = u < p ? 0.0f : keep_scale;
+  }
 }
 
 // ----------------------------------------------------------------------------

@@ -39,6 +39,13 @@ void UsePassiveOmpWaitPolicy(char** argv);
 void Matmul(float* out, const float* a, const float* b, int M, int N, int K,
             bool trans_a, bool trans_b, float alpha = 1.0f, float beta = 0.0f);
 
+// Row-major C[M,N] = alpha * op(A) op(B) + beta * C with explicit leading
+// dimensions (for sub-blocks of larger matrices). Degenerate shapes (M, N or
+// K <= 0) are no-ops or a beta-scaling, never a BLAS error.
+void Gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+          const float* a, int lda, const float* b, int ldb, float beta,
+          float* c, int ldc);
+
 // y[N,OUT] = x[N,IN] @ w[OUT,IN]^T + bias[OUT] (bias may be null).
 void LinearForward(float* y, const float* x, const float* w, const float* bias,
                    int n, int in, int out);
@@ -46,6 +53,17 @@ void LinearForward(float* y, const float* x, const float* w, const float* bias,
 // dx may be null (e.g. the first layer's input needs no gradient).
 void LinearBackward(float* dx, float* dw, float* dbias, const float* dy,
                     const float* x, const float* w, int n, int in, int out);
+
+// The same with a frozen bf16 weight (w16 holds the raw bf16 bits of
+// w[OUT,IN]): computed in fp32 tile by tile (a block of W's rows is widened
+// to fp32, multiplied, and the next block reuses the buffer), so the weight
+// is never widened whole. There is no dw: bf16 weights are frozen.
+void LinearForwardBf16(float* y, const float* x, const uint16_t* w16,
+                       const float* bias, int n, int in, int out);
+void LinearBackwardBf16(float* dx, float* dbias, const float* dy,
+                        const uint16_t* w16, int n, int in, int out);
+// bf16 bits -> fp32 (exact) over n values.
+void WidenBf16(float* out, const uint16_t* in, int64_t n);
 
 // LoRA on rows [0, n) of a frozen linear layer:
 //   xa[N,R] = x @ a^T;  y[N,OUT] += scale * xa @ b^T
@@ -65,6 +83,9 @@ void LoraBackward(float* dx, float* da, float* db, float* scratch_dyb,
 // out[N,C] = wte[tokens[n], :]. Tokens must be in [0, V) (checked by callers).
 void EmbeddingForward(float* out, const int32_t* tokens, const float* wte,
                       int n, int C);
+// The same from a bf16 table (rows widened to fp32, exactly).
+void EmbeddingForwardBf16(float* out, const int32_t* tokens,
+                          const uint16_t* wte16, int n, int C);
 // dwte[tokens[n], :] += dout[n, :].
 void EmbeddingBackward(float* dwte, const float* dout, const int32_t* tokens,
                        int n, int C);
@@ -105,6 +126,15 @@ void SwiGluBackward(float* dgate, float* dup, const float* dh,
 
 // out = a + b over n values (out may alias a or b).
 void Add(float* out, const float* a, const float* b, int64_t n);
+// out = a * b; out += a * b (elementwise over n values).
+void Mul(float* out, const float* a, const float* b, int64_t n);
+void MulAdd(float* out, const float* a, const float* b, int64_t n);
+
+// Counter-based inverted-dropout mask (the formula is in core/backend.h,
+// Backend::DropoutMask): element i depends on (seed, stream, first_index + i)
+// only, so it is identical on resume and for any thread count.
+void DropoutMask(float* mask, int64_t n, int64_t first_index, float p,
+                 uint64_t seed, int stream);
 
 // Softmax cross-entropy over logits [N,V] with integer targets; rows whose
 // target == ignore_index are skipped. Adds the summed loss over valid rows to
