@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "core/backend.h"
 #include "core/lora.h"
 #include "core/model.h"
 #include "core/optimizer.h"
@@ -62,7 +63,9 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--batch")) B = v;
     else { std::fprintf(stderr, "unknown flag %s\n", argv[i]); return 2; }
   }
-  ops::SetNumThreads(threads);
+  Backend* backend = DefaultBackend();  // "cpu", registered by //ops/cpu:ops
+  if (backend == nullptr) return Die(absl::FailedPreconditionError("no compute backend linked"));
+  backend->SetNumThreads(threads);
   auto rank_info = dist::DiscoverRank();
   if (!rank_info.ok()) return Die(rank_info.status());
   const int n = rank_info->world_size, me = rank_info->world_rank;
@@ -97,6 +100,7 @@ int main(int argc, char** argv) {
                           "x" + std::to_string(inter);
   ModelOptions mo;
   mo.external_frozen = n > 1;
+  mo.backend = backend;
   auto model = Model::Create(c, NothingTrainable, mo);
   if (!model.ok()) return Die(model.status());
   std::unique_ptr<dist::ShardedWeights> sharded;
@@ -139,7 +143,7 @@ int main(int argc, char** argv) {
   }
   AdamWOptions ao;
   ao.lr = 1e-4f;
-  auto opt = AdamW::Create(refs, ao);
+  auto opt = AdamW::Create(refs, ao, backend);
   if (!opt.ok()) return Die(opt.status());
 
   std::mt19937 rng(0);
@@ -183,7 +187,7 @@ int main(int argc, char** argv) {
   }
   if (me != 0) return 0;
   std::printf("sheaf_ranks %d ranks\n", n);
-  std::printf("sheaf_threads %d threads\n", ops::NumThreads());
+  std::printf("sheaf_threads %d threads\n", backend->NumThreads());
   std::printf("sheaf_frozen_params %lld params\n", static_cast<long long>(c.NumParams()));
   std::printf("sheaf_tokens_per_s %.1f tok/s\n", static_cast<double>(B) * T * steps / agg[1]);
   std::printf("sheaf_step_ms %.2f ms\n", 1000.0 * agg[1] / steps);

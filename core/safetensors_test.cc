@@ -232,6 +232,48 @@ TEST(SafetensorsRoundTrip, Bf16AndF16) {
   EXPECT_TRUE(std::isinf(got[4]));    // 1e5 > fp16 max 65504
 }
 
+// Reads into storage of a dtype: bf16 storage copies BF16 bytes unchanged
+// (the same bits the file holds; no widening), never narrows another dtype,
+// and f32 storage converts as ReadF32 does.
+TEST(SafetensorsRead, ByStorageDtype) {
+  const std::string path = TestDir() + "/d.safetensors";
+  const std::vector<float> v = {1.0f, -2.5f, 3.0f + 0x1p-6f, 0.125f, -7.0f, 1e-3f};
+  const std::vector<int64_t> shape = {2, 3};
+  SafetensorsWriter writer;
+  writer.Add("bf", shape, v.data(), SafetensorsDtype::kDtypeBF16);
+  writer.Add("f", shape, v.data());
+  ASSERT_TRUE(writer.Write(path).ok());
+  std::unique_ptr<SafetensorsFile> f = MustOpen(path);
+  ASSERT_NE(f, nullptr);
+  std::vector<uint16_t> bits(6, 0xdead);
+  ASSERT_TRUE(f->Read("bf", shape, DType::kDTypeBF16, bits.data()).ok());
+  for (size_t i = 0; i < v.size(); ++i) EXPECT_EQ(bits[i], F32ToBf16(v[i])) << i;
+  std::vector<uint16_t> part(3, 0xdead);
+  ASSERT_TRUE(f->ReadRange("bf", 2, 3, DType::kDTypeBF16, part.data()).ok());
+  EXPECT_THAT(part, ElementsAre(bits[2], bits[3], bits[4]));
+  std::vector<float> wide(6);
+  ASSERT_TRUE(f->Read("bf", shape, DType::kDTypeF32, wide.data()).ok());
+  for (size_t i = 0; i < v.size(); ++i) EXPECT_EQ(wide[i], Bf16ToF32(bits[i])) << i;
+
+  const absl::Status narrow = f->Read("f", shape, DType::kDTypeBF16, bits.data());
+  EXPECT_EQ(narrow.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(narrow.message(), HasSubstr("'f'"));
+  EXPECT_THAT(narrow.message(), HasSubstr("F32"));
+  const std::vector<int64_t> wrong = {3, 2};
+  EXPECT_EQ(f->Read("bf", wrong, DType::kDTypeBF16, bits.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(f->ReadRange("bf", 4, 3, DType::kDTypeBF16, part.data()).code(),
+            absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(f->Read("bf", shape, DType::kDTypeNF4, bits.data()).code(),
+            absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(f->Read("nope", shape, DType::kDTypeBF16, bits.data()).code(),
+            absl::StatusCode::kNotFound);
+  std::unique_ptr<SafetensorsModel> m = SafetensorsModel::Open(path).value();
+  std::vector<uint16_t> again(6);
+  ASSERT_TRUE(m->Read("bf", shape, DType::kDTypeBF16, again.data()).ok());
+  EXPECT_EQ(again, bits);
+}
+
 TEST(SafetensorsWriter, RejectsBadInput) {
   const std::string dir = TestDir();
   const std::vector<float> v = {1.0f};

@@ -19,35 +19,45 @@ absl::StatusOr<std::unique_ptr<ShardedWeights>> ShardedWeights::Create(Model* mo
     Group& grp = s->groups_[static_cast<size_t>(g)];
     for (Param* p : model->GroupParams(g)) {
       if (p->trainable()) continue;  // trainable tensors are replicated
+      if (p->value.dtype != DType::kDTypeF32 && p->value.dtype != DType::kDTypeBF16) {
+        return absl::UnimplementedError(absl::StrCat("sharded weights: tensor ", p->name, " has dtype ",
+                                                     DTypeName(p->value.dtype), " (f32 or bf16)"));
+      }
       grp.params.push_back(p);
       grp.offsets.push_back(grp.size);
-      grp.size += p->value.numel();
+      grp.size += (p->value.nbytes() + 3) / 4 * 4;
     }
-    grp.padded = (grp.size + n - 1) / n * n;
-    s->total_frozen_ += grp.size;
+    const int64_t words = grp.size / 4;
+    grp.padded = (words + n - 1) / n * n;
+    s->total_frozen_bytes_ += grp.size;
     grp.shard_slot = s->shards_.Add(absl::StrCat("group", g), {grp.padded / n});
   }
   s->shards_.Allocate();
-  // Read only this rank's element range of each group.
+  // Read only this rank's byte range of each group.
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsModel> st, SafetensorsModel::Open(model_dir));
   for (const Group& grp : s->groups_) {
-    const int64_t shard = grp.padded / n, begin = r * shard, end = std::min(begin + shard, grp.size);
-    float* dst = s->shards_.view(grp.shard_slot).data;
+    const int64_t shard = grp.padded / n * 4, begin = r * shard, end = std::min(begin + shard, grp.size);
+    char* dst = static_cast<char*>(s->shards_.view(grp.shard_slot).raw());
     for (size_t i = 0; i < grp.params.size(); ++i) {
-      const int64_t t0 = grp.offsets[i], t1 = t0 + grp.params[i]->value.numel();
+      const Tensor& v = grp.params[i]->value;
+      const int64_t t0 = grp.offsets[i], t1 = t0 + v.nbytes();
       const int64_t lo = std::max(t0, begin), hi = std::min(t1, end);
       if (lo >= hi) continue;
-      // Shape check once per tensor (ReadF32Range reads elements only).
+      // Shape check once per tensor (ReadRange reads elements only).
       const TensorInfo* info = st->Find(grp.params[i]->name);
       if (info == nullptr) {
         return absl::NotFoundError(absl::StrCat(model_dir, ": tensor ", grp.params[i]->name, " is missing"));
       }
-      if (info->shape != grp.params[i]->value.shape) {
+      if (info->shape != v.shape) {
         return absl::InvalidArgumentError(absl::StrCat(model_dir, ": tensor ", grp.params[i]->name,
                                                        " has shape ", ShapeToString(info->shape),
-                                                       ", expected ", grp.params[i]->value.ShapeString()));
+                                                       ", expected ", v.ShapeString()));
       }
-      RETURN_IF_ERROR(st->ReadF32Range(grp.params[i]->name, lo - t0, hi - lo, dst + (lo - begin)));
+      // Offsets and shard bounds are multiples of 4 bytes, so [lo, hi) holds
+      // whole f32 or bf16 elements.
+      const int64_t elem = DTypeBytes(v.dtype, 1);
+      RETURN_IF_ERROR(st->ReadRange(grp.params[i]->name, (lo - t0) / elem, (hi - lo) / elem, v.dtype,
+                                    dst + (lo - begin)));
     }
   }
   // Buffers: edges, then K layer buffers.
@@ -56,7 +66,7 @@ absl::StatusOr<std::unique_ptr<ShardedWeights>> ShardedWeights::Create(Model* mo
   const int L = model->num_groups() - 1;
   int k = 2;
   if (layer_max > 0 && options.gather_budget_bytes > 0) {
-    k = static_cast<int>(options.gather_budget_bytes / (layer_max * 4));
+    k = static_cast<int>(options.gather_budget_bytes / (layer_max * 4));  // layer_max in words
   }
   k = std::max(1, std::min(std::max(k, 2), L));
   s->buffers_.resize(static_cast<size_t>(k) + 1);
@@ -152,7 +162,8 @@ absl::Status ShardedWeights::Acquire(int group) {
   buf.last_use = ++clock_;
   const Group& grp = groups_[static_cast<size_t>(group)];
   for (size_t i = 0; i < grp.params.size(); ++i) {
-    grp.params[i]->value.data = buf.data.data() + grp.offsets[i];
+    grp.params[i]->value.data =
+        reinterpret_cast<float*>(reinterpret_cast<char*>(buf.data.data()) + grp.offsets[i]);
   }
   return absl::OkStatus();
 }

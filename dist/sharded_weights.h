@@ -1,9 +1,17 @@
 // Frozen base weights sharded across the ranks of a world.
 //
 // Each group of frozen tensors (model.h: group 0 = embedding / final norm /
-// untied head, group l+1 = layer l) is laid out as one flat vector, padded to
-// a multiple of N, and rank r stores only elements [r*S, (r+1)*S) of it, read
-// straight from its own byte ranges of the safetensors file(s). Before a
+// untied head, group l+1 = layer l) is laid out as one flat byte vector in
+// the tensors' storage dtypes (f32, or bf16 matrices with
+// ModelOptions::frozen_dtype; each tensor starts at a multiple of 4 bytes, so
+// an all-f32 group is the plain float vector it always was), padded to a
+// multiple of N 4-byte words, and rank r stores only words [r*S, (r+1)*S) of
+// it, read straight from its own byte ranges of the safetensors file(s).
+// Gathers move those words untouched (a bf16 pair travels as one 32-bit
+// word until collectives take a dtype). NF4 fits the same layout: its
+// storage bytes are the file's bytes, so a shard boundary may fall inside a
+// 36-byte block; only the read of a partial block needs a byte-range reader
+// (Unimplemented today, refused at Model::Create). Before a
 // group is used it is all-gathered into a gather buffer; Prefetch issues the
 // gather of the next group so it overlaps the current computation.
 //
@@ -52,20 +60,21 @@ class ShardedWeights final : public FrozenWeightSource {
 
   // Bytes of frozen weights in the whole model, this rank's resident shard
   // storage, and the gather buffers.
-  int64_t total_frozen_bytes() const { return total_frozen_ * 4; }
+  int64_t total_frozen_bytes() const { return total_frozen_bytes_; }
   int64_t shard_bytes() const { return shards_.bytes(); }
   int64_t gather_buffer_bytes() const;
   int num_layer_buffers() const { return static_cast<int>(buffers_.size()) - 1; }
   int64_t gathers() const { return gathers_; }
-  // Elements gathered per group (padded), for traffic checks.
+  // 4-byte words gathered per group (padded; elements for an f32 group), for
+  // traffic checks.
   int64_t group_padded_elements(int group) const { return groups_[static_cast<size_t>(group)].padded; }
 
  private:
   struct Group {
     std::vector<Param*> params;       // frozen params of the group
-    std::vector<int64_t> offsets;     // flat offset of each param
-    int64_t size = 0;                 // elements
-    int64_t padded = 0;               // multiple of N
+    std::vector<int64_t> offsets;     // byte offset of each param (multiple of 4)
+    int64_t size = 0;                 // bytes
+    int64_t padded = 0;               // 4-byte words, multiple of N
     int shard_slot = -1;              // in shards_
   };
   struct Buffer {
@@ -87,7 +96,7 @@ class ShardedWeights final : public FrozenWeightSource {
   std::vector<Group> groups_;
   Arena shards_{ArenaKind::kArenaFrozen};
   std::vector<Buffer> buffers_;  // [0] edges, [1..K] layers
-  int64_t total_frozen_ = 0;
+  int64_t total_frozen_bytes_ = 0;
   int64_t gathers_ = 0;
   int64_t clock_ = 0;
   absl::Status broken_;

@@ -3,7 +3,9 @@
 //
 // Legend (as in llm.c): B batch, T time, C channels, V vocab, NH query heads,
 // KVH key/value heads, HD head dim, I MLP intermediate size, R lora rank,
-// N = B*T rows. All tensors are fp32, row-major, contiguous.
+// N = B*T rows. All tensors are fp32, row-major, contiguous, except the
+// frozen bf16 weights of the *Bf16 variants. ops/cpu/cpu_backend.h exposes
+// these kernels as core's Backend; model code calls them only through it.
 //
 // Conventions
 //  - Outputs first, inputs next, plain dimensions last.
