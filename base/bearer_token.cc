@@ -23,9 +23,8 @@ absl::StatusOr<std::string> ParseTokenFile(absl::string_view text, const std::st
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
   absl::StatusOr<std::string> text = ReadFileToString(path);
   if (!text.ok()) {
-    return absl::Status(text.status().code(), absl::StrCat("token file ", path,
-                                                           ": cannot be read (",
-                                                           text.status().message(), ")"));
+    return absl::NotFoundError(absl::StrCat("token file ", path, ": cannot be read (",
+                                            text.status().message(), ")"));
   }
   return ParseTokenFile(*text, path);
 }

@@ -20,8 +20,9 @@ namespace sheaf {
 // "token file ORIGIN holds no token" when there is none.
 absl::StatusOr<std::string> ParseTokenFile(absl::string_view text, const std::string& origin);
 
-// ParseTokenFile of the file's contents; an unreadable file is "token file
-// PATH: cannot be read (<reason>)" with the errno's code (NotFound, ...).
+// ParseTokenFile of the file's contents; an unreadable file (missing,
+// a directory, no permission) is NotFound "token file PATH: cannot be read
+// (<reason>)".
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
 
 }  // namespace sheaf
