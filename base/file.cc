@@ -50,11 +50,15 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
     }
     data.append(buffer, static_cast<size_t>(n));
   }
+  // Shrunk since it was opened: what was read mixes two versions of the
+  // file. (Reading fewer bytes than st_size alone is no sign of that: sysfs
+  // files report 4096 and hold less.)
+  struct stat after {};
+  const bool shrank = regular && ::fstat(fd, &after) == 0 && after.st_size < st.st_size;
   ::close(fd);
-  if (regular && data.size() < static_cast<size_t>(st.st_size)) {
-    return absl::DataLossError(absl::StrCat("cannot read ", path, ": got ", data.size(), " of ",
-                                            st.st_size,
-                                            " bytes (the file was truncated while being read)"));
+  if (shrank) {
+    return absl::DataLossError(absl::StrCat("cannot read ", path, ": it shrank from ", st.st_size,
+                                            " to ", after.st_size, " bytes while being read"));
   }
   return data;
 }

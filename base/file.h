@@ -27,8 +27,9 @@
 
 namespace sheaf {
 
-// The whole contents of `path`. A regular file that ends before the size it
-// had when opened is DataLoss (truncated while being read).
+// The whole contents of `path`, read to its end. A regular file that shrank
+// between open and the end of the read is DataLoss (truncated while being
+// read).
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 
 // Replaces `path` with `contents` atomically (see above).

@@ -78,6 +78,13 @@ TEST_F(FileTest, ReadsFilesWithoutASizeToTheEnd) {
   absl::StatusOr<std::string> self = ReadFileToString("/proc/self/status");
   ASSERT_TRUE(self.ok()) << self.status();
   EXPECT_THAT(*self, HasSubstr("Pid:"));
+  // sysfs files report a size of 4096 and hold less: not a truncation.
+  const std::string sysfs = "/sys/kernel/mm/transparent_hugepage/enabled";
+  if (fs::exists(sysfs)) {
+    absl::StatusOr<std::string> thp = ReadFileToString(sysfs);
+    ASSERT_TRUE(thp.ok()) << thp.status();
+    EXPECT_THAT(*thp, HasSubstr("never"));
+  }
 }
 
 TEST_F(FileTest, WriteAtomicallyCreatesAndReplacesLeavingNoTemporary) {
