@@ -1,7 +1,5 @@
 #include "cli/connection.h"
 
-#include <fstream>
-#include <sstream>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -9,33 +7,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "base/bearer_token.h"
+#include "base/file.h"
 
 namespace sheaf::cli {
 namespace {
-
-absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat(what, " ", path, ": cannot be read"));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-// The first word of the first line that is not blank or a comment.
-absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
-  absl::StatusOr<std::string> text = ReadFile(path, "token file");
-  if (!text.ok()) return text.status();
-  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
-    line = absl::StripAsciiWhitespace(line);
-    if (line.empty() || line[0] == '#') continue;
-    std::vector<absl::string_view> words =
-        absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
-    return std::string(words[0]);
-  }
-  return absl::InvalidArgumentError(absl::StrCat("token file ", path, " holds no token"));
-}
 
 // A short reason for an unreachable coordinator, from gRPC's message
 // ("failed to connect to all addresses; last error: UNKNOWN: ipv4:...:
@@ -105,8 +81,11 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Create(ConnectionOptions
   std::shared_ptr<grpc::ChannelCredentials> credentials;
   grpc::ChannelArguments args;
   if (!options.ca_path.empty()) {
-    absl::StatusOr<std::string> pem = ReadFile(options.ca_path, "CA file");
-    if (!pem.ok()) return pem.status();
+    absl::StatusOr<std::string> pem = ReadFileToString(options.ca_path);
+    if (!pem.ok()) {
+      return absl::NotFoundError(absl::StrCat("CA file ", options.ca_path, ": cannot be read (",
+                                              pem.status().message(), ")"));
+    }
     grpc::SslCredentialsOptions ssl;
     ssl.pem_root_certs = *pem;
     credentials = grpc::SslCredentials(ssl);

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "base/file.h"
 
 namespace sheaf::cli {
 namespace {
@@ -45,15 +46,8 @@ int64_t FileSize(const std::string& path) {
 }
 
 absl::Status WriteAll(int fd, absl::string_view data, int64_t offset, const std::string& path) {
-  while (!data.empty()) {
-    const ssize_t n = pwrite(fd, data.data(), data.size(), offset);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Errno("writing", path);
-    }
-    data.remove_prefix(static_cast<size_t>(n));
-    offset += n;
-  }
+  errno = PwriteFully(fd, data.data(), data.size(), offset);
+  if (errno != 0) return Errno("writing", path);
   return absl::OkStatus();
 }
 

@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/flags.h"
 #include "cli/args.h"
 #include "cli/display.h"
 #include "cli/fetch.h"
@@ -212,7 +213,7 @@ int Client::Submit() {
     }
   }
   if (args_.Has("memory")) {
-    absl::StatusOr<int64_t> bytes = ParseBytes("memory", args_.Last("memory"));
+    absl::StatusOr<int64_t> bytes = ParseByteSize("memory", args_.Last("memory"));
     if (!bytes.ok()) return Usage(bytes.status().message());
     request.mutable_resources()->set_memory_bytes(*bytes);
   }

@@ -17,6 +17,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "base/flags.h"
+#include "base/status.h"
 #include "cli/remote.h"
 #include "core/data/dataset.h"
 #include "core/data/document_source.h"
@@ -26,7 +28,6 @@
 #include "core/lora.h"
 #include "core/model.h"
 #include "core/spec/yaml.h"
-#include "core/status.h"
 #include "dist/communicator.h"
 #include "dist/mpi_communicator.h"
 #include "jobs/trainer.h"
@@ -82,26 +83,13 @@ void OnSignal(int) {
 }
 
 int Train(const std::vector<std::string>& args, bool pretrain_only) {
-  std::vector<std::string> overrides;
-  std::string spec_path, resume;
-  bool quiet = false;
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--set" && i + 1 < args.size()) {
-      overrides.push_back(args[++i]);
-    } else if (args[i].rfind("--set=", 0) == 0) {
-      overrides.push_back(args[i].substr(6));
-    } else if (args[i] == "--resume" && i + 1 < args.size()) {
-      resume = args[++i];
-    } else if (args[i] == "--quiet") {
-      quiet = true;
-    } else if (args[i].rfind("--", 0) == 0) {
-      return Usage("unknown flag " + args[i]);
-    } else if (spec_path.empty()) {
-      spec_path = args[i];
-    } else {
-      return Usage("more than one job spec given");
-    }
-  }
+  absl::StatusOr<ParsedArgs> parsed = ParseArgs(args, {{"set"}, {"resume"}, {"quiet", false}});
+  if (!parsed.ok()) return Usage(std::string(parsed.status().message()));
+  if (parsed->positional.size() > 1) return Usage("more than one job spec given");
+  const std::vector<std::string>& overrides = parsed->All("set");
+  std::string spec_path = parsed->positional.empty() ? "" : parsed->positional[0];
+  const std::string resume = parsed->Last("resume");
+  const bool quiet = parsed->Has("quiet");
   if (!resume.empty()) {
     if (!spec_path.empty()) return Usage("--resume takes the run's output dir; it reads OUTDIR/spec.yaml");
     spec_path = resume + "/spec.yaml";
@@ -148,21 +136,23 @@ int Train(const std::vector<std::string>& args, bool pretrain_only) {
 }
 
 int Eval(const std::vector<std::string>& args) {
-  std::string model_dir, adapter_dir;
-  std::vector<std::string> data;
-  int seq_len = 256;
-  int64_t max_seqs = 0;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const bool has = i + 1 < args.size();
-    if (args[i] == "--model" && has) model_dir = args[++i];
-    else if (args[i] == "--adapter" && has) adapter_dir = args[++i];
-    else if (args[i] == "--data" && has) data.push_back(args[++i]);
-    else if (args[i] == "--seq-len" && has) seq_len = std::atoi(args[++i].c_str());
-    else if (args[i] == "--max-seqs" && has) max_seqs = std::atoll(args[++i].c_str());
-    else return Usage("eval: unexpected argument " + args[i]);
-  }
+  absl::StatusOr<ParsedArgs> parsed =
+      ParseArgs(args, {{"model"}, {"adapter"}, {"data"}, {"seq-len"}, {"max-seqs"}});
+  if (!parsed.ok()) return Usage(absl::StrCat("eval: ", parsed.status().message()));
+  if (!parsed->positional.empty()) return Usage("eval: unexpected argument " + parsed->positional[0]);
+  const std::string model_dir = parsed->Last("model");
+  const std::string adapter_dir = parsed->Last("adapter");
+  const std::vector<std::string>& data = parsed->All("data");
+  absl::StatusOr<int64_t> seq_len_flag =
+      ParseIntFlag("seq-len", parsed->Last("seq-len", "256"), 2, 1 << 20);
+  if (!seq_len_flag.ok()) return Usage(absl::StrCat("eval: ", seq_len_flag.status().message()));
+  const int seq_len = static_cast<int>(*seq_len_flag);
+  // 0: every validation sequence.
+  absl::StatusOr<int64_t> max_seqs_flag =
+      ParseIntFlag("max-seqs", parsed->Last("max-seqs", "0"), 0, INT64_MAX);
+  if (!max_seqs_flag.ok()) return Usage(absl::StrCat("eval: ", max_seqs_flag.status().message()));
+  const int64_t max_seqs = *max_seqs_flag;
   if (model_dir.empty() || data.empty()) return Usage("eval needs --model and --data");
-  if (seq_len < 2) return Usage("eval: --seq-len must be >= 2");
   absl::StatusOr<ModelConfig> config = LoadModelConfig(model_dir);
   if (!config.ok()) return Fail(config.status(), 2);
   absl::StatusOr<std::unique_ptr<Model>> model = Model::Create(*config, NothingTrainable);
@@ -224,15 +214,11 @@ int Merge(const std::vector<std::string>& args) {
 }
 
 int Tokenize(const std::vector<std::string>& args) {
-  std::string out;
-  std::string format = "text";
-  std::vector<std::string> paths;
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--out" && i + 1 < args.size()) out = args[++i];
-    else if (args[i] == "--format" && i + 1 < args.size()) format = args[++i];
-    else if (args[i].rfind("--", 0) == 0) return Usage("data tokenize: unknown flag " + args[i]);
-    else paths.push_back(args[i]);
-  }
+  absl::StatusOr<ParsedArgs> parsed = ParseArgs(args, {{"out"}, {"format"}});
+  if (!parsed.ok()) return Usage(absl::StrCat("data tokenize: ", parsed.status().message()));
+  const std::string out = parsed->Last("out");
+  const std::string format = parsed->Last("format", "text");
+  const std::vector<std::string>& paths = parsed->positional;
   if (out.empty() || paths.empty()) return Usage("data tokenize needs --out FILE and at least one PATH");
   std::vector<DocumentSource> sources;
   for (const std::string& p : paths) {

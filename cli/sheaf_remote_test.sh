@@ -13,6 +13,7 @@ find_runfile() {
 }
 sheaf=$(find_runfile cli/sheaf)
 coordinator=$(find_runfile coordinator/sheaf-coordinator)
+worker=$(find_runfile worker/sheaf-worker)
 work=$(mktemp -d "${TEST_TMPDIR:-/tmp}/remote.XXXXXX")
 fail() { echo "FAIL: $*"; exit 1; }
 
@@ -83,3 +84,38 @@ expect_exit 2 "$sheaf" submit "$work/job.yaml" --set optimizer.lr=-1
 "$sheaf" cancel "$id" | grep -q "CANCELLED" || fail "cancel"
 expect_exit 1 "$sheaf" watch "$id"
 echo "exit codes: OK"
+
+# Flag values are checked, never read as 0 (base/flags.h), before anything
+# is loaded.
+usage_error() {  # message-fragment command...
+  local want=$1; shift
+  set +e; err=$("$@" 2>&1 >/dev/null); rc=$?; set -e
+  ((rc == 2)) || fail "$*: exit $rc, want 2: $err"
+  grep -qF -- "$want" <<<"$err" || fail "$*: no '$want' in: $err"
+  echo "exit 2: $(head -1 <<<"$err")"
+}
+usage_error "--max-seqs: must be an integer" "$sheaf" eval --model "$work/models/tiny" --data "$work/data" --max-seqs abc
+usage_error "--seq-len: must be an integer" "$sheaf" eval --model "$work/models/tiny" --data "$work/data" --seq-len 1
+usage_error "--memory: not a byte size" "$sheaf" submit "$work/job.yaml" --memory 16GB
+usage_error "--memory-bytes: not a byte size" "$worker" --coordinator "$SHEAF_ADDR" \
+  --model-root "$work/models" --data-root "$work/data" --output-root "$work/out" \
+  --memory-bytes 16GB
+echo "flag values: OK"
+
+# One token-file reader: a comment line and a tenant after the token work for
+# `sheaf` and `sheaf-worker` alike (the worker used to take the whole file).
+printf '# alice, for the remote test\n%s alice\n' "$tenant_token" > "$work/tenant.token"
+env -u SHEAF_TOKEN "$sheaf" list --token-file "$work/tenant.token" >/dev/null 2>&1 ||
+  fail "sheaf --token-file with a comment line"
+printf '# the worker token\r\nworker-token-0123456789 @worker\r\n' > "$work/worker.token"
+run_worker() {  # token-file; one world that idles out at once (no job is pending)
+  "$worker" --coordinator "$SHEAF_ADDR" --token-file "$1" --model-root "$work/models" \
+    --data-root "$work/data" --output-root "$work/out" --memory-bytes 16G \
+    --idle-exit-s 1 --acquire-wait-s 1
+}
+run_worker "$work/worker.token" > "$work/worker.log" 2>&1 ||
+  fail "sheaf-worker --token-file with a comment line: $(cat "$work/worker.log")"
+printf '# the worker token\nwrong-token-0123456789\n' > "$work/wrong.token"
+set +e; run_worker "$work/wrong.token" > "$work/worker.log" 2>&1; rc=$?; set -e
+((rc == 1)) || fail "sheaf-worker with a wrong token: exit $rc, want 1: $(cat "$work/worker.log")"
+echo "token files: OK"

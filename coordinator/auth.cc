@@ -1,14 +1,12 @@
 #include "coordinator/auth.h"
 
-#include <fstream>
-#include <sstream>
-
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "base/file.h"
 
 namespace sheaf::coordinator {
 namespace {
@@ -45,14 +43,12 @@ bool IsValidTenantName(absl::string_view name) {
 
 absl::StatusOr<std::unique_ptr<TokenAuthenticator>>
 TokenAuthenticator::FromFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat("tokens file ", path, ": cannot be read"));
+  absl::StatusOr<std::string> text = ReadFileToString(path);
+  if (!text.ok()) {
+    return absl::NotFoundError(absl::StrCat("tokens file ", path, ": cannot be read (",
+                                            text.status().message(), ")"));
   }
-  std::stringstream text;
-  text << in.rdbuf();
-  return FromText(text.str(), path);
+  return FromText(*text, path);
 }
 
 absl::StatusOr<std::unique_ptr<TokenAuthenticator>>

@@ -5,7 +5,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
-#include "core/status.h"
+#include "base/status.h"
 
 namespace sheaf::coordinator {
 

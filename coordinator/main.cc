@@ -19,7 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "core/flags.h"
+#include "base/flags.h"
 #include "coordinator/auth.h"
 #include "coordinator/clock.h"
 #include "coordinator/http_server.h"

@@ -10,7 +10,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "core/status.h"
+#include "base/status.h"
 
 namespace sheaf::coordinator {
 namespace {

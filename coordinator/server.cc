@@ -4,11 +4,10 @@
 #include <grpcpp/support/server_interceptor.h>
 
 #include <chrono>
-#include <fstream>
-#include <sstream>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/file.h"
 
 namespace sheaf::coordinator {
 namespace {
@@ -51,15 +50,14 @@ class UndecodableRequestInterceptorFactory
   }
 };
 
-}  // namespace
-
-absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot be read"));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
+// A PEM file; kNotFound (the documented code) whatever the reason.
+absl::StatusOr<std::string> ReadPemFile(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadFileToString(path);
+  if (!text.ok()) return absl::NotFoundError(text.status().message());
+  return text;
 }
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     const ServerOptions& options, CoordinatorService* service,
@@ -71,9 +69,9 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
       return absl::InvalidArgumentError(
           "TLS needs both a certificate (--tls-cert) and a key (--tls-key)");
     }
-    absl::StatusOr<std::string> cert = ReadSmallFile(options.tls_cert_path);
+    absl::StatusOr<std::string> cert = ReadPemFile(options.tls_cert_path);
     if (!cert.ok()) return cert.status();
-    absl::StatusOr<std::string> key = ReadSmallFile(options.tls_key_path);
+    absl::StatusOr<std::string> key = ReadPemFile(options.tls_key_path);
     if (!key.ok()) return key.status();
     grpc::SslServerCredentialsOptions ssl;
     ssl.pem_key_cert_pairs.push_back({*key, *cert});

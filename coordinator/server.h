@@ -36,9 +36,6 @@ struct ServerOptions {
   int max_receive_message_bytes = 1 << 20;
 };
 
-// Reads a whole (small) file; kNotFound when it cannot be read.
-absl::StatusOr<std::string> ReadSmallFile(const std::string& path);
-
 class CoordinatorServer {
  public:
   // `service` and `auth` must outlive the server. kInvalidArgument for a

@@ -18,8 +18,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "base/status.h"
 #include "core/spec/validate.h"
-#include "core/status.h"
 #include "google/protobuf/descriptor.h"
 
 namespace sheaf::coordinator {

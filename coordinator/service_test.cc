@@ -22,9 +22,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "base/file.h"
+#include "base/status.h"
 #include "coordinator/http_server.h"
 #include "coordinator/local_coordinator.h"
-#include "core/status.h"
 #include "gtest/gtest.h"
 #include "proto/coordinator.grpc.pb.h"
 
@@ -990,7 +991,7 @@ TEST(TlsTest, ServesOverTlsWhenGivenACertificate) {
   ASSERT_TRUE(local.ok()) << local.status();
 
   grpc::SslCredentialsOptions ssl;
-  ssl.pem_root_certs = *ReadSmallFile(cert);
+  ssl.pem_root_certs = *ReadFileToString(cert);
   grpc::ChannelArguments args;
   args.SetSslTargetNameOverride("localhost");
   auto stub = proto::Coordinator::NewStub(grpc::CreateCustomChannel(

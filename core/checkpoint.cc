@@ -30,7 +30,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/types/span.h"
-#include "core/status.h"
+#include "base/file.h"
+#include "base/status.h"
 
 namespace sheaf {
 namespace {
@@ -128,13 +129,6 @@ std::string EntryHeader(std::string_view name, uint32_t kind,
   return h;
 }
 
-std::string DirName(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
 absl::Status ErrnoError(int err, std::string_view what,
                         const std::string& path) {
   return absl::ErrnoToStatus(err, absl::StrCat(Sv(what), " ", path));
@@ -144,7 +138,7 @@ absl::Status ErrnoError(int err, std::string_view what,
 // offset, so that a checkpoint is never assembled a second time in memory.
 class FileSink {
  public:
-  FileSink(int fd, const std::string& path) : fd_(fd), path_(path) {}
+  explicit FileSink(AtomicFileWriter* file) : file_(file) {}
 
   absl::Status Append(const void* data, size_t size) {
     crc_ = Crc32cExtend(crc_, data, size);
@@ -154,12 +148,12 @@ class FileSink {
       return absl::OkStatus();
     }
     RETURN_IF_ERROR(Flush());
-    return WriteAll(static_cast<const char*>(data), size);
+    return file_->Append(data, size);
   }
   absl::Status Append(std::string_view s) { return Append(s.data(), s.size()); }
 
   absl::Status Flush() {
-    absl::Status s = WriteAll(buffer_.data(), buffer_.size());
+    absl::Status s = file_->Append(buffer_.data(), buffer_.size());
     buffer_.clear();
     return s;
   }
@@ -170,21 +164,7 @@ class FileSink {
  private:
   static constexpr size_t kBufferSize = size_t{1} << 20;
 
-  absl::Status WriteAll(const char* data, size_t size) {
-    while (size > 0) {
-      const ssize_t n = ::write(fd_, data, size);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return ErrnoError(errno, "cannot write", path_);
-      }
-      data += n;
-      size -= static_cast<size_t>(n);
-    }
-    return absl::OkStatus();
-  }
-
-  int fd_;
-  const std::string& path_;
+  AtomicFileWriter* file_;
   std::string buffer_;
   uint32_t crc_ = 0;
   uint64_t offset_ = 0;
@@ -335,59 +315,29 @@ uint64_t CheckpointWriter::FileSize() const {
 }
 
 absl::Status CheckpointWriter::Write(const std::string& path) const {
-  const std::string tmp = absl::StrCat(path, Sv(kTmpInfix), ::getpid());
-  const int fd =
-      ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError(errno, "cannot create", tmp);
-
-  auto write_contents = [&]() -> absl::Status {
-    FileSink sink(fd, tmp);
-    std::string header(kMagic, sizeof(kMagic));
-    PutScalar<uint32_t>(&header, kCheckpointVersion);
-    PutScalar<uint32_t>(&header, static_cast<uint32_t>(entries_.size()));
-    RETURN_IF_ERROR(sink.Append(header));
-    for (const Entry& e : entries_) {
-      RETURN_IF_ERROR(sink.Append(
-          EntryHeader(e.name, e.kind, e.shape, e.data.size(), sink.offset())));
-      RETURN_IF_ERROR(sink.Append(e.data));
-    }
-    const uint64_t length = sink.offset();
-    const uint32_t crc = sink.crc();
-    std::string trailer;
-    PutScalar<uint64_t>(&trailer, length);
-    PutScalar<uint32_t>(&trailer, crc);
-    trailer.append(kEndMagic, sizeof(kEndMagic));
-    RETURN_IF_ERROR(sink.Append(trailer));
-    RETURN_IF_ERROR(sink.Flush());
-    // The data must be on disk before the rename makes it visible under the
-    // final name; otherwise a crash could leave a complete-looking name with
-    // missing contents.
-    if (::fsync(fd) != 0) return ErrnoError(errno, "cannot fsync", tmp);
-    return absl::OkStatus();
-  };
-  absl::Status status = write_contents();
-  // close() can report deferred write errors (NFS, quotas).
-  if (::close(fd) != 0 && status.ok()) {
-    status = ErrnoError(errno, "cannot close", tmp);
+  // The temporary file is PATH.tmp.<pid> (base/file.h), the name List()
+  // recognises as stale once its writer is gone.
+  ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> file, AtomicFileWriter::Create(path));
+  FileSink sink(file.get());
+  std::string header(kMagic, sizeof(kMagic));
+  PutScalar<uint32_t>(&header, kCheckpointVersion);
+  PutScalar<uint32_t>(&header, static_cast<uint32_t>(entries_.size()));
+  RETURN_IF_ERROR(sink.Append(header));
+  for (const Entry& e : entries_) {
+    RETURN_IF_ERROR(sink.Append(
+        EntryHeader(e.name, e.kind, e.shape, e.data.size(), sink.offset())));
+    RETURN_IF_ERROR(sink.Append(e.data));
   }
-  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    status =
-        ErrnoError(errno, absl::StrCat("cannot rename ", tmp, " to"), path);
-  }
-  if (!status.ok()) {
-    ::unlink(tmp.c_str());
-    return status;
-  }
-  // Persist the rename itself.
-  const std::string dir = DirName(path);
-  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0) return ErrnoError(errno, "cannot open directory", dir);
-  // EINVAL: the filesystem cannot sync directories; nothing more to do.
-  if (::fsync(dir_fd) != 0 && errno != EINVAL) {
-    status = ErrnoError(errno, "cannot fsync directory", dir);
-  }
-  ::close(dir_fd);
-  return status;
+  const uint64_t length = sink.offset();
+  const uint32_t crc = sink.crc();
+  std::string trailer;
+  PutScalar<uint64_t>(&trailer, length);
+  PutScalar<uint32_t>(&trailer, crc);
+  trailer.append(kEndMagic, sizeof(kEndMagic));
+  RETURN_IF_ERROR(sink.Append(trailer));
+  RETURN_IF_ERROR(sink.Flush());
+  // fsync, rename, fsync of the directory; a failure removes the temporary.
+  return file->Commit();
 }
 
 // --- Checkpoint --------------------------------------------------------------

@@ -9,7 +9,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "core/status.h"
+#include "base/status.h"
+#include "base/utf8.h"
 
 namespace sheaf {
 namespace {
@@ -26,56 +27,6 @@ absl::string_view ToAbsl(std::string_view s) { return {s.data(), s.size()}; }
   std::fprintf(stderr, "sheaf::Json::%s called on %s (needs %s)\n", accessor,
                Json::TypeName(got), Json::TypeName(want));
   std::abort();
-}
-
-// Appends the UTF-8 encoding of `cp` (a valid scalar value).
-void AppendUtf8(uint32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
-
-// Length of the well-formed UTF-8 sequence starting at s[i] (Unicode Table
-// 3-7: no overlongs, no surrogates, nothing above U+10FFFF), or 0 when the
-// bytes there are not one.
-size_t Utf8SequenceLength(std::string_view s, size_t i) {
-  const auto byte = [&](size_t k) -> uint8_t {
-    return k < s.size() ? static_cast<uint8_t>(s[k]) : 0;
-  };
-  const uint8_t b0 = byte(i);
-  const auto cont = [&](size_t k, uint8_t lo = 0x80, uint8_t hi = 0xBF) {
-    const uint8_t b = byte(k);
-    return k < s.size() && b >= lo && b <= hi;
-  };
-  if (b0 < 0x80) return 1;
-  if (b0 >= 0xC2 && b0 <= 0xDF) return cont(i + 1) ? 2 : 0;
-  if (b0 == 0xE0) return cont(i + 1, 0xA0) && cont(i + 2) ? 3 : 0;
-  if ((b0 >= 0xE1 && b0 <= 0xEC) || b0 == 0xEE || b0 == 0xEF) {
-    return cont(i + 1) && cont(i + 2) ? 3 : 0;
-  }
-  if (b0 == 0xED) return cont(i + 1, 0x80, 0x9F) && cont(i + 2) ? 3 : 0;
-  if (b0 == 0xF0) {
-    return cont(i + 1, 0x90) && cont(i + 2) && cont(i + 3) ? 4 : 0;
-  }
-  if (b0 >= 0xF1 && b0 <= 0xF3) {
-    return cont(i + 1) && cont(i + 2) && cont(i + 3) ? 4 : 0;
-  }
-  if (b0 == 0xF4) {
-    return cont(i + 1, 0x80, 0x8F) && cont(i + 2) && cont(i + 3) ? 4 : 0;
-  }
-  return 0;
 }
 
 std::string Printable(char c) {

@@ -11,13 +11,12 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/file.h"
+#include "base/status.h"
 #include "core/json.h"
-#include "core/status.h"
 
 namespace sheaf {
 
@@ -541,15 +540,6 @@ bool IsRegularFile(const std::string& path) {
   return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
-absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return ErrnoError(errno, absl::StrCat("cannot open ", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
-  return ss.str();
-}
-
 }  // namespace
 
 absl::Status SafetensorsModel::AddFile(std::unique_ptr<SafetensorsFile> file) {
@@ -594,7 +584,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsModel>> SafetensorsModel::Open(
     return absl::InvalidArgumentError(
         absl::StrCat(index_path, ": ", parts...));
   };
-  ASSIGN_OR_RETURN(std::string text, ReadSmallFile(index_path));
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(index_path));
   absl::StatusOr<Json> index = Json::Parse(text);
   if (!index.ok()) return invalid(index.status().message());
   const Json* weight_map = index->Find("weight_map");
@@ -701,32 +691,13 @@ void SafetensorsWriter::Add(std::string name, std::span<const int64_t> shape,
 
 namespace {
 
-// write(2) until done: it may write less than asked (signals, large sizes).
-absl::Status WriteAll(int fd, const void* data, size_t size,
-                      const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    // Linux caps a single write near 2 GiB anyway; smaller chunks keep
-    // partial-write handling exercised on every platform.
-    const size_t chunk = std::min<size_t>(size, size_t{1} << 30);
-    const ssize_t n = ::write(fd, p, chunk);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError(errno, absl::StrCat("write to ", path, " failed"));
-    }
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
-  return absl::OkStatus();
-}
-
 // Writes count elements of `data` as `dtype`, converting through a bounded
 // buffer so that a bf16 save of a large model needs no full-size copy.
-absl::Status WriteConverted(int fd, const float* data, int64_t count,
-                            SafetensorsDtype dtype, const std::string& path) {
+absl::Status WriteConverted(AtomicFileWriter& file, const float* data, int64_t count,
+                            SafetensorsDtype dtype) {
   if (count == 0) return absl::OkStatus();
   if (dtype == SafetensorsDtype::kDtypeF32) {
-    return WriteAll(fd, data, static_cast<size_t>(count) * sizeof(float), path);
+    return file.Append(data, static_cast<size_t>(count) * sizeof(float));
   }
   constexpr int64_t kChunk = int64_t{1} << 20;
   std::vector<uint16_t> buf(static_cast<size_t>(std::min(count, kChunk)));
@@ -737,8 +708,7 @@ absl::Status WriteConverted(int fd, const float* data, int64_t count,
                                         ? F32ToBf16(data[start + k])
                                         : F32ToF16(data[start + k]);
     }
-    RETURN_IF_ERROR(WriteAll(fd, buf.data(),
-                             static_cast<size_t>(n) * sizeof(uint16_t), path));
+    RETURN_IF_ERROR(file.Append(buf.data(), static_cast<size_t>(n) * sizeof(uint16_t)));
   }
   return absl::OkStatus();
 }
@@ -799,49 +769,14 @@ absl::Status SafetensorsWriter::Write(
   header_text.append((8 - header_text.size() % 8) % 8, ' ');
   const uint64_t header_len = header_text.size();
 
-  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                        0644);
-  if (fd < 0) return ErrnoError(errno, absl::StrCat("cannot create ", tmp));
-  absl::Status status = [&]() -> absl::Status {
-    RETURN_IF_ERROR(WriteAll(fd, &header_len, sizeof(header_len), tmp));
-    RETURN_IF_ERROR(WriteAll(fd, header_text.data(), header_text.size(), tmp));
-    for (size_t i = 0; i < entries_.size(); ++i) {
-      RETURN_IF_ERROR(WriteConverted(fd, entries_[i].data, numels[i],
-                                     entries_[i].dtype, tmp));
-    }
-    // Data must be durable before the rename makes it visible under `path`.
-    if (fsync(fd) != 0) {
-      return ErrnoError(errno, absl::StrCat("fsync of ", tmp, " failed"));
-    }
-    return absl::OkStatus();
-  }();
-  if (::close(fd) != 0 && status.ok()) {
-    status = ErrnoError(errno, absl::StrCat("close of ", tmp, " failed"));
+  ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> file, AtomicFileWriter::Create(path));
+  RETURN_IF_ERROR(file->Append(&header_len, sizeof(header_len)));
+  RETURN_IF_ERROR(file->Append(header_text));
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    RETURN_IF_ERROR(WriteConverted(*file, entries_[i].data, numels[i], entries_[i].dtype));
   }
-  if (status.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) {
-    status = ErrnoError(errno, absl::StrCat("cannot rename ", tmp, " to ",
-                                            path));
-  }
-  if (!status.ok()) {
-    ::unlink(tmp.c_str());
-    return status;
-  }
-  // The rename itself is durable only once the directory entry is synced.
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0) {
-    return ErrnoError(errno, absl::StrCat("cannot open directory ", dir));
-  }
-  const int sync_result = fsync(dir_fd);
-  const int sync_errno = errno;
-  ::close(dir_fd);
-  if (sync_result != 0) {
-    return ErrnoError(sync_errno, absl::StrCat("fsync of directory ", dir,
-                                               " failed"));
-  }
-  return absl::OkStatus();
+  // fsync, rename, fsync of the directory; a failure removes the temporary.
+  return file->Commit();
 }
 
 }  // namespace sheaf

@@ -10,25 +10,12 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "base/file.h"
 
 namespace sheaf::worker {
 namespace {
 
 std::atomic<bool> g_active{false};
-
-// Writes all of [data, data + n) to fd; false on an error (errno set).
-bool WriteAll(int fd, const char* data, size_t n) {
-  while (n > 0) {
-    const ssize_t w = ::write(fd, data, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    data += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
-}
 
 absl::Status ErrnoStatus(int error, const std::string& what) {
   return absl::Status(absl::ErrnoToStatusCode(error),
@@ -81,8 +68,8 @@ void StderrTee::Copy() {
       if (errno == EINTR) continue;
       return;
     }
-    WriteAll(saved_stderr_, buf, static_cast<size_t>(n));
-    if (file_errno_ == 0 && !WriteAll(file_, buf, static_cast<size_t>(n))) file_errno_ = errno;
+    WriteFully(saved_stderr_, buf, static_cast<size_t>(n));
+    if (file_errno_ == 0) file_errno_ = WriteFully(file_, buf, static_cast<size_t>(n));
   }
 }
 

@@ -12,10 +12,8 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <map>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <thread>
 
@@ -24,9 +22,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "base/bearer_token.h"
+#include "base/file.h"
+#include "base/flags.h"
 #include "dist/communicator.h"
 #include "dist/mpi_communicator.h"
-#include "core/flags.h"
 #include "worker/worker.h"
 
 namespace sheaf::worker {
@@ -43,8 +43,9 @@ constexpr const char* kUsage = R"(usage: sheaf-worker [flags]      (one process 
   --model-root DIR         the leased spec's paths must resolve inside these
   --data-root DIR          roots (default: $SHEAF_MODEL_ROOT, $SHEAF_DATA_ROOT,
   --output-root DIR        $SHEAF_OUTPUT_ROOT); nothing outside is opened
-  --memory-bytes N         memory per rank reported to the coordinator (K, M, G,
-                           T suffixes are powers of 1024; default: physical
+  --memory-bytes N         memory per rank reported to the coordinator (K/KiB,
+                           M/MiB, G/GiB, T/TiB are powers of 1024, as in
+                           `sheaf submit --memory`; default: physical
                            memory / ranks on this host)
   --once                   exit after one job
   --idle-exit-s N          exit after N seconds without a job (default: never)
@@ -60,24 +61,6 @@ broke, 2 bad usage.
 int Usage(const std::string& why) {
   std::fprintf(stderr, "sheaf-worker: %s\n\n%s", why.c_str(), kUsage);
   return 2;
-}
-
-bool ParseBytes(std::string s, int64_t* out) {
-  int shift = 0;
-  if (!s.empty()) {
-    switch (absl::ascii_toupper(static_cast<unsigned char>(s.back()))) {
-      case 'K': shift = 10; break;
-      case 'M': shift = 20; break;
-      case 'G': shift = 30; break;
-      case 'T': shift = 40; break;
-      default: break;
-    }
-    if (shift > 0) s.pop_back();
-  }
-  int64_t v = 0;
-  if (!absl::SimpleAtoi(s, &v) || v < 0 || v > (INT64_MAX >> shift)) return false;
-  *out = v << shift;
-  return true;
 }
 
 std::string EnvOr(const char* name, const std::string& fallback) {
@@ -149,11 +132,11 @@ int Main(int argc, char** argv) {
   options.client.target = flags["coordinator"];
   if (options.client.target.empty()) return Usage("--coordinator (or SHEAF_ADDR) is required");
   if (!flags["token-file"].empty()) {
-    std::ifstream f(flags["token-file"]);
-    std::stringstream text;
-    text << f.rdbuf();
-    if (!f) return Usage("--token-file: cannot read " + flags["token-file"]);
-    options.client.token = std::string(absl::StripAsciiWhitespace(text.str()));
+    // The reader `sheaf --token-file` uses: comment lines and a tenant after
+    // the token are fine.
+    absl::StatusOr<std::string> token = ReadTokenFile(flags["token-file"]);
+    if (!token.ok()) return Usage(absl::StrCat("--token-file: ", token.status().message()));
+    options.client.token = *std::move(token);
   } else {
     options.client.token = EnvOr("SHEAF_TOKEN", "");
   }
@@ -161,20 +144,19 @@ int Main(int argc, char** argv) {
     return Usage("a worker token is required (--token-file, SHEAF_TOKEN_FILE or SHEAF_TOKEN)");
   }
   if (!flags["ca"].empty()) {
-    std::ifstream f(flags["ca"]);
-    std::stringstream text;
-    text << f.rdbuf();
-    if (!f || text.str().empty()) return Usage("--ca: cannot read " + flags["ca"]);
-    options.client.ca_pem = text.str();
+    absl::StatusOr<std::string> pem = ReadFileToString(flags["ca"]);
+    if (!pem.ok()) return Usage(absl::StrCat("--ca: ", pem.status().message()));
+    if (pem->empty()) return Usage("--ca: " + flags["ca"] + " is empty");
+    options.client.ca_pem = *std::move(pem);
   }
   options.client.tls_server_name = flags["tls-server-name"];
   options.roots = {flags["model-root"], flags["data-root"], flags["output-root"]};
   for (const char* root : {"model-root", "data-root", "output-root"}) {
     if (flags[root].empty()) return Usage(absl::StrCat("--", root, " is required"));
   }
-  if (!ParseBytes(flags["memory-bytes"], &options.memory_bytes)) {
-    return Usage("--memory-bytes: not a byte count: " + flags["memory-bytes"]);
-  }
+  absl::StatusOr<int64_t> memory_bytes = ParseByteSize("memory-bytes", flags["memory-bytes"]);
+  if (!memory_bytes.ok()) return Usage(std::string(memory_bytes.status().message()));
+  options.memory_bytes = *memory_bytes;
   int64_t idle_s = 0, wait_s = 0;
   if (!absl::SimpleAtoi(flags["idle-exit-s"], &idle_s) || idle_s < 0) {
     return Usage("--idle-exit-s: must be an integer >= 0");

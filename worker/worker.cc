@@ -9,15 +9,15 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "base/file.h"
+#include "base/status.h"
 #include "core/spec/yaml.h"
-#include "core/status.h"
 #include "worker/log_tee.h"
 
 namespace sheaf::worker {
@@ -79,13 +79,9 @@ absl::StatusOr<OutputClaim> ClaimOutputDir(const std::string& dir, const std::st
   for (int tries = 0; tries < 3; ++tries) {
     std::error_code error;
     if (fs::exists(marker, error)) {
-      std::ifstream f(marker);
-      std::stringstream text;
-      text << f.rdbuf();
-      if (!f) {
-        return absl::UnavailableError(absl::StrCat("cannot read ", marker.string()));
-      }
-      const std::string owner = Trimmed(text.str());
+      absl::StatusOr<std::string> text = ReadFileToString(marker.string());
+      if (!text.ok()) return absl::UnavailableError(text.status().message());
+      const std::string owner = Trimmed(*text);
       if (owner.empty()) {
         // A claim being written right now (or torn): look again.
         absl::SleepFor(absl::Milliseconds(50));

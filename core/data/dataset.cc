@@ -5,7 +5,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "core/status.h"
+#include "base/rng.h"
+#include "base/status.h"
 
 namespace sheaf {
 namespace {
@@ -16,15 +17,6 @@ constexpr uint64_t kSplitSalt = 0x73706c6974ULL;  // "split"
 constexpr uint64_t kShuffleSalt = 0x73687566ULL;  // "shuf"
 constexpr char kCursorMagic[4] = {'S', 'H', 'D', 'C'};
 constexpr uint32_t kCursorVersion = 1;
-
-// SplitMix64 (Steele et al.): tiny, fully specified, statistically fine for
-// shuffling and hashing, and identical on every platform.
-uint64_t SplitMix64Next(uint64_t& state) {
-  uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
 
 uint64_t Mix(uint64_t a, uint64_t b) {
   uint64_t state = a;

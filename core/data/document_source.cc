@@ -1,8 +1,5 @@
 #include "core/data/document_source.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <filesystem>
@@ -12,8 +9,9 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "base/file.h"
+#include "base/status.h"
 #include "core/json.h"
-#include "core/status.h"
 
 namespace sheaf {
 namespace {
@@ -24,28 +22,6 @@ bool IsBlank(std::string_view text) {
   return std::all_of(text.begin(), text.end(), [](char c) {
     return absl::ascii_isspace(static_cast<unsigned char>(c));
   });
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    return absl::ErrnoToStatus(errno, absl::StrCat("cannot open ", path));
-  }
-  std::string data;
-  char buffer[1 << 16];
-  while (true) {
-    const ssize_t n = read(fd, buffer, sizeof(buffer));
-    if (n == 0) break;
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int saved = errno;
-      close(fd);
-      return absl::ErrnoToStatus(saved, absl::StrCat("cannot read ", path));
-    }
-    data.append(buffer, static_cast<size_t>(n));
-  }
-  close(fd);
-  return data;
 }
 
 // Emits `text` as one document, or as one per blank-line-separated paragraph.
@@ -120,7 +96,7 @@ absl::StatusOr<std::string> JsonlText(std::string_view line,
 absl::Status VisitJsonl(const std::string& path, bool split_blank_lines,
                         int64_t* emitted,
                         absl::FunctionRef<absl::Status(Document)> visit) {
-  ASSIGN_OR_RETURN(const std::string data, ReadFile(path));
+  ASSIGN_OR_RETURN(const std::string data, ReadFileToString(path));
   std::string_view rest = data;
   int64_t line_number = 0;
   while (!rest.empty()) {
@@ -170,7 +146,7 @@ absl::Status VisitFolder(const std::string& path, bool split_blank_lines,
   }
   std::sort(files.begin(), files.end());
   for (const std::string& file : files) {
-    ASSIGN_OR_RETURN(const std::string text, ReadFile(file));
+    ASSIGN_OR_RETURN(const std::string text, ReadFileToString(file));
     RETURN_IF_ERROR(EmitText(text, file, split_blank_lines,
                              /*number_paragraphs=*/true, emitted, visit));
   }
@@ -225,7 +201,7 @@ absl::Status ForEachDocument(const DocumentSource& source,
       break;
     case SourceFormat::kSourceFormatText:
     case SourceFormat::kSourceFormatAuto: {
-      ASSIGN_OR_RETURN(const std::string text, ReadFile(path));
+      ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
       RETURN_IF_ERROR(EmitText(text, path, source.split_blank_lines,
                                /*number_paragraphs=*/true, &emitted, visit));
       break;

@@ -13,7 +13,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "core/status.h"
+#include "base/file.h"
+#include "base/status.h"
 
 namespace sheaf {
 namespace {
@@ -50,36 +51,6 @@ absl::Status ErrnoError(int error, const std::string& what,
   return absl::ErrnoToStatus(error, absl::StrCat(what, " ", path));
 }
 
-absl::Status WriteAll(int fd, const void* data, size_t size,
-                      const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    const ssize_t n = write(fd, p, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError(errno, "cannot write", path);
-    }
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
-  return absl::OkStatus();
-}
-
-// fsync of the directory makes the rename itself durable.
-absl::Status SyncParentDir(const std::string& path) {
-  const size_t slash = path.rfind('/');
-  const std::string dir = slash == std::string::npos
-                              ? "."
-                              : (slash == 0 ? "/" : path.substr(0, slash));
-  const int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError(errno, "cannot open directory", dir);
-  const int rc = fsync(fd);
-  const int saved = errno;
-  close(fd);
-  if (rc != 0) return ErrnoError(saved, "cannot fsync directory", dir);
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 // --- TokenFileWriter ---------------------------------------------------------
@@ -99,24 +70,22 @@ absl::StatusOr<std::unique_ptr<TokenFileWriter>> TokenFileWriter::Create(
                        " outside [0, ", vocab_size, ")"));
     }
   }
-  std::string tmp_path = absl::StrCat(path, ".tmp.", getpid());
-  const int fd =
-      open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError(errno, "cannot create", tmp_path);
+  ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> file,
+                   AtomicFileWriter::Create(path));
   auto writer = std::unique_ptr<TokenFileWriter>(new TokenFileWriter(
-      path, std::move(tmp_path), fd, vocab_size, bos_id, eos_id));
+      path, std::move(file), vocab_size, bos_id, eos_id));
   // Room for the header, which is only known at Finish().
   const char zeros[kTokenFileHeaderBytes] = {};
   RETURN_IF_ERROR(writer->WriteBytes(zeros, sizeof(zeros)));
   return writer;
 }
 
-TokenFileWriter::TokenFileWriter(std::string path, std::string tmp_path, int fd,
+TokenFileWriter::TokenFileWriter(std::string path,
+                                 std::unique_ptr<AtomicFileWriter> file,
                                  int32_t vocab_size, int32_t bos_id,
                                  int32_t eos_id)
     : path_(std::move(path)),
-      tmp_path_(std::move(tmp_path)),
-      fd_(fd),
+      file_(std::move(file)),
       vocab_size_(vocab_size),
       bos_id_(bos_id),
       eos_id_(eos_id),
@@ -125,13 +94,11 @@ TokenFileWriter::TokenFileWriter(std::string path, std::string tmp_path, int fd,
   buffer_.reserve(kFlushBytes + 4096);
 }
 
-TokenFileWriter::~TokenFileWriter() {
-  if (fd_ >= 0) close(fd_);
-  if (!finished_) unlink(tmp_path_.c_str());
-}
+// An unfinished writer's file_ removes its temporary file.
+TokenFileWriter::~TokenFileWriter() = default;
 
 absl::Status TokenFileWriter::FlushBuffer() {
-  RETURN_IF_ERROR(WriteAll(fd_, buffer_.data(), buffer_.size(), tmp_path_));
+  RETURN_IF_ERROR(file_->Append(buffer_.data(), buffer_.size()));
   buffer_.clear();
   return absl::OkStatus();
 }
@@ -200,20 +167,9 @@ absl::Status TokenFileWriter::Finish() {
   header.num_tokens = doc_offsets_.back();
   header.tokens_offset = kTokenFileHeaderBytes;
   header.offsets_offset = offsets_offset;
-  if (pwrite(fd_, &header, sizeof(header), 0) !=
-      static_cast<ssize_t>(sizeof(header))) {
-    return ErrnoError(errno, "cannot write header of", tmp_path_);
-  }
-  if (fsync(fd_) != 0) return ErrnoError(errno, "cannot fsync", tmp_path_);
-  const int rc = close(fd_);
-  fd_ = -1;
-  if (rc != 0) return ErrnoError(errno, "cannot close", tmp_path_);
-  if (rename(tmp_path_.c_str(), path_.c_str()) != 0) {
-    return ErrnoError(errno, absl::StrCat("cannot rename ", tmp_path_, " to"),
-                      path_);
-  }
+  RETURN_IF_ERROR(file_->WriteAt(0, &header, sizeof(header)));
   finished_ = true;
-  return SyncParentDir(path_);
+  return file_->Commit();
 }
 
 absl::StatusOr<TokenizeStats> TokenizeToFile(

@@ -47,6 +47,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "base/file.h"
 #include "core/data/document_source.h"
 #include "core/data/token_corpus.h"
 #include "core/data/tokenizer.h"
@@ -88,14 +89,13 @@ class TokenFileWriter {
   int64_t num_tokens() const { return doc_offsets_.back(); }
 
  private:
-  TokenFileWriter(std::string path, std::string tmp_path, int fd,
+  TokenFileWriter(std::string path, std::unique_ptr<AtomicFileWriter> file,
                   int32_t vocab_size, int32_t bos_id, int32_t eos_id);
   absl::Status WriteBytes(const void* data, size_t size);
   absl::Status FlushBuffer();
 
   const std::string path_;
-  const std::string tmp_path_;
-  int fd_;
+  std::unique_ptr<AtomicFileWriter> file_;  // PATH.tmp.<pid> until Finish
   const int32_t vocab_size_;
   const int32_t bos_id_;
   const int32_t eos_id_;
