@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/spec/validate.h"
 #include "core/spec/yaml.h"
 #include "gtest/gtest.h"
 
@@ -33,21 +34,23 @@ TEST(Build, PretrainShapeDataAndAdapterOptions) {
   const std::string dir = ::testing::TempDir() + "/build_test";
   fs::remove_all(dir);
   fs::create_directories(dir + "/corpus");
-  for (int f = 0; f < 10; ++f) {
+  for (int f = 0; f < 20; ++f) {
     std::ofstream(dir + "/corpus/d" + std::to_string(f) + ".txt") << std::string(200, 'a' + f);
   }
   absl::StatusOr<proto::JobSpec> spec = ParseJobSpecYaml(
       "output_dir: " + dir + "/out\nseed: 3\n"
-      "data: {train: [" + dir + "/corpus], seq_len: 16, val_fraction: 0.2}\n"
+      "data: {train: [" + dir + "/corpus], seq_len: 16, val_fraction: 0.3}\ntrain: {max_steps: 1}\n"
       "pretrain: {model: {hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, "
       "num_key_value_heads: 2, intermediate_size: 48, vocab_size: 258}}\n");
   ASSERT_TRUE(spec.ok()) << spec.status();
+  ApplyDefaults(&*spec);
+  ASSERT_TRUE(ValidateJobSpec(*spec).ok()) << ValidateJobSpec(*spec);
   absl::StatusOr<ModelConfig> config = ModelConfigForSpec(*spec);
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->head_dim, 8);
-  EXPECT_EQ(config->layers[1].num_key_value_heads, 2);
+  EXPECT_EQ(config->layers[1].num_kv_heads, 2);
   absl::StatusOr<DataParts> data = BuildData(*spec, *config);
-  ASSERT_TRUE(data.ok()) << data.status();
+  ASSERT_TRUE(data.ok()) << data.status().ToString();
   EXPECT_EQ(data->dataset->seq_len(), 16);
   EXPECT_GT(data->dataset->num_validation_sequences(), 0);
   absl::StatusOr<ModelParts> model = BuildModel(*spec, *config, {});
