@@ -138,7 +138,7 @@ LoraOptions LoraOptionsFromSpec(const proto::AdapterSpec& a, uint64_t seed) {
   lo.rslora = a.rslora();
   lo.targets.assign(a.targets().begin(), a.targets().end());
   lo.layers.assign(a.layers().begin(), a.layers().end());
-  lo.seed = SplitMix64(seed ^ 0x10a);
+  lo.seed = AdapterInitSeed(seed);
   return lo;
 }
 

@@ -2,15 +2,14 @@
 
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <string_view>
-#include <unistd.h>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/json.h"
+#include "jobs/file_util.h"
 #include "core/status.h"
 
 namespace sheaf::jobs {
@@ -72,27 +71,6 @@ void AppendMember(std::string_view key, std::string* out, bool* first) {
   out->append(": ");
 }
 
-absl::Status WriteFileAtomically(const std::string& path, const std::string& bytes) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
-  {
-    std::ofstream f(tmp, std::ios::trunc | std::ios::binary);
-    f << bytes;
-    f.flush();
-    if (!f) {
-      std::error_code ec;
-      std::filesystem::remove(tmp, ec);
-      return absl::InternalError(absl::StrCat("cannot write ", path));
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    return absl::InternalError(absl::StrCat("cannot write ", path, ": ", ec.message()));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 std::string FormatMetrics(const MetricValues& values, const MetricStrings& strings) {
@@ -144,11 +122,9 @@ absl::Status MetricsSink::TruncateAfter(int64_t step) {
       }
     }
   }
-  std::ofstream out(metrics_path_, std::ios::trunc);
-  for (const std::string& l : kept) out << l << "\n";
-  out.flush();
-  if (!out) return absl::InternalError(absl::StrCat("cannot rewrite ", metrics_path_));
-  return absl::OkStatus();
+  std::string text;
+  for (const std::string& l : kept) absl::StrAppend(&text, l, "\n");
+  return WriteFileAtomically(metrics_path_, text);
 }
 
 absl::Status MetricsSink::WriteSummary(const MetricValues& values, const MetricStrings& strings) {

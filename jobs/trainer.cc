@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -15,6 +14,7 @@
 #include "core/spec/yaml.h"
 #include "core/status.h"
 #include "jobs/evaluation.h"
+#include "jobs/file_util.h"
 #include "ops/cpu/ops.h"
 
 namespace sheaf {
@@ -174,15 +174,11 @@ absl::Status Trainer::Setup(const proto::JobSpec& spec_in) {
 }
 
 absl::Status Trainer::WriteSpecFile() {
-  const std::string path = spec_.output_dir() + "/spec.yaml";
-  std::ofstream f(path, std::ios::trunc);
-  f << "# Resolved job spec (defaults applied)"
-    << (options_.spec_origin.empty() ? "" : " ") << options_.spec_origin
-    << "; `sheaf train --resume " << spec_.output_dir() << "` reads it.\n"
-    << JobSpecToYaml(spec_);
-  f.flush();
-  if (!f) return absl::InternalError(absl::StrCat("cannot write ", path));
-  return absl::OkStatus();
+  return jobs::WriteFileAtomically(
+      spec_.output_dir() + "/spec.yaml",
+      absl::StrCat("# Resolved job spec (defaults applied)", options_.spec_origin.empty() ? "" : " ",
+                   options_.spec_origin, "; `sheaf train --resume ", spec_.output_dir(),
+                   "` reads it.\n", JobSpecToYaml(spec_)));
 }
 
 jobs::MetricValues Trainer::CommMetrics() const {
