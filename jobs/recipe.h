@@ -14,8 +14,9 @@
 //   Cleanup()          summary and anything else a finished run leaves
 //
 // and Run() walks it. A new kind is a new recipe registered under its
-// JobSpec oneof case (an alwayslink cc_library calling REGISTER_RECIPE-style
-// RecipeRegistry::Global().Register in a static initialiser).
+// JobSpec oneof case: an alwayslink cc_library whose static initialiser
+// calls RecipeRegistry::Global().Register (jobs/lora_recipe.cc), added to
+// //jobs:recipes.
 //
 // Thread-safety: a recipe is driven from one thread; RequestStop() may be
 // called from any thread (a signal handler's, the lease keeper's). The
