@@ -30,7 +30,9 @@
 #include "core/spec/yaml.h"
 #include "dist/communicator.h"
 #include "dist/mpi_communicator.h"
-#include "jobs/trainer.h"
+#include "jobs/build.h"
+#include "jobs/evaluation.h"
+#include "jobs/recipe.h"
 #include "ops/cpu/ops.h"
 
 namespace sheaf {
@@ -77,9 +79,9 @@ int Usage(const std::string& why) {
   return 2;
 }
 
-Trainer* g_trainer = nullptr;
+jobs::Recipe* g_recipe = nullptr;
 void OnSignal(int) {
-  if (g_trainer) g_trainer->RequestStop();
+  if (g_recipe) g_recipe->RequestStop();
 }
 
 int Train(const std::vector<std::string>& args, bool pretrain_only) {
@@ -114,20 +116,20 @@ int Train(const std::vector<std::string>& args, bool pretrain_only) {
     comm = std::move(*c);
     opts.comm = comm.get();
   }
-  absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(*spec, opts);
-  if (!trainer.ok()) {
-    const bool user_error = trainer.status().code() == absl::StatusCode::kInvalidArgument ||
-                            trainer.status().code() == absl::StatusCode::kNotFound ||
-                            trainer.status().code() == absl::StatusCode::kAlreadyExists;
-    return Fail(trainer.status(), user_error ? 2 : 1);
+  absl::StatusOr<std::unique_ptr<jobs::Recipe>> recipe = jobs::CreateRecipe(*spec, opts);
+  if (!recipe.ok()) {
+    const bool user_error = recipe.status().code() == absl::StatusCode::kInvalidArgument ||
+                            recipe.status().code() == absl::StatusCode::kNotFound ||
+                            recipe.status().code() == absl::StatusCode::kAlreadyExists;
+    return Fail(recipe.status(), user_error ? 2 : 1);
   }
-  g_trainer = trainer->get();
+  g_recipe = recipe->get();
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
-  absl::StatusOr<TrainResult> result = (*trainer)->Run();
-  g_trainer = nullptr;
+  absl::StatusOr<TrainResult> result = (*recipe)->Run();
+  g_recipe = nullptr;
   if (!result.ok()) return Fail(result.status());
-  if (result->steps < (*trainer)->total_steps()) return 130;
+  if (result->steps < (*recipe)->total_steps()) return 130;
   if (rank->world_rank != 0) return 0;
   std::printf("val_loss %.4f -> %.4f (ppl %.2f -> %.2f); wrote %s\n", result->first_val_loss,
               result->final_val_loss, std::exp(result->first_val_loss),
@@ -164,35 +166,27 @@ int Eval(const std::vector<std::string>& args) {
     if (!a.ok()) return Fail(a.status(), 2);
     adapter = std::move(*a);
   }
-  ByteTokenizer tok;
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = jobs::MakeTokenizer("byte");
+  if (!tok.ok()) return Fail(tok.status(), 2);
   std::vector<DocumentSource> sources;
   for (const std::string& d : data) sources.push_back(DocumentSource{d});
   absl::StatusOr<std::vector<Document>> docs = LoadDocuments(sources);
   if (!docs.ok()) return Fail(docs.status(), 2);
-  absl::StatusOr<std::unique_ptr<InMemoryCorpus>> corpus = InMemoryCorpus::FromDocuments(*docs, tok);
+  absl::StatusOr<std::unique_ptr<InMemoryCorpus>> corpus = InMemoryCorpus::FromDocuments(*docs, **tok);
   if (!corpus.ok()) return Fail(corpus.status(), 2);
   std::shared_ptr<const TokenCorpus> c(std::move(*corpus));
   DatasetOptions dopt;
   dopt.seq_len = seq_len;
   absl::StatusOr<std::unique_ptr<Dataset>> ds = Dataset::Create(dopt, c, c);
   if (!ds.ok()) return Fail(ds.status(), 2);
-  const int B = 8;
-  int64_t n = (*ds)->num_validation_sequences();
-  if (max_seqs > 0) n = std::min(n, max_seqs);
-  std::vector<int32_t> in(static_cast<size_t>(B) * seq_len), tg(in.size());
-  LossStats total;
-  for (int64_t first = 0; first < n; first += B) {
-    auto rows = (*ds)->GetValidationBatch(first, B, absl::MakeSpan(in), absl::MakeSpan(tg));
-    if (!rows.ok()) return Fail(rows.status());
-    // Rows past n (when --max-seqs cuts a batch) are ignored.
-    for (int64_t r = std::max<int64_t>(0, n - first); r < B; ++r) {
-      std::fill(tg.begin() + r * seq_len, tg.begin() + (r + 1) * seq_len, kIgnoreIndex);
-    }
-    auto s = (*model)->Forward(in.data(), tg.data(), B, seq_len, adapter.get(), false);
-    if (!s.ok()) return Fail(s.status());
-    total.loss_sum += s->loss_sum;
-    total.tokens += s->tokens;
-  }
+  // The evaluation the recipes run (jobs/evaluation.h), on a world of one.
+  jobs::EvalOptions eo;
+  eo.batch_size = 8;
+  eo.max_sequences = max_seqs;
+  jobs::WorldSync one(nullptr);
+  absl::StatusOr<LossStats> s = jobs::EvaluateLoss(**model, adapter.get(), **ds, eo, one);
+  if (!s.ok()) return Fail(s.status());
+  const LossStats total = *s;
   std::printf("loss %.4f ppl %.3f tokens %lld\n", total.mean(), std::exp(total.mean()),
               static_cast<long long>(total.tokens));
   return 0;

@@ -3,16 +3,21 @@
 // and the exported PEFT adapter matches the trained weights.
 #include "jobs/trainer.h"
 
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <random>
 #include <sstream>
 
 #include "core/checkpoint.h"
+#include "core/json.h"
 #include "core/model.h"
 #include "core/safetensors.h"
+#include "absl/strings/str_cat.h"
 #include "core/spec/yaml.h"
 #include "gtest/gtest.h"
+#include "jobs/recipe.h"
 
 namespace sheaf {
 namespace {
@@ -226,6 +231,142 @@ TEST(Trainer, BadSpecsFailCleanlyAndWriteNothing) {
   std::ofstream(empty + "/blank.txt") << "   \n\n";
   ExpectBadSpec(good, {"data.train=[" + empty + "]"}, "empty_corpus");
   ExpectBadSpec(good, {"base_model=" + Root() + "/nope"}, "nope");
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream text;
+  text << f.rdbuf();
+  return text.str();
+}
+
+// Bug: a non-finite gradient norm was stepped on and logged as
+// `"grad_norm": nan` (not JSON). Now the update is skipped, counted, and
+// every metrics line parses.
+TEST(Trainer, NonFiniteGradientNormSkipsTheStepAndLogsJson) {
+  const std::string out = Root() + "/nan_grad";
+  absl::StatusOr<proto::JobSpec> spec = ParseJobSpecYaml(LoraSpec(out, 6, 3));
+  ASSERT_TRUE(spec.ok());
+  TrainerOptions o;
+  o.quiet = true;
+  o.inspect_gradients = [](int64_t step, const std::vector<ParamRef>& params) {
+    if (step == 2) params[0].grad[0] = std::numeric_limits<float>::infinity();
+  };
+  auto t = Trainer::Create(*spec, o);
+  ASSERT_TRUE(t.ok()) << t.status();
+  auto r = (*t)->Run();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->steps, 6);
+  std::istringstream lines(ReadFile(out + "/metrics.jsonl"));
+  int n = 0, skipped = 0;
+  for (std::string l; std::getline(lines, l); ++n) {
+    absl::StatusOr<Json> j = Json::Parse(l);
+    ASSERT_TRUE(j.ok()) << "not JSON: " << l;
+    if (j->Find("skipped") != nullptr) {
+      ++skipped;
+      EXPECT_EQ(j->Find("step")->as_int64(), 3) << l;
+      EXPECT_EQ(j->Find("grad_norm"), nullptr) << l;
+      EXPECT_EQ(j->Find("skipped_steps")->as_int64(), 1) << l;
+    } else if (n > 0) {
+      EXPECT_TRUE(std::isfinite(j->Find("grad_norm")->as_double())) << l;
+    }
+  }
+  EXPECT_EQ(n, 7);
+  EXPECT_EQ(skipped, 1);
+  absl::StatusOr<Json> summary = Json::Parse(ReadFile(out + "/summary.json"));
+  ASSERT_TRUE(summary.ok());
+  EXPECT_EQ(summary->Find("skipped_steps")->as_int64(), 1);
+}
+
+TEST(Trainer, GradientsNonFiniteStepAfterStepFailTheJob) {
+  const std::string out = Root() + "/nan_always";
+  absl::StatusOr<proto::JobSpec> spec = ParseJobSpecYaml(LoraSpec(out, 20, 10));
+  ASSERT_TRUE(spec.ok());
+  TrainerOptions o;
+  o.quiet = true;
+  o.inspect_gradients = [](int64_t step, const std::vector<ParamRef>& params) {
+    if (step >= 1) params[1].grad[0] = std::numeric_limits<float>::quiet_NaN();
+  };
+  auto t = Trainer::Create(*spec, o);
+  ASSERT_TRUE(t.ok()) << t.status();
+  auto r = (*t)->Run();
+  ASSERT_FALSE(r.ok());
+  const std::string msg(r.status().message());
+  EXPECT_NE(msg.find(absl::StrCat("in ", jobs::kMaxConsecutiveSkippedSteps, " consecutive steps")),
+            std::string::npos) << msg;
+  EXPECT_NE(msg.find(absl::StrCat("step ", 1 + jobs::kMaxConsecutiveSkippedSteps, ":")),
+            std::string::npos) << msg;
+}
+
+// Bug: summary.json formatted the export path with %s (no escaping).
+TEST(Trainer, SummaryIsJsonWhateverThePath) {
+  const std::string out = Root() + "/odd \"name\" \\ dir";
+  absl::StatusOr<proto::JobSpec> spec = ParseJobSpecYaml(LoraSpec(Root() + "/unused", 2, 1));
+  ASSERT_TRUE(spec.ok());
+  spec->set_output_dir(out);
+  TrainerOptions o;
+  o.quiet = true;
+  auto t = Trainer::Create(*spec, o);
+  ASSERT_TRUE(t.ok()) << t.status();
+  auto r = (*t)->Run();
+  ASSERT_TRUE(r.ok()) << r.status();
+  const std::string text = ReadFile(out + "/summary.json");
+  absl::StatusOr<Json> summary = Json::Parse(text);
+  ASSERT_TRUE(summary.ok()) << text;
+  EXPECT_EQ(summary->Find("export")->as_string(), out + "/adapter");
+  EXPECT_EQ(summary->Find("steps")->as_int64(), 2);
+  EXPECT_NE(text.find("\"final_val_ppl\": "), std::string::npos);
+}
+
+// Bug: the worker wrote spec.yaml and the trainer overwrote it at once. The
+// recipe owns it: a fresh output_dir gets it at setup (with the caller's
+// origin line), and a run that restores nothing leaves it alone.
+TEST(Trainer, SpecYamlIsWrittenOnceByTheRecipe) {
+  const std::string out = Root() + "/spec_once";
+  absl::StatusOr<proto::JobSpec> spec = ParseJobSpecYaml(LoraSpec(out, 2, 1));
+  ASSERT_TRUE(spec.ok());
+  TrainerOptions o;
+  o.quiet = true;
+  o.resume = true;  // as the worker runs every job
+  o.spec_origin = "of job j-42";
+  auto t = Trainer::Create(*spec, o);
+  ASSERT_TRUE(t.ok()) << t.status();
+  const std::string path = out + "/spec.yaml";
+  ASSERT_TRUE(fs::exists(path)) << "written at setup";
+  const std::string first = ReadFile(path);
+  EXPECT_EQ(first.rfind("# Resolved job spec (defaults applied) of job j-42; `sheaf train --resume ", 0), 0u)
+      << first;
+  const auto written = fs::last_write_time(path);
+  ASSERT_TRUE((*t)->Run().ok());
+  EXPECT_EQ(fs::last_write_time(path), written) << "rewritten without a restored checkpoint";
+  EXPECT_EQ(ReadFile(path), first);
+  // The spec parses back to what ran.
+  absl::StatusOr<proto::JobSpec> again = ParseJobSpecFile(path, {});
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->output_dir(), out);
+}
+
+TEST(Trainer, TheRegistryMakesTheRecipeOfTheSpecsKind) {
+  const std::string out = Root() + "/registry";
+  absl::StatusOr<proto::JobSpec> spec = ParseJobSpecYaml(LoraSpec(out, 2, 1));
+  ASSERT_TRUE(spec.ok());
+  TrainerOptions o;
+  o.quiet = true;
+  absl::StatusOr<std::unique_ptr<jobs::Recipe>> recipe = jobs::CreateRecipe(*spec, o);
+  ASSERT_TRUE(recipe.ok()) << recipe.status();
+  EXPECT_NE(dynamic_cast<Trainer*>(recipe->get()), nullptr);
+  EXPECT_EQ((*recipe)->total_steps(), 2);
+  auto r = (*recipe)->Run();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(fs::exists(out + "/adapter/adapter_config.json"));
+  const std::vector<std::string> names = jobs::RecipeRegistry::Global().Names();
+  EXPECT_EQ(names, (std::vector<std::string>{"lora", "pretrain"}));
+  proto::JobSpec none = *spec;
+  none.clear_lora();
+  absl::StatusOr<std::unique_ptr<jobs::Recipe>> refused = jobs::CreateRecipe(none, o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(std::string(refused.status().message()).find("lora, pretrain"), std::string::npos)
+      << refused.status();
 }
 
 }  // namespace

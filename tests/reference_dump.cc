@@ -39,6 +39,7 @@
 #include "core/model_config.h"
 #include "core/safetensors.h"
 #include "core/status.h"
+#include "jobs/train_loop.h"
 
 namespace sheaf {
 namespace {
@@ -132,13 +133,14 @@ absl::Status RunAndDump(Model& model, LoraAdapter& adapter, const Batch& batch,
   const int V = model.config().vocab_size;
   model.ZeroGrads();
   adapter.grads().Zero();
-  ASSIGN_OR_RETURN(LossStats stats, model.Forward(batch.tokens.data(), batch.targets.data(), kB,
-                                                  kT, &adapter, /*training=*/true));
+  // The recipes' training micro-step (jobs/train_loop.h).
+  ASSIGN_OR_RETURN(LossStats stats,
+                   jobs::ForwardBackward(model, &adapter, batch.tokens.data(), batch.targets.data(),
+                                         kB, kT, 1.0f / static_cast<float>(batch.valid)));
   if (stats.tokens != batch.valid) {
     return absl::InternalError(
         absl::StrCat("Forward counted ", stats.tokens, " valid targets, expected ", batch.valid));
   }
-  RETURN_IF_ERROR(model.Backward(1.0f / static_cast<float>(batch.valid)));
 
   const float* logits = model.logits();
   dump.writer.Add(prefix + "logits", std::vector<int64_t>{kB, kT, V},

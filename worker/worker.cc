@@ -136,7 +136,8 @@ Worker::Worker(WorkerOptions options, dist::Communicator* comm)
     : options_(std::move(options)),
       comm_(comm),
       world_rank_(comm ? comm->world_rank() : 0),
-      world_size_(comm ? comm->world_size() : 1) {}
+      world_size_(comm ? comm->world_size() : 1),
+      sync_(comm, absl::ToChronoMilliseconds(options_.control_timeout)) {}
 
 Worker::~Worker() = default;
 
@@ -168,7 +169,7 @@ void Worker::RequestStop() {
   {
     absl::MutexLock lock(&mu_);
     stop_requested_ = true;
-    if (trainer_ != nullptr) trainer_->RequestStop();
+    if (recipe_ != nullptr) recipe_->RequestStop();
   }
   if (client_) client_->CancelAcquire();
 }
@@ -176,7 +177,7 @@ void Worker::RequestStop() {
 void Worker::StopCurrentJob() {
   absl::MutexLock lock(&mu_);
   job_stop_ = true;
-  if (trainer_ != nullptr) trainer_->RequestStop();
+  if (recipe_ != nullptr) recipe_->RequestStop();
 }
 
 bool Worker::stop_requested() const {
@@ -200,17 +201,6 @@ std::string Worker::world_id() const {
 }
 
 // ---- Collectives ----
-
-absl::Status Worker::SumAcrossRanks(double* values, int n) {
-  if (world_size_ == 1) return absl::OkStatus();
-  // Votes and counts: small integers, exact in float.
-  std::vector<float> buf(values, values + n);
-  std::unique_ptr<dist::Work> work = comm_->AllReduce(
-      buf.data(), n, dist::ReduceOp::kReduceSum, dist::Purpose::kPurposeControl);
-  RETURN_IF_ERROR(work->Wait(absl::ToChronoMilliseconds(options_.control_timeout)));
-  for (int i = 0; i < n; ++i) values[i] = buf[static_cast<size_t>(i)];
-  return absl::OkStatus();
-}
 
 absl::Status Worker::BroadcastFromRoot(std::string* bytes) {
   if (world_size_ == 1) return absl::OkStatus();
@@ -261,9 +251,9 @@ absl::Status Worker::Run() {
     Decision d;
     if (is_root()) d = Poll();
     // SIGTERM may reach any rank first; every rank's vote counts.
-    double stop_votes = stop_requested() ? 1 : 0;
-    RETURN_IF_ERROR(SumAcrossRanks(&stop_votes, 1));
-    if (is_root() && stop_votes > 0 && d.command != Command::kCommandExit) {
+    jobs::Vote stop_vote(stop_requested());
+    RETURN_IF_ERROR(sync_.Tally({&stop_vote}));
+    if (is_root() && stop_vote.any() && d.command != Command::kCommandExit) {
       if (d.command == Command::kCommandJob) {
         // Leased just as the world was told to stop: give it back at once.
         proto::CompleteJobRequest give_back;
@@ -485,13 +475,12 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
     Complete(request, give_up);
   };
 
-  // Every rank learns both outcomes: [any rank refuses the paths, rank 0's
-  // output_dir belongs to another job, rank 0 could not claim it].
-  double prepare[3] = {paths_refused ? 1.0 : 0.0,
-                       absl::IsFailedPrecondition(claim) ? 1.0 : 0.0,
-                       !claim.ok() && !absl::IsFailedPrecondition(claim) ? 1.0 : 0.0};
-  RETURN_IF_ERROR(SumAcrossRanks(prepare, 3));
-  if (prepare[0] > 0) {
+  // Every rank learns both outcomes.
+  jobs::Vote refused_paths(paths_refused);
+  jobs::Vote claimed_by_another_job(absl::IsFailedPrecondition(claim));  // rank 0
+  jobs::Vote claim_failed(!claim.ok() && !absl::IsFailedPrecondition(claim));  // rank 0
+  RETURN_IF_ERROR(sync_.Tally({&refused_paths, &claimed_by_another_job, &claim_failed}));
+  if (refused_paths.any()) {
     // This world's roots differ from the coordinator's: it is misconfigured,
     // not the job. Hand the job back (no attempt counted; another world may
     // run it) and stop taking jobs: every lease would end the same way.
@@ -512,12 +501,12 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
         "this world's roots refuse job ", lease.job_id(), "'s paths (", why,
         "); the job was released; fix the worker's roots"));
   }
-  if (prepare[1] > 0 || prepare[2] > 0) {
+  if (claimed_by_another_job.any() || claim_failed.any()) {
     if (is_root()) {
       proto::CompleteJobRequest request;
       request.set_error(std::string(claim.message()));
       // Another job's run: no attempt can fix that. An I/O error may pass.
-      request.set_permanent(prepare[1] > 0);
+      request.set_permanent(claimed_by_another_job.any());
       Log(absl::StrCat("cannot run job ", lease.job_id(), ": ", claim.message(),
                        request.permanent() ? " (permanent)" : ""));
       complete(request, received + ttl);
@@ -564,52 +553,45 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
       k->SetProgress(ToProto(p), {{"lr", p.lr}, {"grad_norm", p.grad_norm}});
     };
   }
-  absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(*spec, topts);
+  // The recipe owns output_dir/spec.yaml; the header names the job.
+  topts.spec_origin = absl::StrCat("of job ", lease.job_id());
+  absl::StatusOr<std::unique_ptr<jobs::Recipe>> recipe = jobs::CreateRecipe(*spec, topts);
   bool stop_before_run = false;
-  if (trainer.ok()) {
+  if (recipe.ok()) {
     absl::MutexLock lock(&mu_);
-    trainer_ = trainer->get();
+    recipe_ = recipe->get();
     stop_before_run = job_stop_ || stop_requested_;
   } else {
-    Log(absl::StrCat("setting up the job failed: ", trainer.status().ToString()));
+    Log(absl::StrCat("setting up the job failed: ", recipe.status().ToString()));
   }
-  if (trainer.ok() && is_root()) {
+  if (recipe.ok() && is_root()) {
     proto::Progress p;
-    p.set_total_steps((*trainer)->total_steps());
+    p.set_total_steps((*recipe)->total_steps());
     k->SetProgress(p, {});
   }
-  double setup[2] = {trainer.ok() ? 0.0 : 1.0, stop_before_run ? 1.0 : 0.0};
-  if (absl::Status s = SumAcrossRanks(setup, 2); !s.ok()) {
+  jobs::Vote setup_failed(!recipe.ok()), stopped_before_run(stop_before_run);
+  if (absl::Status s = sync_.Tally({&setup_failed, &stopped_before_run}); !s.ok()) {
     absl::MutexLock lock(&mu_);
-    trainer_ = nullptr;
+    recipe_ = nullptr;
     return broken(s);
   }
   absl::StatusOr<TrainResult> result = absl::UnknownError("not run");
   bool ran = false;
-  if (setup[0] == 0 && setup[1] == 0) {
-    if (is_root()) {
-      // The trainer writes spec.yaml only for fresh (non-resume) runs.
-      const std::string spec_yaml = spec->output_dir() + "/spec.yaml";
-      if (!fs::exists(spec_yaml)) {
-        std::ofstream f(spec_yaml, std::ios::trunc);
-        f << "# Resolved job spec (defaults applied) of job " << lease.job_id()
-          << "; `sheaf train --resume " << spec->output_dir() << "` reads it.\n"
-          << JobSpecToYaml((*trainer)->spec());
-      }
-    }
-    result = (*trainer)->Run();
+  if (!setup_failed.any() && !stopped_before_run.any()) {
+    result = (*recipe)->Run();
     ran = true;
     if (!result.ok()) Log(absl::StrCat("training failed: ", result.status().ToString()));
   }
   {
     absl::MutexLock lock(&mu_);
-    trainer_ = nullptr;
+    recipe_ = nullptr;
   }
-  const bool finished = ran && result.ok() && result->steps >= (*trainer)->total_steps();
-  double outcome[3] = {ran && !result.ok() ? 1.0 : 0.0, stop_requested() ? 1.0 : 0.0,
-                       finished ? 1.0 : 0.0};
-  if (absl::Status s = SumAcrossRanks(outcome, 3); !s.ok()) return broken(s);
-  if (outcome[1] > 0) {
+  const bool finished = ran && result.ok() && result->steps >= (*recipe)->total_steps();
+  jobs::Vote run_failed(ran && !result.ok()), stop_asked(stop_requested()), run_finished(finished);
+  if (absl::Status s = sync_.Tally({&run_failed, &stop_asked, &run_finished}); !s.ok()) {
+    return broken(s);
+  }
+  if (stop_asked.any()) {
     // A rank was told to stop (SIGTERM may reach only some ranks, or reach
     // them one by one): the whole world stops after this job, rank 0
     // without leasing another first.
@@ -631,25 +613,25 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
   proto::CompleteJobRequest request;
   *request.mutable_progress() = keeper->progress();
   enum { kSucceeded, kFailed, kCancelled, kGivenBack } kind = kFailed;
-  if (setup[0] > 0) {
-    const absl::Status s = trainer.ok() ? absl::InternalError("another rank could not set up the job "
-                                                              "(see its log)")
-                                        : trainer.status();
+  if (setup_failed.any()) {
+    const absl::Status s = recipe.ok() ? absl::InternalError("another rank could not set up the job "
+                                                             "(see its log)")
+                                       : recipe.status();
     request.set_error(std::string(s.message()));
     request.set_permanent(IsPermanentFailure(s));
-  } else if (outcome[0] > 0) {
+  } else if (run_failed.any()) {
     const absl::Status s = result.ok() ? absl::InternalError("another rank failed (see its log)")
                                        : result.status();
     request.set_error(std::string(s.message()));
     request.set_permanent(IsPermanentFailure(s));
-  } else if (outcome[2] >= world_size_) {
+  } else if (run_finished.all(world_size_)) {
     kind = kSucceeded;
     request.set_success(true);
     request.set_artifact_dir(spec->output_dir());
   } else if (verdict == LeaseVerdict::kCancel) {
     kind = kCancelled;
     request.set_error("cancelled");
-  } else if (outcome[1] > 0 || setup[1] > 0) {
+  } else if (stop_asked.any() || stopped_before_run.any()) {
     kind = kGivenBack;
     request.set_error(kStoppedError);
     request.set_released(true);  // not the job's fault: no attempt counted

@@ -21,7 +21,7 @@
 //              it holds), (vote: a rank refusing the paths -> the job is
 //              released and the world exits with an error, since its roots
 //              are misconfigured; another job's output_dir -> the job
-//              fails permanently), builds the Trainer with the lease's
+//              fails permanently), builds the job kind's recipe (jobs/recipe.h) with the lease's
 //              output_dir and resume = true (the directory is this job's:
 //              a re-leased job continues from its newest valid checkpoint,
 //              a first attempt starts at step 0), (vote), runs it, and
@@ -72,7 +72,8 @@
 #include "absl/time/time.h"
 #include "base/path_policy.h"
 #include "dist/communicator.h"
-#include "jobs/trainer.h"
+#include "jobs/recipe.h"
+#include "jobs/world_sync.h"
 #include "proto/coordinator.pb.h"
 #include "worker/client.h"
 #include "worker/lease_keeper.h"
@@ -151,8 +152,7 @@ class Worker {
   bool is_root() const { return world_rank_ == 0; }
   void Log(absl::string_view line) const;
 
-  // Collectives (no-ops for a world of one).
-  absl::Status SumAcrossRanks(double* values, int n);
+  // Collectives (no-ops for a world of one). Votes go through sync_.
   absl::Status BroadcastFromRoot(std::string* bytes);
   absl::Status Introduce();
 
@@ -172,6 +172,7 @@ class Worker {
   dist::Communicator* const comm_;
   const int world_rank_;
   const int world_size_;
+  jobs::WorldSync sync_;
   std::unique_ptr<PathPolicy> paths_;
   std::unique_ptr<CoordinatorClient> client_;  // rank 0
 
@@ -184,7 +185,7 @@ class Worker {
   mutable absl::Mutex mu_;
   bool stop_requested_ ABSL_GUARDED_BY(mu_) = false;
   bool job_stop_ ABSL_GUARDED_BY(mu_) = false;  // stop the current job
-  Trainer* trainer_ ABSL_GUARDED_BY(mu_) = nullptr;
+  jobs::Recipe* recipe_ ABSL_GUARDED_BY(mu_) = nullptr;
   WorkerStats stats_ ABSL_GUARDED_BY(mu_);
   // world_id_ for other threads (world_id() may be called during Run()).
   std::string world_id_copy_ ABSL_GUARDED_BY(mu_);

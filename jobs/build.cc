@@ -1,0 +1,175 @@
+#include "jobs/build.h"
+
+#include <algorithm>
+#include <functional>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/data/document_source.h"
+#include "core/data/token_file.h"
+#include "core/status.h"
+#include "jobs/seeds.h"
+
+namespace sheaf::jobs {
+namespace {
+
+using TokenizerMaker = std::function<std::unique_ptr<Tokenizer>()>;
+
+const std::vector<std::pair<std::string, TokenizerMaker>>& Tokenizers() {
+  static const auto* table = new std::vector<std::pair<std::string, TokenizerMaker>>{
+      {"byte", [] { return std::make_unique<ByteTokenizer>(); }},
+  };
+  return *table;
+}
+
+}  // namespace
+
+std::vector<std::string> TokenizerNames() {
+  std::vector<std::string> names;
+  for (const auto& [name, make] : Tokenizers()) names.push_back(name);
+  return names;
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizer(const std::string& name_in) {
+  const std::string name = name_in.empty() ? "byte" : name_in;
+  for (const auto& [known, make] : Tokenizers()) {
+    if (known == name) return make();
+  }
+  return absl::InvalidArgumentError(absl::StrCat("data.tokenizer: \"", name,
+                                                 "\" is not available yet (use ",
+                                                 absl::StrJoin(TokenizerNames(), ", "), ")"));
+}
+
+absl::StatusOr<std::shared_ptr<const TokenCorpus>> LoadCorpus(
+    const google::protobuf::RepeatedPtrField<std::string>& paths, proto::DataSpec::Format format,
+    const Tokenizer& tokenizer, const char* key) {
+  if (format == proto::DataSpec::FORMAT_TOKENS) {
+    if (paths.size() != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(key, ": format tokens takes exactly one .tok file, got ", paths.size()));
+    }
+    ASSIGN_OR_RETURN(std::unique_ptr<TokenFile> f, TokenFile::Open(paths[0]));
+    if (f->vocab_size() != tokenizer.vocab_size()) {
+      return absl::InvalidArgumentError(absl::StrCat(key, ": ", paths[0], " has vocab ",
+                                                     f->vocab_size(), ", the tokenizer ",
+                                                     tokenizer.vocab_size()));
+    }
+    return std::shared_ptr<const TokenCorpus>(std::move(f));
+  }
+  std::vector<DocumentSource> sources;
+  for (const std::string& p : paths) {
+    DocumentSource s;
+    s.path = p;
+    s.split_blank_lines = format == proto::DataSpec::FORMAT_TEXT_PARAGRAPHS;
+    if (format == proto::DataSpec::FORMAT_JSONL) s.format = SourceFormat::kSourceFormatJsonl;
+    sources.push_back(std::move(s));
+  }
+  ASSIGN_OR_RETURN(std::vector<Document> docs, LoadDocuments(sources));
+  ASSIGN_OR_RETURN(std::unique_ptr<InMemoryCorpus> c, InMemoryCorpus::FromDocuments(docs, tokenizer));
+  return std::shared_ptr<const TokenCorpus>(std::move(c));
+}
+
+absl::StatusOr<ModelConfig> ConfigFromShape(const proto::ModelShape& s) {
+  ModelConfig c;
+  c.hidden_size = s.hidden_size();
+  c.num_layers = s.num_hidden_layers();
+  c.vocab_size = s.vocab_size();
+  const int heads = s.num_attention_heads();
+  const int kv = s.has_num_key_value_heads() ? s.num_key_value_heads() : heads;
+  c.head_dim = s.has_head_dim() ? s.head_dim() : (heads > 0 ? c.hidden_size / heads : 0);
+  c.max_position_embeddings = s.has_max_position_embeddings() ? s.max_position_embeddings() : 2048;
+  c.rope_theta = s.has_rope_theta() ? static_cast<float>(s.rope_theta()) : 10000.0f;
+  c.rms_norm_eps = s.has_rms_norm_eps() ? static_cast<float>(s.rms_norm_eps()) : 1e-5f;
+  c.tie_word_embeddings = s.has_tie_word_embeddings() ? s.tie_word_embeddings() : false;
+  c.layers.assign(static_cast<size_t>(std::max(c.num_layers, 0)),
+                  LayerShape{heads, kv, s.intermediate_size()});
+  absl::Status st = c.Validate();
+  if (!st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("pretrain.model: ", st.message()));
+  }
+  return c;
+}
+
+absl::StatusOr<ModelConfig> ModelConfigForSpec(const proto::JobSpec& spec) {
+  ModelConfig config;
+  if (!spec.base_model().empty()) {
+    ASSIGN_OR_RETURN(config, LoadModelConfig(spec.base_model()));
+  } else {
+    ASSIGN_OR_RETURN(config, ConfigFromShape(spec.pretrain().model()));
+  }
+  const int T = spec.data().seq_len();
+  if (T > config.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("data.seq_len: ", T,
+                                                   " exceeds the model's max_position_embeddings ",
+                                                   config.max_position_embeddings));
+  }
+  return config;
+}
+
+absl::StatusOr<DataParts> BuildData(const proto::JobSpec& spec, const ModelConfig& config) {
+  DataParts parts;
+  ASSIGN_OR_RETURN(parts.tokenizer, MakeTokenizer(spec.data().tokenizer()));
+  if (config.vocab_size < parts.tokenizer->vocab_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "base_model: vocab_size ", config.vocab_size, " is smaller than the ",
+        spec.data().tokenizer().empty() ? "byte" : spec.data().tokenizer(), " tokenizer's ",
+        parts.tokenizer->vocab_size()));
+  }
+  ASSIGN_OR_RETURN(parts.train, LoadCorpus(spec.data().train(), spec.data().format(),
+                                           *parts.tokenizer, "data.train"));
+  if (spec.data().val_size() > 0) {
+    ASSIGN_OR_RETURN(parts.val, LoadCorpus(spec.data().val(), spec.data().format(),
+                                           *parts.tokenizer, "data.val"));
+  }
+  DatasetOptions dopt;
+  dopt.seq_len = spec.data().seq_len();
+  dopt.seed = spec.seed();
+  dopt.val_fraction = spec.data().val_size() > 0 ? 0.0 : spec.data().val_fraction();
+  ASSIGN_OR_RETURN(parts.dataset, Dataset::Create(dopt, parts.train, parts.val));
+  return parts;
+}
+
+LoraOptions LoraOptionsFromSpec(const proto::AdapterSpec& a, uint64_t seed) {
+  LoraOptions lo;
+  lo.rank = a.rank();
+  lo.alpha = static_cast<float>(a.alpha());
+  lo.dropout = static_cast<float>(a.dropout());
+  lo.rslora = a.rslora();
+  lo.targets.assign(a.targets().begin(), a.targets().end());
+  lo.layers.assign(a.layers().begin(), a.layers().end());
+  lo.seed = AdapterInitSeed(seed);
+  return lo;
+}
+
+absl::StatusOr<ModelParts> BuildModel(const proto::JobSpec& spec, const ModelConfig& config,
+                                      const ModelBuildOptions& options) {
+  ModelParts parts;
+  const int world_size = options.comm != nullptr ? options.comm->world_size() : 1;
+  const bool all_weights = spec.has_pretrain();
+  ModelOptions mopt;
+  mopt.external_frozen = !all_weights && world_size > 1;
+  ASSIGN_OR_RETURN(parts.model,
+                   Model::Create(config,
+                                 all_weights ? TrainablePredicate(EverythingTrainable)
+                                             : TrainablePredicate(NothingTrainable),
+                                 mopt));
+  if (mopt.external_frozen) {
+    dist::ShardedWeights::Options so;
+    so.gather_budget_bytes = options.gather_budget_bytes;
+    ASSIGN_OR_RETURN(parts.sharded, dist::ShardedWeights::Create(parts.model.get(), options.comm,
+                                                                 spec.base_model(), so));
+  } else if (!spec.base_model().empty()) {
+    RETURN_IF_ERROR(parts.model->LoadWeights(spec.base_model()));
+  } else {
+    const proto::ModelShape& s = spec.pretrain().model();
+    parts.model->InitRandom(spec.seed(), s.has_init_std() ? static_cast<float>(s.init_std()) : 0.02f);
+  }
+  if (spec.has_lora()) {
+    ASSIGN_OR_RETURN(parts.adapter,
+                     LoraAdapter::Create(config, LoraOptionsFromSpec(spec.lora().adapter(), spec.seed())));
+  }
+  return parts;
+}
+
+}  // namespace sheaf::jobs
