@@ -422,17 +422,38 @@ const TensorInfo* SafetensorsFile::Find(std::string_view name) const {
   return it == index_.end() ? nullptr : &tensors_[it->second];
 }
 
-absl::Status SafetensorsFile::Read(std::string_view name,
-                                   std::span<const int64_t> expected_shape,
-                                   DType dtype, void* out) const {
-  if (dtype == DType::kDTypeF32) {
-    return ReadF32(name, expected_shape, static_cast<float*>(out));
+namespace {
+
+// OutOfRange unless [first_element, first_element + count) lies inside the
+// tensor; written to be overflow-free (first <= numel, then count <= numel - first).
+absl::Status CheckElementRange(const std::string& path, std::string_view name,
+                               int64_t numel, int64_t first_element, int64_t count) {
+  if (first_element < 0 || count < 0 || first_element > numel ||
+      count > numel - first_element) {
+    return absl::OutOfRangeError(absl::StrCat(
+        path, ": tensor '", ToAbsl(name), "': cannot read ", count,
+        " elements starting at element ", first_element, ", it has ", numel,
+        " elements"));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<const TensorInfo*> SafetensorsFile::FindOrError(
+    std::string_view name) const {
   const TensorInfo* info = Find(name);
   if (info == nullptr) {
     return absl::NotFoundError(
         absl::StrCat(path_, ": no tensor named '", ToAbsl(name), "'"));
   }
+  return info;
+}
+
+absl::Status SafetensorsFile::Read(std::string_view name,
+                                   std::span<const int64_t> expected_shape,
+                                   DType dtype, void* out) const {
+  ASSIGN_OR_RETURN(const TensorInfo* info, FindOrError(name));
   if (!std::equal(info->shape.begin(), info->shape.end(),
                   expected_shape.begin(), expected_shape.end())) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -454,25 +475,14 @@ absl::Status SafetensorsFile::ReadRange(std::string_view name,
         path_, ": tensor '", ToAbsl(name), "': reading into ", DTypeName(dtype),
         " storage is not supported (f32 or bf16)"));
   }
-  const TensorInfo* info = Find(name);
-  if (info == nullptr) {
-    return absl::NotFoundError(
-        absl::StrCat(path_, ": no tensor named '", ToAbsl(name), "'"));
-  }
+  ASSIGN_OR_RETURN(const TensorInfo* info, FindOrError(name));
   if (info->dtype != SafetensorsDtype::kDtypeBF16) {
     return absl::InvalidArgumentError(absl::StrCat(
         path_, ": tensor '", ToAbsl(name), "' has dtype ",
         SafetensorsDtypeName(info->dtype),
         "; bf16 storage reads BF16 tensors only (it never narrows on load)"));
   }
-  const int64_t numel = info->numel();
-  if (first_element < 0 || count < 0 || first_element > numel ||
-      count > numel - first_element) {
-    return absl::OutOfRangeError(absl::StrCat(
-        path_, ": tensor '", ToAbsl(name), "': cannot read ", count,
-        " elements starting at element ", first_element, ", it has ", numel,
-        " elements"));
-  }
+  RETURN_IF_ERROR(CheckElementRange(path_, name, info->numel(), first_element, count));
   if (count == 0) return absl::OkStatus();
   std::memcpy(out, data_ + info->begin + DTypeBytes(dtype, first_element),
               static_cast<size_t>(DTypeBytes(dtype, count)));
@@ -487,44 +497,20 @@ std::span<const std::byte> SafetensorsFile::Bytes(
 absl::Status SafetensorsFile::ReadF32(std::string_view name,
                                       std::span<const int64_t> expected_shape,
                                       float* out) const {
-  const TensorInfo* info = Find(name);
-  if (info == nullptr) {
-    return absl::NotFoundError(
-        absl::StrCat(path_, ": no tensor named '", ToAbsl(name), "'"));
-  }
-  if (!std::equal(info->shape.begin(), info->shape.end(),
-                  expected_shape.begin(), expected_shape.end())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path_, ": tensor '", ToAbsl(name), "' has shape ",
-        ShapeToString(info->shape), ", expected ",
-        ShapeToString(expected_shape)));
-  }
-  return ReadF32Range(name, 0, info->numel(), out);
+  return Read(name, expected_shape, DType::kDTypeF32, out);
 }
 
 absl::Status SafetensorsFile::ReadF32Range(std::string_view name,
                                            int64_t first_element,
                                            int64_t count, float* out) const {
-  const TensorInfo* info = Find(name);
-  if (info == nullptr) {
-    return absl::NotFoundError(
-        absl::StrCat(path_, ": no tensor named '", ToAbsl(name), "'"));
-  }
+  ASSIGN_OR_RETURN(const TensorInfo* info, FindOrError(name));
   if (!IsFloatDtype(info->dtype)) {
     return absl::InvalidArgumentError(absl::StrCat(
         path_, ": tensor '", ToAbsl(name), "' has dtype ",
         SafetensorsDtypeName(info->dtype),
         "; reading as fp32 needs F32, F16, BF16 or F64"));
   }
-  const int64_t numel = info->numel();
-  // Written to be overflow-free: first <= numel, then count <= numel - first.
-  if (first_element < 0 || count < 0 || first_element > numel ||
-      count > numel - first_element) {
-    return absl::OutOfRangeError(absl::StrCat(
-        path_, ": tensor '", ToAbsl(name), "': cannot read ", count,
-        " elements starting at element ", first_element, ", it has ", numel,
-        " elements"));
-  }
+  RETURN_IF_ERROR(CheckElementRange(path_, name, info->numel(), first_element, count));
   if (count == 0) return absl::OkStatus();
   ConvertToF32(info->dtype, data_ + info->begin, first_element, count, out);
   return absl::OkStatus();

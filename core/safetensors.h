@@ -115,6 +115,8 @@ class SafetensorsFile {
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   // nullptr when absent.
   const TensorInfo* Find(std::string_view name) const;
+  // Find, or NotFound naming the file and the tensor.
+  absl::StatusOr<const TensorInfo*> FindOrError(std::string_view name) const;
   const std::map<std::string, std::string>& metadata() const {
     return metadata_;
   }

@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/json.h"
-#include "jobs/file_util.h"
+#include "base/file.h"
 #include "core/status.h"
 
 namespace sheaf::jobs {

@@ -1,20 +1,14 @@
 // Seed derivation for everything a resumed run must redo bit for bit
-// (dropout masks, adapter init). SplitMix64's finaliser (Steele, Lea and
-// Flood 2014). Local to jobs/ until base/rng.h lands (then this copy goes); the values
+// (dropout masks, adapter init), from base/rng.h's SplitMix64. The values
 // must never change (they decide resume determinism and every loss sequence).
 #ifndef SHEAF_JOBS_SEEDS_H_
 #define SHEAF_JOBS_SEEDS_H_
 
 #include <cstdint>
 
-namespace sheaf::jobs {
+#include "base/rng.h"
 
-constexpr uint64_t SplitMix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
+namespace sheaf::jobs {
 
 // The dropout seed of micro-batch `micro` (= step · accum + m) of a run.
 constexpr uint64_t DropoutSeed(uint64_t run_seed, int64_t micro) {

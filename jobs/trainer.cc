@@ -14,7 +14,7 @@
 #include "core/spec/yaml.h"
 #include "core/status.h"
 #include "jobs/evaluation.h"
-#include "jobs/file_util.h"
+#include "base/file.h"
 #include "ops/cpu/ops.h"
 
 namespace sheaf {
@@ -174,7 +174,7 @@ absl::Status Trainer::Setup(const proto::JobSpec& spec_in) {
 }
 
 absl::Status Trainer::WriteSpecFile() {
-  return jobs::WriteFileAtomically(
+  return WriteFileAtomically(
       spec_.output_dir() + "/spec.yaml",
       absl::StrCat("# Resolved job spec (defaults applied)", options_.spec_origin.empty() ? "" : " ",
                    options_.spec_origin, "; `sheaf train --resume ", spec_.output_dir(),

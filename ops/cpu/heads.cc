@@ -11,32 +11,21 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "ops/cpu/kernel_util.h"
 #include "ops/cpu/ops.h"
 
 namespace sheaf::ops {
 namespace {
 
-// Same threshold and column block as ops.cc.
-constexpr int64_t kMinParallelWork = int64_t{1} << 15;
-constexpr int kColumnBlock = 64;
-
-#define SHEAF_HEADS_CHECK(cond)                                             \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-                   #cond);                                                  \
-      std::abort();                                                         \
-    }                                                                       \
-  } while (0)
 
 void CheckArgs(const SelectedRowsHeadArgs& a) {
-  SHEAF_HEADS_CHECK(a.n >= 0 && a.C >= 0 && a.V >= 0);
-  SHEAF_HEADS_CHECK(a.num_rows >= 0 && a.num_cols >= 1);
+  SHEAF_OPS_CHECK(a.n >= 0 && a.C >= 0 && a.V >= 0);
+  SHEAF_OPS_CHECK(a.num_rows >= 0 && a.num_cols >= 1);
   for (int m = 0; m < a.num_rows; ++m) {
-    SHEAF_HEADS_CHECK(a.rows[m] >= 0 && a.rows[m] < a.n);
+    SHEAF_OPS_CHECK(a.rows[m] >= 0 && a.rows[m] < a.n);
   }
   for (int j = 0; j < a.num_cols; ++j) {
-    SHEAF_HEADS_CHECK(a.cols[j] >= 0 && a.cols[j] < a.V);
+    SHEAF_OPS_CHECK(a.cols[j] >= 0 && a.cols[j] < a.V);
   }
 }
 

@@ -8,30 +8,17 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "ops/cpu/kernel_util.h"
 #include "ops/cpu/ops.h"
 
 namespace sheaf::ops {
 namespace {
 
-// Below this many elements of work a parallel region costs more than it saves
-// (the same threshold as ops.cc).
-constexpr int64_t kMinParallelWork = int64_t{1} << 15;
-
-// Programmer-error check that survives NDEBUG: the kernels index memory with
-// the checked values.
-#define SHEAF_LORA_MIX_CHECK(cond)                                          \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-                   #cond);                                                  \
-      std::abort();                                                         \
-    }                                                                       \
-  } while (0)
 
 void CheckArgs(const LoraMixArgs& a) {
-  SHEAF_LORA_MIX_CHECK(a.n >= 0 && a.in >= 0 && a.out >= 0);
-  SHEAF_LORA_MIX_CHECK(a.lora_rank >= 1 && a.num_experts >= 1);
-  SHEAF_LORA_MIX_CHECK(a.gate == nullptr || a.rows_per_group >= 1);
+  SHEAF_OPS_CHECK(a.n >= 0 && a.in >= 0 && a.out >= 0);
+  SHEAF_OPS_CHECK(a.lora_rank >= 1 && a.num_experts >= 1);
+  SHEAF_OPS_CHECK(a.gate == nullptr || a.rows_per_group >= 1);
 }
 
 // The gate weights of row i: gate row i / P, or all ones without a gate.
@@ -163,7 +150,7 @@ void LoraMixBackward(float* dx, float* da_cat, float* db_cat, float* dgate,
                      float* scratch, const float* dy, const float* x,
                      const float* xa, const LoraMixArgs& a) {
   CheckArgs(a);
-  SHEAF_LORA_MIX_CHECK(dgate == nullptr || a.gate != nullptr);
+  SHEAF_OPS_CHECK(dgate == nullptr || a.gate != nullptr);
   const int R = a.lora_rank, KR = a.kr();
   if (a.is_plain()) {
     LoraBackward(dx, da_cat, db_cat, scratch, dy, x, xa, a.a_cat, a.b_cat,

@@ -56,7 +56,15 @@ struct Problem {
 Problem MakeProblem(int n, int in, int out, int R, int K, int P, bool gated, LoraMixing mixing,
                     uint32_t seed) {
   std::mt19937 rng(seed);
-  Problem p{n, in, out, R, K, P, gated, mixing};
+  Problem p;
+  p.n = n;
+  p.in = in;
+  p.out = out;
+  p.R = R;
+  p.K = K;
+  p.P = P;
+  p.gated = gated;
+  p.mixing = mixing;
   p.x = Random(static_cast<size_t>(n) * in, rng);
   p.a = Random(static_cast<size_t>(K) * R * in, rng);
   p.b = Random(static_cast<size_t>(out) * K * R, rng);

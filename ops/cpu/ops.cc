@@ -38,27 +38,11 @@
 #include <limits>
 #include <vector>
 
+#include "base/rng.h"
+#include "ops/cpu/kernel_util.h"
+
 namespace sheaf::ops {
 namespace {
-
-// Below this many elements of work a parallel region costs more than it saves.
-constexpr int64_t kMinParallelWork = int64_t{1} << 15;
-
-// Width of the column blocks used for race-free reductions over rows (dw of
-// RMSNorm, dbias, embedding gradients): 64 floats = 4 cache lines, wide enough
-// to vectorise and to keep false sharing to the block edges.
-constexpr int kColumnBlock = 64;
-
-// Programmer-error check that survives NDEBUG (these kernels index memory with
-// the checked values, so a silent pass would corrupt the heap).
-#define SHEAF_OPS_CHECK(cond)                                               \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
-                   #cond);                                                  \
-      std::abort();                                                         \
-    }                                                                       \
-  } while (0)
 
 inline float Dot(const float* a, const float* b, int n) {
   float sum = 0.0f;
@@ -616,26 +600,15 @@ void MulAdd(float* out, const float* a, const float* b, int64_t n) {
 // ----------------------------------------------------------------------------
 // Dropout masks: counter-based uniform [0,1) draws.
 
-namespace {
-
-inline uint64_t SplitMix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
-
 void DropoutMask(float* mask, int64_t n, int64_t first_index, float p,
                  uint64_t seed, int stream) {
   const uint64_t base =
-      SplitMix(seed ^ SplitMix(static_cast<uint64_t>(stream) + 1));
+      SplitMix64(seed ^ SplitMix64(static_cast<uint64_t>(stream) + 1));
   const float keep_scale = 1.0f / (1.0f - p);
 #pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; ++i) {
     const float u = static_cast<float>(
-                        SplitMix(base + static_cast<uint64_t>(first_index + i)) >> 40) *
+                        SplitMix64(base + static_cast<uint64_t>(first_index + i)) >> 40) *
                     (1.0f / 16777216.0f);
     mask[i] = u < p ? 0.0f : keep_scale;
   }
