@@ -13,7 +13,8 @@ PKGS=(
   libopenblas-dev libopenblas-openmp-dev libopenblas0-openmp
   libyaml-cpp-dev libsqlite3-dev
   python3-torch python3-numpy python3-yaml openssl
-  manpages
+  manpages manpages-de manpages-fr manpages-nl manpages-pl manpages-ru
+  libsentencepiece-dev libpcre2-dev libdnnl-dev valgrind python3-venv python3-pip
   man-db groff-base bsdextrautils
 )
 
@@ -32,3 +33,10 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# Per-feature steps (a Python environment, a dataset fetched at setup): one
+# idempotent script each under tools/setup.d/, run in name order.
+for step in "$(dirname "$0")"/setup.d/*.sh; do
+  [[ -e $step ]] || continue
+  bash "$step"
+done
