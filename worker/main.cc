@@ -3,9 +3,11 @@
 // launcher; a world of one needs no launcher.
 //
 // Exit codes: 0 the world stopped as asked (--once done, --idle-exit-s
-// reached, SIGTERM/SIGINT: the running job was checkpointed and given
-// back); 1 the coordinator refused the world (bad token) or the world broke
-// (a rank died, a collective failed); 2 bad usage.
+// reached, SIGTERM/SIGINT/SIGUSR1: the running job was checkpointed and
+// given back); 1 the coordinator refused the world (bad token) or the world
+// broke (a rank died, a collective failed); 2 bad usage; with
+// --handback-exit-code N, rank 0 exits N instead of 0 when it gave a job back
+// to the queue (so a batch script knows to requeue itself).
 #include <signal.h>
 #include <time.h>
 
@@ -50,12 +52,19 @@ constexpr const char* kUsage = R"(usage: sheaf-worker [flags]      (one process 
   --once                   exit after one job
   --idle-exit-s N          exit after N seconds without a job (default: never)
   --acquire-wait-s N       length of one AcquireJob long poll (default 20)
+  --handback-exit-code N   exit N (1-125) instead of 0 when the world gave a
+                           job back (stopped by a signal mid-job); default 0.
+                           deploy/slurm's script uses 75 to requeue itself
 
 Rank 0 registers the world, long-polls for jobs, heartbeats and completes
-them; every rank trains. SIGTERM: finish the current step, checkpoint, give
-the job back (it goes back to PENDING), exit 0.
+them; every rank trains. SIGTERM, SIGINT or SIGUSR1 (which mpirun forwards
+at once): finish the current step, checkpoint, give the job back (it goes
+back to PENDING), exit 0 (or --handback-exit-code).
 Exit codes: 0 stopped as asked, 1 refused by the coordinator or the world
-broke, 2 bad usage.
+broke, 2 bad usage, N (--handback-exit-code) a job was given back.
+Threads (a spec's train.threads: 0) and the memory reported follow the
+launcher's grant: OMP_NUM_THREADS, SLURM_CPUS_PER_TASK, SLURM_MEM_PER_CPU,
+SLURM_MEM_PER_NODE, the cgroup's cpu.max / memory.max.
 )";
 
 int Usage(const std::string& why) {
@@ -68,7 +77,7 @@ std::string EnvOr(const char* name, const std::string& fallback) {
   return v != nullptr && *v != '\0' ? std::string(v) : fallback;
 }
 
-// Blocks SIGTERM and SIGINT in every thread (call before any thread starts)
+// Blocks SIGTERM, SIGINT and SIGUSR1 in every thread (call before any thread starts)
 // and takes them on one thread of its own, which asks the worker to stop.
 class SignalThread {
  public:
@@ -76,6 +85,7 @@ class SignalThread {
     sigemptyset(&set_);
     sigaddset(&set_, SIGTERM);
     sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &set_, nullptr);
   }
   void Start(Worker* worker) {
@@ -83,9 +93,10 @@ class SignalThread {
       const timespec poll = {0, 200 * 1000 * 1000};
       while (!done_.load()) {
         const int sig = sigtimedwait(&set_, nullptr, &poll);
-        if (sig == SIGTERM || sig == SIGINT) {
+        if (sig == SIGTERM || sig == SIGINT || sig == SIGUSR1) {
           std::fprintf(stderr, "sheaf-worker[rank %d]: %s: stopping after the current step\n",
-                       worker->world_rank(), sig == SIGTERM ? "SIGTERM" : "SIGINT");
+                       worker->world_rank(),
+                       sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "SIGUSR1");
           worker->RequestStop();
         }
       }
@@ -116,6 +127,7 @@ int Main(int argc, char** argv) {
       {"memory-bytes", "0"},
       {"idle-exit-s", "0"},
       {"acquire-wait-s", "20"},
+      {"handback-exit-code", "0"},
   };
   ParsedFlags parsed;
   if (absl::Status st = ParseLongFlags(argc, argv, &flags, {"once"}, &parsed); !st.ok()) {
@@ -164,6 +176,11 @@ int Main(int argc, char** argv) {
   if (!absl::SimpleAtoi(flags["acquire-wait-s"], &wait_s) || wait_s < 1 || wait_s > 60) {
     return Usage("--acquire-wait-s: must be in [1, 60]");
   }
+  int handback_exit_code = 0;
+  if (!absl::SimpleAtoi(flags["handback-exit-code"], &handback_exit_code) ||
+      handback_exit_code < 0 || handback_exit_code > 125) {
+    return Usage("--handback-exit-code: must be an integer in [0, 125]");
+  }
   options.idle_exit = absl::Seconds(idle_s);
   options.acquire_wait = absl::Seconds(wait_s);
 
@@ -194,6 +211,11 @@ int Main(int argc, char** argv) {
   if (!status.ok()) {
     std::fprintf(stderr, "sheaf-worker[rank %d]: %s\n", rank->world_rank, status.ToString().c_str());
     return 1;
+  }
+  if (handback_exit_code > 0 && (*worker)->stats().given_back > 0) {
+    std::fprintf(stderr, "sheaf-worker[rank %d]: gave %d job(s) back: exit %d\n", rank->world_rank,
+                 (*worker)->stats().given_back, handback_exit_code);
+    return handback_exit_code;
   }
   return 0;
 }

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "base/allocation.h"
 #include "base/file.h"
 #include "base/status.h"
 #include "core/spec/yaml.h"
@@ -36,14 +37,11 @@ static_assert(sizeof(RankRecord) == 128);
 
 constexpr char kStoppedError[] = "worker stopped (SIGTERM)";
 
-int64_t DetectMemoryBytes() {
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-  if (pages <= 0 || page <= 0) return 0;
-  int local_size = 1;
+int LocalRanks() {
   if (absl::StatusOr<dist::RankInfo> info = dist::DiscoverRank(); info.ok()) {
-    local_size = std::max(1, info->local_size);
+    return std::max(1, info->local_size);
   }
-  return static_cast<int64_t>(pages) * page / local_size;
+  return 1;
 }
 
 proto::Progress ToProto(const TrainProgress& p) {
@@ -215,8 +213,9 @@ absl::Status Worker::BroadcastFromRoot(std::string* bytes) {
 
 absl::Status Worker::Introduce() {
   RankRecord mine;
-  mine.memory_bytes = options_.memory_bytes > 0 ? options_.memory_bytes : DetectMemoryBytes();
-  mine.cores = static_cast<int32_t>(std::thread::hardware_concurrency());
+  mine.memory_bytes =
+      options_.memory_bytes > 0 ? options_.memory_bytes : AllocatedMemoryBytes(LocalRanks());
+  mine.cores = static_cast<int32_t>(AllocatedCpus());
   gethostname(mine.host, sizeof(mine.host) - 1);
   std::vector<RankRecord> records(static_cast<size_t>(world_size_));
   records[static_cast<size_t>(world_rank_)] = mine;
@@ -345,7 +344,8 @@ Worker::Decision Worker::Poll() {
     Log(absl::StrCat("registered world ", world_id_, " (", world_size_, " ranks, ",
                      world_info_.memory_bytes() >> 20, " MiB per rank) at ", client_->target(),
                      "; lease ttl ", r->lease_ttl_ms(), " ms, heartbeat every ",
-                     r->heartbeat_interval_ms(), " ms"));
+                     r->heartbeat_interval_ms(), " ms; this rank has ",
+                     DescribeAllocation(ProcessAllocationSources(), LocalRanks())));
   }
   absl::Duration wait = options_.acquire_wait;
   if (options_.idle_exit > absl::ZeroDuration()) {
@@ -639,9 +639,10 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
     request.set_error("training stopped before its last step");
   }
   Log(absl::StrCat("job ", lease.job_id(), ": ",
-                   request.success() ? "succeeded"
-                                     : absl::StrCat("failed: ", request.error(),
-                                                    request.permanent() ? " (permanent)" : ""),
+                   request.success()     ? "succeeded"
+                   : kind == kGivenBack ? "checkpointed and given back (the world was told to stop)"
+                                        : absl::StrCat("failed: ", request.error(),
+                                                       request.permanent() ? " (permanent)" : ""),
                    " at step ", request.progress().step(), "/", request.progress().total_steps()));
   complete(request, keeper->expiry());
   absl::MutexLock lock(&mu_);

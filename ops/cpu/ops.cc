@@ -38,6 +38,7 @@
 #include <limits>
 #include <vector>
 
+#include "base/allocation.h"
 #include "base/rng.h"
 #include "ops/cpu/kernel_util.h"
 
@@ -102,7 +103,9 @@ void AddColumnSums(float* dst, int n, int C, ValueFn value) {
 }  // namespace
 
 void SetNumThreads(int n) {
-  if (n <= 0) n = omp_get_num_procs();
+  // 0: what the launcher granted (OMP_NUM_THREADS, Slurm, the cgroup's CPU
+  // quota), not every CPU of the node.
+  if (n <= 0) n = AllocatedCpus();
   omp_set_num_threads(n);
   openblas_set_num_threads(n);
 }
