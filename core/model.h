@@ -60,8 +60,10 @@ struct LayerWeights {
   Param input_norm;           // (C)
   Param q, k, v, o;           // (NH*HD, C) (KVH*HD, C) (KVH*HD, C) (C, NH*HD)
   Param q_bias, k_bias, v_bias;  // (NH*HD) (KVH*HD) (KVH*HD), attention_bias only
+  Param o_bias;               // (C), o_proj_bias only (Llama attention_bias)
   Param post_norm;            // (C)
   Param gate, up, down;       // (I, C) (I, C) (C, I)
+  Param gate_bias, up_bias, down_bias;  // (I) (I) (C), mlp_bias only
   Param* proj(Proj p);
 };
 
@@ -97,6 +99,24 @@ struct LossStats {
   int64_t tokens = 0;   // targets != kIgnoreIndex
   double mean() const { return tokens ? loss_sum / static_cast<double>(tokens) : 0.0; }
 };
+
+// The base tensors `config` needs, by Hugging Face name, with their shapes,
+// in Model's order (weights().all()); computed without allocating anything.
+struct ExpectedTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+std::vector<ExpectedTensor> ExpectedTensors(const ModelConfig& config);
+
+// Checks a model directory's safetensors headers against `config` before
+// anything is allocated: every expected tensor present with its shape, and
+// no tensor that nothing would read (an error naming it: a bias or a layer
+// the config does not describe would be silently dropped otherwise). Named
+// allowances: `*.rotary_emb.inv_freq` (older checkpoints store the RoPE
+// table; sheaf computes it from the config, as transformers does), and
+// `lm_head.weight` beside tied embeddings (transformers ignores it too).
+// InvalidArgument / NotFound naming the file and the tensor.
+absl::Status CheckWeightsMatchConfig(const ModelConfig& config, const std::string& dir);
 
 using TrainablePredicate = std::function<bool(const std::string& hf_name)>;
 

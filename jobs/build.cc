@@ -104,6 +104,12 @@ absl::StatusOr<ModelConfig> ModelConfigForSpec(const proto::JobSpec& spec) {
                                                    " exceeds the model's max_position_embeddings ",
                                                    config.max_position_embeddings));
   }
+  if (config.sliding_window > 0 && T > config.sliding_window) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "data.seq_len: ", T, " exceeds the model's sliding_window ", config.sliding_window,
+        " (sliding-window attention is not implemented; use seq_len <= ", config.sliding_window,
+        ")"));
+  }
   return config;
 }
 
@@ -149,6 +155,9 @@ absl::StatusOr<ModelParts> BuildModel(const proto::JobSpec& spec, const ModelCon
   const bool all_weights = spec.has_pretrain();
   ModelOptions mopt;
   mopt.external_frozen = !all_weights && world_size > 1;
+  // The file's headers against the config before anything is allocated
+  // (a vocab_size of 2^24 in a bad config.json must not allocate first).
+  if (!spec.base_model().empty()) RETURN_IF_ERROR(CheckWeightsMatchConfig(config, spec.base_model()));
   ASSIGN_OR_RETURN(parts.model,
                    Model::Create(config,
                                  all_weights ? TrainablePredicate(EverythingTrainable)
