@@ -552,7 +552,19 @@ absl::StatusOr<std::unique_ptr<LoraAdapter>> LoraAdapter::LoadPeft(const std::st
   // outside target_modules) would be silently dropped: refused by name.
   std::vector<std::string> unread;
   for (const TensorInfo& t : st->tensors()) {
-    if (!read.contains(t.name)) unread.push_back(t.name);
+    if (read.contains(t.name)) continue;
+    constexpr std::string_view kPrefix = "base_model.model.", kSuffix = ".base_layer.weight";
+    const std::string_view n = t.name;
+    if (n.starts_with(kPrefix) && n.ends_with(kSuffix)) {
+      const std::string module(n.substr(kPrefix.size(), n.size() - kPrefix.size() - kSuffix.size()));
+      if (module == "lm_head" || module == "model.embed_tokens") {
+        std::vector<float> values(static_cast<size_t>(t.numel()));
+        RETURN_IF_ERROR(st->ReadF32(t.name, t.shape, values.data()));
+        a->base_copies_.emplace_back(module + ".weight", std::move(values));
+        continue;
+      }
+    }
+    unread.push_back(t.name);
   }
   if (!unread.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -115,6 +116,27 @@ absl::Status CheckWeightsMatchConfig(const ModelConfig& config, const std::strin
         "would read: ", absl::StrJoin(unread.begin(), unread.begin() + static_cast<long>(shown), ", "),
         unread.size() > shown ? ", ..." : "",
         " (a bias or layer the config leaves out would be silently dropped)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckAdapterBaseCopies(const Model& model, const LoraAdapter& adapter) {
+  for (const auto& [name, values] : adapter.base_copies()) {
+    const ModelWeights& w = model.weights();
+    const Param* p = name == "lm_head.weight" ? &w.lm_head : name == "model.embed_tokens.weight" ? &w.embed : nullptr;
+    if (p == nullptr || p->value.data == nullptr || p->value.numel() != static_cast<int64_t>(values.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("adapter: its copy of ", name, " does not fit the base model"));
+    }
+    for (size_t i = 0; i < values.size(); ++i) {
+      const float x = p->value.dtype == DType::kDTypeBF16
+                          ? Bf16ToF32(static_cast<const uint16_t*>(p->value.raw())[i])
+                          : p->value.data[i];
+      if (x != values[i]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "adapter: its saved copy of base weight ", name, " differs from the base model's (element ", i,
+            "); PEFT would load the copy over the base, sheaf does not: refused"));
+      }
+    }
   }
   return absl::OkStatus();
 }
@@ -289,25 +311,61 @@ void Model::InitRandom(uint64_t seed, float std) {
   }
 }
 
-absl::Status Model::Save(const std::string& dir) const {
+absl::Status Model::Save(const std::string& dir) const { return SaveImpl(dir, std::nullopt); }
+
+absl::Status Model::Save(const std::string& dir, SafetensorsDtype file_dtype) const {
+  if (file_dtype != SafetensorsDtype::kDtypeF32 && file_dtype != SafetensorsDtype::kDtypeBF16 &&
+      file_dtype != SafetensorsDtype::kDtypeF16) {
+    return absl::InvalidArgumentError(absl::StrCat("Save: dtype ", SafetensorsDtypeName(file_dtype),
+                                                   " (use F32, BF16 or F16)"));
+  }
+  return SaveImpl(dir, file_dtype);
+}
+
+namespace {
+
+absl::Status WriteTextAtomically(const std::string& path, const std::string& text) {
+  std::error_code ec;
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (!f) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  if (std::fclose(f) != 0 || !ok) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+const char* TorchDtypeName(SafetensorsDtype d) {
+  switch (d) {
+    case SafetensorsDtype::kDtypeBF16: return "bfloat16";
+    case SafetensorsDtype::kDtypeF16: return "float16";
+    default: return "float32";
+  }
+}
+
+}  // namespace
+
+absl::Status Model::SaveImpl(const std::string& dir, std::optional<SafetensorsDtype> all) const {
   if (frozen_.data() == nullptr && frozen_.num_slots() > 0) {
     return absl::FailedPreconditionError("cannot save a model whose frozen weights are sharded");
   }
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
-  {
-    const std::string tmp = dir + "/config.json.tmp";
-    FILE* f = std::fopen(tmp.c_str(), "w");
-    if (!f) return absl::InternalError(absl::StrCat("cannot write ", tmp));
-    // torch_dtype says what the file holds.
-    ModelConfig written = config_;
-    written.torch_dtype = weights_.embed.value.dtype == DType::kDTypeBF16 ? "bfloat16" : "float32";
-    const std::string text = written.ToJson();
-    const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-    if (std::fclose(f) != 0 || !ok) return absl::InternalError(absl::StrCat("cannot write ", tmp));
-    std::filesystem::rename(tmp, dir + "/config.json", ec);
-    if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", ec.message()));
+  // torch_dtype says what the file holds.
+  ModelConfig written = config_;
+  written.torch_dtype = all ? TorchDtypeName(*all)
+                            : weights_.embed.value.dtype == DType::kDTypeBF16 ? "bfloat16" : "float32";
+  RETURN_IF_ERROR(WriteTextAtomically(dir + "/config.json", written.ToJson()));
+  if (config_.bos_token_id >= 0 || config_.eos_token_id >= 0) {
+    // What transformers' GenerationConfig.from_model_config writes.
+    std::string g = "{\n";
+    if (config_.bos_token_id >= 0) g += absl::StrCat("  \"bos_token_id\": ", config_.bos_token_id, ",\n");
+    if (config_.eos_token_id >= 0) g += absl::StrCat("  \"eos_token_id\": ", config_.eos_token_id, ",\n");
+    if (config_.pad_token_id >= 0) g += absl::StrCat("  \"pad_token_id\": ", config_.pad_token_id, ",\n");
+    g += "  \"_from_model_config\": true\n}\n";
+    RETURN_IF_ERROR(WriteTextAtomically(dir + "/generation_config.json", g));
   }
   SafetensorsWriter writer;
   std::vector<std::vector<float>> widened;  // bf16 tensors, written back as BF16 (exact)
@@ -316,9 +374,10 @@ absl::Status Model::Save(const std::string& dir) const {
       widened.emplace_back(static_cast<size_t>(p->value.numel()));
       const uint16_t* bits = static_cast<const uint16_t*>(p->value.raw());
       for (size_t i = 0; i < widened.back().size(); ++i) widened.back()[i] = Bf16ToF32(bits[i]);
-      writer.Add(p->name, p->value.shape, widened.back().data(), SafetensorsDtype::kDtypeBF16);
+      writer.Add(p->name, p->value.shape, widened.back().data(),
+                 all ? *all : SafetensorsDtype::kDtypeBF16);
     } else {
-      writer.Add(p->name, p->value.shape, p->value.data);
+      writer.Add(p->name, p->value.shape, p->value.data, all ? *all : SafetensorsDtype::kDtypeF32);
     }
   }
   return writer.Write(dir + "/model.safetensors", {{"format", "pt"}});

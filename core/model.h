@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,7 @@
 #include "core/dtype.h"
 #include "core/lora.h"
 #include "core/model_config.h"
+#include "core/safetensors.h"
 #include "core/tensor.h"
 
 namespace sheaf {
@@ -118,6 +120,11 @@ std::vector<ExpectedTensor> ExpectedTensors(const ModelConfig& config);
 // InvalidArgument / NotFound naming the file and the tensor.
 absl::Status CheckWeightsMatchConfig(const ModelConfig& config, const std::string& dir);
 
+// PEFT adapters may carry copies of base weights (LoraAdapter::base_copies);
+// PEFT loads them over the base, so one that differs from `model`'s weight
+// is InvalidArgument naming it (equal copies are harmless).
+absl::Status CheckAdapterBaseCopies(const class Model& model, const LoraAdapter& adapter);
+
 using TrainablePredicate = std::function<bool(const std::string& hf_name)>;
 
 // Groups of base tensors that are used together: group 0 holds the "edges"
@@ -182,7 +189,14 @@ class Model {
   // Normal(0, std) for matrices, ones for norms, zeros for biases.
   void InitRandom(uint64_t seed, float std);
   // Writes config.json + model.safetensors into dir (created if missing).
+  // Matrices keep their storage dtype (bf16 frozen weights stay BF16),
+  // norms and biases are F32. Also writes generation_config.json when the
+  // config knows BOS or EOS.
   absl::Status Save(const std::string& dir) const;
+  // As Save, with EVERY tensor written in `file_dtype` (F32, BF16 or F16;
+  // as transformers' save_pretrained of a model in that dtype), and
+  // config.json's torch_dtype saying so.
+  absl::Status Save(const std::string& dir, SafetensorsDtype file_dtype) const;
 
   // Runs the model on tokens [B*T] with the adapter plan's entries on the
   // projections, then the loss head. With the LM head, targets [B*T] (may be
@@ -233,6 +247,7 @@ class Model {
 
  private:
   explicit Model(const ModelConfig& config) : config_(config) {}
+  absl::Status SaveImpl(const std::string& dir, std::optional<SafetensorsDtype> all) const;
   // Plans activations for (B, T), the plan's layout and the head; keeps the
   // current plan when it fits.
   void PlanActivations(int B, int T, const AdapterPlan& plan, const LossHead& head);

@@ -1,12 +1,14 @@
 #include "jobs/build.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <functional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/data/document_source.h"
+#include "core/data/bpe_tokenizer.h"
 #include "core/data/token_file.h"
 #include "core/status.h"
 #include "jobs/seeds.h"
@@ -39,6 +41,44 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizer(const std::string& name
   return absl::InvalidArgumentError(absl::StrCat("data.tokenizer: \"", name,
                                                  "\" is not available yet (use ",
                                                  absl::StrJoin(TokenizerNames(), ", "), ")"));
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::string& name,
+                                                                 const std::string& model_dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  std::string file;
+  if (name.empty()) {
+    if (model_dir.empty()) return MakeTokenizer("byte");
+    if (fs::is_regular_file(fs::path(model_dir) / "tokenizer.json", ec)) {
+      file = model_dir + "/tokenizer.json";
+    } else if (fs::is_regular_file(fs::path(model_dir) / "tokenizer.model", ec)) {
+      file = model_dir + "/tokenizer.model";
+    } else {
+      return MakeTokenizer("byte");
+    }
+  } else if (name == "tokenizer.json" || name == "tokenizer.model") {
+    if (model_dir.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("data.tokenizer: \"", name,
+                                                     "\" names a file of base_model, and there is none"));
+    }
+    file = model_dir + "/" + name;
+  } else if (name.ends_with(".json") || name.ends_with(".model")) {
+    file = name;
+  } else {
+    return MakeTokenizer(name);
+  }
+  if (!fs::is_regular_file(file, ec)) {
+    return absl::NotFoundError(absl::StrCat("data.tokenizer: ", file, " does not exist"));
+  }
+  if (file.ends_with(".json")) {
+    ASSIGN_OR_RETURN(std::unique_ptr<BpeTokenizer> t, BpeTokenizer::Load(file));
+    return std::unique_ptr<Tokenizer>(std::move(t));
+  }
+  return absl::UnimplementedError(absl::StrCat(
+      "data.tokenizer: ", file,
+      ": SentencePiece tokenizer.model is not implemented yet (give a tokenizer.json: "
+      "transformers' AutoTokenizer.from_pretrained(dir).save_pretrained(dir) writes one)"));
 }
 
 absl::StatusOr<std::shared_ptr<const TokenCorpus>> LoadCorpus(
@@ -115,11 +155,11 @@ absl::StatusOr<ModelConfig> ModelConfigForSpec(const proto::JobSpec& spec) {
 
 absl::StatusOr<DataParts> BuildData(const proto::JobSpec& spec, const ModelConfig& config) {
   DataParts parts;
-  ASSIGN_OR_RETURN(parts.tokenizer, MakeTokenizer(spec.data().tokenizer()));
+  ASSIGN_OR_RETURN(parts.tokenizer, MakeTokenizerForModel(spec.data().tokenizer(), spec.base_model()));
   if (config.vocab_size < parts.tokenizer->vocab_size()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "base_model: vocab_size ", config.vocab_size, " is smaller than the ",
-        spec.data().tokenizer().empty() ? "byte" : spec.data().tokenizer(), " tokenizer's ",
+        spec.data().tokenizer().empty() ? "model's" : spec.data().tokenizer(), " tokenizer's ",
         parts.tokenizer->vocab_size()));
   }
   ASSIGN_OR_RETURN(parts.train, LoadCorpus(spec.data().train(), spec.data().format(),

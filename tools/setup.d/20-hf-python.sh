@@ -34,6 +34,8 @@ PINS=(
   "fsspec==2024.6.1 fsspec"
   "packaging==24.1 packaging"
   "typing_extensions==4.12.2 typing_extensions"
+  "Jinja2==3.1.4 jinja2"
+  "MarkupSafe==2.1.5 markupsafe"
 )
 
 if ! [ -x "$PY" ] || ! "$PY" -c 'import torch' 2>/dev/null; then

@@ -1,0 +1,52 @@
+// Encodes and decodes texts with sheaf's tokenizer of a model directory or
+// tokenizer.json, for tests/hf_reference.py to compare with the
+// `tokenizers` library:
+//   hf_tokenize_dump TOKENIZER TEXTS.json OUT.json
+// TEXTS.json is a JSON list of strings; OUT.json gets, per text,
+// {"ids": [...], "decoded": "..."} and the special ids.
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "core/data/bpe_tokenizer.h"
+#include "core/json.h"
+
+int main(int argc, char** argv) {
+  using namespace sheaf;
+  if (argc != 4) {
+    std::fprintf(stderr, "usage: hf_tokenize_dump TOKENIZER.json TEXTS.json OUT.json\n");
+    return 2;
+  }
+  auto tok = BpeTokenizer::Load(argv[1]);
+  if (!tok.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(tok.status().message()).c_str());
+    return 2;
+  }
+  std::ifstream in(argv[2], std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto texts = Json::Parse(ss.str());
+  if (!texts.ok() || !texts->is_array()) {
+    std::fprintf(stderr, "error: %s is not a JSON list\n", argv[2]);
+    return 2;
+  }
+  Json out = Json::Object();
+  Json rows = Json::Array();
+  for (const Json& t : texts->elements()) {
+    std::vector<int32_t> ids = (*tok)->Encode(t.as_string());
+    Json row = Json::Object();
+    Json arr = Json::Array();
+    for (int32_t id : ids) arr.Push(id);
+    row.Set("ids", std::move(arr));
+    auto dec = (*tok)->Decode(ids);
+    row.Set("decoded", dec.ok() ? Json(*dec) : Json(nullptr));
+    rows.Push(std::move(row));
+  }
+  out.Set("rows", std::move(rows));
+  out.Set("bos_id", (*tok)->bos_id());
+  out.Set("eos_id", (*tok)->eos_id());
+  out.Set("adds_bos", (*tok)->adds_bos());
+  out.Set("vocab_size", (*tok)->vocab_size());
+  std::ofstream(argv[3], std::ios::binary) << out.Dump();
+  return 0;
+}
