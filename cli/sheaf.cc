@@ -54,8 +54,10 @@ Local commands:
   merge [--dtype bf16|f32|f16] BASE_DIR ADAPTER_DIR OUT_DIR
                           write BASE with the PEFT adapter merged into it
                           (dtype default: the base's; tokenizer files copied)
-  data tokenize --out FILE.tok [--format text|paragraphs|jsonl] PATH...
-                          tokenise a corpus once (byte tokenizer) for mmap reads
+  data tokenize --out FILE.tok [--model DIR] [--tokenizer NAME|FILE]
+                [--format text|paragraphs|jsonl] PATH...
+                          tokenise a corpus once for mmap reads (the model's
+                          tokenizer; bytes without --model / --tokenizer)
 )";
 
 constexpr const char* kExitCodes = R"(
@@ -277,7 +279,7 @@ int Merge(const std::vector<std::string>& args_in) {
 }
 
 int Tokenize(const std::vector<std::string>& args) {
-  absl::StatusOr<ParsedArgs> parsed = ParseArgs(args, {{"out"}, {"format"}});
+  absl::StatusOr<ParsedArgs> parsed = ParseArgs(args, {{"out"}, {"format"}, {"model"}, {"tokenizer"}});
   if (!parsed.ok()) return Usage(absl::StrCat("data tokenize: ", parsed.status().message()));
   const std::string out = parsed->Last("out");
   const std::string format = parsed->Last("format", "text");
@@ -291,8 +293,10 @@ int Tokenize(const std::vector<std::string>& args) {
     else if (format != "text") return Usage("data tokenize: --format must be text, paragraphs or jsonl");
     sources.push_back(s);
   }
-  ByteTokenizer tok;
-  absl::StatusOr<TokenizeStats> st = TokenizeToFile(sources, tok, out);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok =
+      jobs::MakeTokenizerForModel(parsed->Last("tokenizer"), parsed->Last("model"));
+  if (!tok.ok()) return Fail(tok.status(), 2);
+  absl::StatusOr<TokenizeStats> st = TokenizeToFile(sources, **tok, out);
   if (!st.ok()) return Fail(st.status(), 2);
   std::printf("wrote %s: %lld documents, %lld tokens, %lld bytes\n", out.c_str(),
               static_cast<long long>(st->num_docs), static_cast<long long>(st->num_tokens),

@@ -48,7 +48,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::stri
   namespace fs = std::filesystem;
   std::error_code ec;
   std::string file;
-  if (name.empty()) {
+  if (name.empty() || name == "auto") {
     if (model_dir.empty()) return MakeTokenizer("byte");
     if (fs::is_regular_file(fs::path(model_dir) / "tokenizer.json", ec)) {
       file = model_dir + "/tokenizer.json";

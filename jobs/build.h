@@ -35,7 +35,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizer(const std::string& name
 
 // The tokenizer of a model directory. `name` (data.tokenizer, or a
 // command's --tokenizer):
-//   ""               the model's own: model_dir/tokenizer.json, else
+//   "" or "auto"     the model's own: model_dir/tokenizer.json, else
 //                    model_dir/tokenizer.model, else "byte" (sheaf's own
 //                    byte-level models carry no tokenizer files)
 //   "byte"           the byte tokenizer

@@ -416,8 +416,16 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Load(const std::stri
 void BpeTokenizer::EncodePiece(std::string_view mapped, std::vector<int32_t>* out) const {
   if (mapped.empty()) return;
   if (ignore_merges_) {
-    if (auto it = vocab_.find(std::string(mapped)); it != vocab_.end()) {
+    if (auto it = vocab_.find(absl::string_view(mapped.data(), mapped.size())); it != vocab_.end()) {
       out->push_back(it->second);
+      return;
+    }
+  }
+  {
+    absl::MutexLock lock(&cache_mu_);
+    auto it = cache_.find(absl::string_view(mapped.data(), mapped.size()));
+    if (it != cache_.end()) {
+      out->insert(out->end(), it->second.begin(), it->second.end());
       return;
     }
   }
@@ -426,7 +434,7 @@ void BpeTokenizer::EncodePiece(std::string_view mapped, std::vector<int32_t>* ou
   for (size_t i = 0; i < mapped.size();) {
     int n = Utf8Len(mapped, i);
     if (n == 0) n = 1;
-    auto it = vocab_.find(std::string(mapped.substr(i, static_cast<size_t>(n))));
+    auto it = vocab_.find(absl::string_view(mapped.data() + i, static_cast<size_t>(n)));
     if (it != vocab_.end()) {
       sym.push_back(it->second);
     } else if (unk_id_ >= 0) {
@@ -451,6 +459,9 @@ void BpeTokenizer::EncodePiece(std::string_view mapped, std::vector<int32_t>* ou
     sym.erase(sym.begin() + static_cast<long>(best) + 1);
   }
   out->insert(out->end(), sym.begin(), sym.end());
+  absl::MutexLock lock(&cache_mu_);
+  if (cache_.size() >= kCacheEntries) cache_.clear();
+  cache_.emplace(std::string(mapped), std::move(sym));
 }
 
 namespace {

@@ -31,7 +31,8 @@
 // Invalid UTF-8 input never fails: maximal valid runs go through the
 // pipeline, every invalid byte becomes a piece of its own.
 //
-// Immutable after Load; Encode and Decode are safe to call concurrently.
+// Immutable after Load except for a bounded cache of encoded pieces
+// (mutex-guarded); Encode and Decode are safe to call concurrently.
 #ifndef SHEAF_CORE_DATA_BPE_TOKENIZER_H_
 #define SHEAF_CORE_DATA_BPE_TOKENIZER_H_
 
@@ -42,6 +43,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "core/data/tokenizer.h"
 
 namespace sheaf {
@@ -96,6 +98,10 @@ class BpeTokenizer final : public Tokenizer {
   bool add_bos_ = false;
   std::string byte_to_unicode_[256];
   absl::flat_hash_map<uint32_t, uint8_t> unicode_to_byte_;
+  // Mapped piece -> ids; cleared when it reaches kCacheEntries.
+  static constexpr size_t kCacheEntries = 1 << 16;
+  mutable absl::Mutex cache_mu_;
+  mutable absl::flat_hash_map<std::string, std::vector<int32_t>> cache_ ABSL_GUARDED_BY(cache_mu_);
 };
 
 }  // namespace sheaf
