@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "base/flags.h"
 #include "base/status.h"
+#include "cli/generate_cmd.h"
 #include "cli/logits_cmd.h"
 #include "cli/remote.h"
 #include "core/data/dataset.h"
@@ -72,7 +73,7 @@ Exit codes:
 )";
 
 std::string UsageText() {
-  return absl::StrCat(kLocalUsage, cli::kLogitsUsage, "\n", cli::kRemoteUsage, kExitCodes);
+  return absl::StrCat(kLocalUsage, cli::kLogitsUsage, cli::kGenerateUsage, "\n", cli::kRemoteUsage, kExitCodes);
 }
 
 int Fail(const absl::Status& s, int code = 1) {
@@ -322,6 +323,7 @@ int main(int argc, char** argv) {
   if (cmd == "eval") return Eval(args);
   if (cmd == "merge") return Merge(args);
   if (cmd == "logits") return cli::RunLogits(args);
+  if (cmd == "generate") return cli::RunGenerate(args);
   if (cli::IsRemoteCommand(cmd)) {
     cli::RemoteIo io;
     io.out_is_tty = isatty(STDOUT_FILENO) == 1;

@@ -157,6 +157,26 @@ def model_checks(args, models):
     check("unknown config field refused by name", p.returncode == 2 and "qk_layernorm" in p.stderr)
 
 
+def generate_checks(args, models):
+    """Greedy decoding equals transformers' generate(do_sample=False)."""
+    d = os.path.join(args.work, "llama_bias_rope3")
+    m = models["llama_bias_rope3"]
+    for prompt in ([1, 5, 9, 2, 33], [1, 40, 41, 42]):
+        with torch.no_grad():
+            ref = m.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False,
+                             eos_token_id=2, pad_token_id=0)[0, len(prompt):].tolist()
+        p = run([args.sheaf, "generate", d, "--prompt-ids", ",".join(map(str, prompt)),
+                 "--max-new-tokens", "10", "--threads", "1"])
+        got = [int(x) for x in p.stdout.strip().split(",") if x] if p.returncode == 0 else None
+        check("generate greedy == transformers (prompt %s)" % prompt, got == ref, "%s vs %s" % (got, ref))
+    p = run([args.sheaf, "generate", d, "--prompt-ids", "1,5", "--max-new-tokens", "6",
+             "--temperature", "0.8", "--top-p", "0.9", "--seed", "3"])
+    p2 = run([args.sheaf, "generate", d, "--prompt-ids", "1,5", "--max-new-tokens", "6",
+              "--temperature", "0.8", "--top-p", "0.9", "--seed", "3"])
+    check("generate sampling runs and is reproducible per seed",
+          p.returncode == 0 and p.stdout == p2.stdout and len(p.stdout.strip()) > 0, p.stdout.strip())
+
+
 def adapter_checks(args, models):
     base = models["llama_bias_rope3"]
     base_dir = os.path.join(args.work, "llama_bias_rope3")
@@ -208,6 +228,21 @@ def adapter_checks(args, models):
         dt = {str(v.dtype) for v in st.values()}
         want_t = "torch.bfloat16" if want == "BF16" else "torch.float32"
         check("sheaf merge %s keeps dtype %s" % (" ".join(flag) or "(default)", want), dt == {want_t}, str(dt))
+    # PEFT saved the base lm_head beside an lm_head LoRA; a copy that
+    # differs from the base would override it in PEFT: refused.
+    from safetensors.torch import save_file
+    src = os.path.join(args.work, "adapter_patterns_lm_head")
+    bad = os.path.join(args.work, "adapter_bad_base_copy")
+    subprocess.run(["cp", "-r", src, bad], check=True)
+    st = load_file(os.path.join(bad, "adapter_model.safetensors"))
+    key = "base_model.model.lm_head.base_layer.weight"
+    check("peft saved the base lm_head copy", key in st)
+    if key in st:
+        st[key] = st[key] + 1.0
+        save_file(st, os.path.join(bad, "adapter_model.safetensors"), metadata={"format": "pt"})
+        _, p = sheaf_logits(args, base_dir, adapter=bad, expect_rc=2)
+        check("adapter whose base lm_head copy differs is refused", p.returncode == 2 and "lm_head" in p.stderr,
+              p.stderr.strip()[-120:])
     # Refusals of adapter fields, by name.
     for field, value in [("use_dora", True), ("modules_to_save", ["lm_head"]), ("bias", "all")]:
         bad = os.path.join(args.work, "adapter_bad_" + field)
@@ -318,6 +353,7 @@ def main():
     torch.set_num_threads(1)
     models = tiny_models(args)
     model_checks(args, models)
+    generate_checks(args, models)
     adapter_checks(args, models)
     tokenizer_checks(args)
     print("%d failed" % len(FAILS))
