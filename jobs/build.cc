@@ -137,6 +137,13 @@ absl::StatusOr<ModelConfig> ModelConfigForSpec(const proto::JobSpec& spec) {
     ASSIGN_OR_RETURN(config, LoadModelConfig(spec.base_model()));
   } else {
     ASSIGN_OR_RETURN(config, ConfigFromShape(spec.pretrain().model()));
+    // The exported config.json names the special ids of the byte tokenizer
+    // it is trained with (transformers would assume 1 and 2 otherwise).
+    const std::string& tok = spec.data().tokenizer();
+    if ((tok.empty() || tok == "byte") && config.vocab_size > ByteTokenizer::kEosId) {
+      config.bos_token_id = ByteTokenizer::kBosId;
+      config.eos_token_id = ByteTokenizer::kEosId;
+    }
   }
   const int T = spec.data().seq_len();
   if (T > config.max_position_embeddings) {

@@ -177,6 +177,31 @@ def generate_checks(args, models):
           p.returncode == 0 and p.stdout == p2.stdout and len(p.stdout.strip()) > 0, p.stdout.strip())
 
 
+def sheaf_adapter_checks(args, models):
+    """Adapters sheaf writes load in PEFT without warnings, with sheaf's logits."""
+    import warnings
+    base_dir = os.path.join(args.work, "llama_bias_rope3")
+    cases = [("all_rslora", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "4", "8", "1", "all"),
+             ("layers_1_only", "q_proj,v_proj", "2", "16", "0", "1"),
+             ("lm_head", "q_proj,lm_head", "2", "4", "0", "all")]
+    for name, targets, r, alpha, rs, layers in cases:
+        ad = os.path.join(args.work, "sheaf_adapter_" + name)
+        p = run([args.adapter_export, base_dir, ad, targets, r, alpha, rs, layers, "5"])
+        if p.returncode != 0:
+            check("sheaf exports adapter %s" % name, False, p.stderr)
+            continue
+        base = AutoModelForCausalLM.from_pretrained(base_dir, attn_implementation="eager")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pm = peft.PeftModel.from_pretrained(base, ad)
+        msgs = [str(w.message) for w in caught]
+        check("peft loads sheaf adapter %s without warnings" % name, not msgs, "; ".join(msgs)[:200])
+        ref = hf_logits(pm)
+        compare("sheaf adapter %s: peft logits == sheaf logits" % name, ref,
+                sheaf_logits(args, base_dir, adapter=ad)[0])
+        compare("sheaf adapter %s: peft merge_and_unload == unmerged" % name, ref, hf_logits(pm.merge_and_unload()))
+
+
 def adapter_checks(args, models):
     base = models["llama_bias_rope3"]
     base_dir = os.path.join(args.work, "llama_bias_rope3")
@@ -347,6 +372,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sheaf", required=True)
     ap.add_argument("--tokenize-dump", required=True)
+    ap.add_argument("--adapter-export", required=True)
     ap.add_argument("--work", required=True)
     args = ap.parse_args()
     print("transformers", transformers.__version__, "peft", peft.__version__, "torch", torch.__version__)
@@ -355,6 +381,7 @@ def main():
     model_checks(args, models)
     generate_checks(args, models)
     adapter_checks(args, models)
+    sheaf_adapter_checks(args, models)
     tokenizer_checks(args)
     print("%d failed" % len(FAILS))
     if FAILS:

@@ -30,9 +30,10 @@ fi
 
 SHEAF=$(find_runfile cli/sheaf)
 DUMP=$(find_runfile tests/hf_tokenize_dump)
+EXPORT=$(find_runfile tests/hf_adapter_export)
 SCRIPT=$(find_runfile tests/hf_reference.py)
 WORK="${TEST_TMPDIR:-$(mktemp -d)}/hf_reference"
 rm -rf "$WORK"
 mkdir -p "$WORK"
 export OMP_NUM_THREADS=1
-exec "$VENV/bin/python" "$SCRIPT" --sheaf "$SHEAF" --tokenize-dump "$DUMP" --work "$WORK"
+exec "$VENV/bin/python" "$SCRIPT" --sheaf "$SHEAF" --tokenize-dump "$DUMP" --adapter-export "$EXPORT" --work "$WORK"
