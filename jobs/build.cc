@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "core/data/document_source.h"
 #include "core/data/bpe_tokenizer.h"
+#include "core/data/sentencepiece_tokenizer.h"
 #include "core/data/token_file.h"
 #include "core/status.h"
 #include "jobs/seeds.h"
@@ -75,10 +76,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::stri
     ASSIGN_OR_RETURN(std::unique_ptr<BpeTokenizer> t, BpeTokenizer::Load(file));
     return std::unique_ptr<Tokenizer>(std::move(t));
   }
-  return absl::UnimplementedError(absl::StrCat(
-      "data.tokenizer: ", file,
-      ": SentencePiece tokenizer.model is not implemented yet (give a tokenizer.json: "
-      "transformers' AutoTokenizer.from_pretrained(dir).save_pretrained(dir) writes one)"));
+  ASSIGN_OR_RETURN(std::unique_ptr<SentencePieceTokenizer> sp, SentencePieceTokenizer::Load(file));
+  return std::unique_ptr<Tokenizer>(std::move(sp));
 }
 
 absl::StatusOr<std::shared_ptr<const TokenCorpus>> LoadCorpus(

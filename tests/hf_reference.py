@@ -368,6 +368,35 @@ def tokenizer_checks(args):
               not got["adds_bos"] and eos == tok.token_to_id("<|endoftext|>"))
 
 
+def sentencepiece_checks(args):
+    """A SentencePiece model trained by the `sentencepiece` package: sheaf
+    (Debian's libsentencepiece) encodes and decodes as the package does."""
+    import io
+    import sentencepiece as spm
+    d = os.path.join(args.work, "tok_spm")
+    os.makedirs(d, exist_ok=True)
+    for model_type in ("bpe", "unigram"):
+        prefix = os.path.join(d, model_type)
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(TRAIN_TEXT * 20), model_prefix=prefix,
+                                       vocab_size=600 if model_type == "bpe" else 450, model_type=model_type, character_coverage=0.9995,
+                                       byte_fallback=True, minloglevel=2)
+        sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
+        texts = [t for t in HELD_OUT + TRAIN_TEXT]
+        json.dump(texts, open(os.path.join(d, "texts.json"), "w"))
+        out = os.path.join(d, model_type + ".json")
+        p = run([args.tokenize_dump, prefix + ".model", os.path.join(d, "texts.json"), out])
+        if p.returncode != 0:
+            check("sentencepiece %s loads in sheaf" % model_type, False, p.stderr)
+            continue
+        got = json.load(open(out))
+        enc = sum(1 for t, r in zip(texts, got["rows"]) if sp.encode(t) == r["ids"])
+        dec = sum(1 for t, r in zip(texts, got["rows"]) if sp.decode(r["ids"]) == r["decoded"])
+        check("sentencepiece %s encode token for token" % model_type, enc == len(texts), "%d/%d" % (enc, len(texts)))
+        check("sentencepiece %s decode" % model_type, dec == len(texts), "%d/%d" % (dec, len(texts)))
+        check("sentencepiece %s special ids" % model_type,
+              got["bos_id"] == sp.bos_id() and got["eos_id"] == sp.eos_id() and got["adds_bos"])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sheaf", required=True)
@@ -383,6 +412,7 @@ def main():
     adapter_checks(args, models)
     sheaf_adapter_checks(args, models)
     tokenizer_checks(args)
+    sentencepiece_checks(args)
     print("%d failed" % len(FAILS))
     if FAILS:
         print("FAILED:", ", ".join(FAILS))

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/data/bpe_tokenizer.h"
+#include "core/data/sentencepiece_tokenizer.h"
 #include "core/json.h"
 
 int main(int argc, char** argv) {
@@ -17,11 +18,27 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: hf_tokenize_dump TOKENIZER.json TEXTS.json OUT.json\n");
     return 2;
   }
-  auto tok = BpeTokenizer::Load(argv[1]);
-  if (!tok.ok()) {
-    std::fprintf(stderr, "error: %s\n", std::string(tok.status().message()).c_str());
-    return 2;
+  std::unique_ptr<Tokenizer> tokp;
+  bool adds_bos = false;
+  const std::string path = argv[1];
+  if (path.size() > 6 && path.substr(path.size() - 6) == ".model") {
+    auto sp = SentencePieceTokenizer::Load(path);
+    if (!sp.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(sp.status().message()).c_str());
+      return 2;
+    }
+    adds_bos = (*sp)->adds_bos();
+    tokp = std::move(*sp);
+  } else {
+    auto bpe = BpeTokenizer::Load(path);
+    if (!bpe.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(bpe.status().message()).c_str());
+      return 2;
+    }
+    adds_bos = (*bpe)->adds_bos();
+    tokp = std::move(*bpe);
   }
+  const std::unique_ptr<Tokenizer>* tok = &tokp;
   std::ifstream in(argv[2], std::ios::binary);
   std::stringstream ss;
   ss << in.rdbuf();
@@ -45,7 +62,7 @@ int main(int argc, char** argv) {
   out.Set("rows", std::move(rows));
   out.Set("bos_id", (*tok)->bos_id());
   out.Set("eos_id", (*tok)->eos_id());
-  out.Set("adds_bos", (*tok)->adds_bos());
+  out.Set("adds_bos", adds_bos);
   out.Set("vocab_size", (*tok)->vocab_size());
   std::ofstream(argv[3], std::ios::binary) << out.Dump();
   return 0;
