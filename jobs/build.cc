@@ -9,7 +9,6 @@
 #include "absl/strings/str_join.h"
 #include "core/data/document_source.h"
 #include "core/data/bpe_tokenizer.h"
-#include "core/data/sentencepiece_tokenizer.h"
 #include "core/data/token_file.h"
 #include "core/status.h"
 #include "jobs/seeds.h"
@@ -76,8 +75,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::stri
     ASSIGN_OR_RETURN(std::unique_ptr<BpeTokenizer> t, BpeTokenizer::Load(file));
     return std::unique_ptr<Tokenizer>(std::move(t));
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<SentencePieceTokenizer> sp, SentencePieceTokenizer::Load(file));
-  return std::unique_ptr<Tokenizer>(std::move(sp));
+  // core/data:sentencepiece_tokenizer exists and is checked against the
+  // sentencepiece package, but Debian's libsentencepiece.so exports its own
+  // copy of protobuf-lite, which crashes at start-up any process that also
+  // links libprotobuf (every sheaf binary): not linked here until it is
+  // loaded in isolation (dlopen RTLD_LOCAL).
+  return absl::UnimplementedError(absl::StrCat(
+      "data.tokenizer: ", file,
+      ": SentencePiece tokenizer.model is not available in sheaf's binaries yet (Debian's "
+      "libsentencepiece clashes with libprotobuf); give a byte-level BPE tokenizer.json"));
 }
 
 absl::StatusOr<std::shared_ptr<const TokenCorpus>> LoadCorpus(
