@@ -316,7 +316,8 @@ QWEN2_PAT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\
 def tokenizer_checks(args):
     from tokenizers import (Regex, Tokenizer, decoders, models, normalizers,
                             pre_tokenizers, trainers)
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>",
+                "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
     corpus = TRAIN_TEXT * 20
     families = {
         "gpt2": (None, pre_tokenizers.ByteLevel(add_prefix_space=False), False),
@@ -368,6 +369,53 @@ def tokenizer_checks(args):
               not got["adds_bos"] and eos == tok.token_to_id("<|endoftext|>"))
 
 
+LLAMA3_CHAT = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+               "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim "
+               "+ '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+               "{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant"
+               "<|end_header_id|>\\n\\n' }}{% endif %}")
+CHATML_CHAT = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+               "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+               "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+               "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello! Wie geht's?"}, {"role": "assistant", "content": "Gut, danke. 我很好 👍🏽"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+     {"role": "assistant", "content": " 4 \n"}, {"role": "user", "content": "and 3+3"},
+     {"role": "assistant", "content": "6"}],
+]
+
+
+def chat_checks(args):
+    """Rendered ids equal apply_chat_template; trained tokens are exactly the
+    assistant spans (content + end-of-turn token)."""
+    from transformers import PreTrainedTokenizerFast
+    for fmt, fam, template in [("llama3", "llama3", LLAMA3_CHAT), ("chatml", "qwen2", CHATML_CHAT)]:
+        d = os.path.join(args.work, "tok_" + fam)
+        hf = PreTrainedTokenizerFast(tokenizer_file=os.path.join(d, "tokenizer.json"),
+                                     bos_token="<|begin_of_text|>" if fmt == "llama3" else None,
+                                     eos_token="<|endoftext|>")
+        hf.chat_template = template
+        conv_path = os.path.join(d, "conversations.json")
+        json.dump(CONVERSATIONS, open(conv_path, "w"))
+        out = os.path.join(d, "chat_%s.json" % fmt)
+        p = run([args.tokenize_dump, "--chat", fmt, os.path.join(d, "tokenizer.json"), conv_path, out])
+        if p.returncode != 0:
+            check("chat %s renders" % fmt, False, p.stderr)
+            continue
+        rows = json.load(open(out))
+        end = "<|eot_id|>" if fmt == "llama3" else "<|im_end|>"
+        for conv, row in zip(CONVERSATIONS, rows):
+            ref = hf.apply_chat_template(conv, tokenize=True)
+            check("chat %s ids == apply_chat_template (%d messages)" % (fmt, len(conv)), ref == row["ids"],
+                  "" if ref == row["ids"] else "%s vs %s" % (ref, row["ids"]))
+            trained_text = hf.decode([i for i, t in zip(row["ids"], row["trained"]) if t])
+            want = "".join((m["content"].strip() if fmt == "llama3" else m["content"]) + end
+                           for m in conv if m["role"] == "assistant")
+            check("chat %s trained tokens are the assistant spans" % fmt, trained_text == want,
+                  "%r vs %r" % (trained_text, want))
+
+
 def sentencepiece_checks(args):
     """A SentencePiece model trained by the `sentencepiece` package: sheaf
     (Debian's libsentencepiece) encodes and decodes as the package does."""
@@ -412,6 +460,7 @@ def main():
     adapter_checks(args, models)
     sheaf_adapter_checks(args, models)
     tokenizer_checks(args)
+    chat_checks(args)
     sentencepiece_checks(args)
     print("%d failed" % len(FAILS))
     if FAILS:

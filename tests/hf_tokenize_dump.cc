@@ -9,11 +9,54 @@
 #include <sstream>
 
 #include "core/data/bpe_tokenizer.h"
+#include "core/data/chat_template.h"
 #include "core/data/sentencepiece_tokenizer.h"
 #include "core/json.h"
 
+namespace {
+
+// hf_tokenize_dump --chat FORMAT TOKENIZER.json CONVERSATIONS.json OUT.json
+int Chat(char** argv) {
+  using namespace sheaf;
+  auto format = ParseChatFormat(argv[2]);
+  auto tok = BpeTokenizer::Load(argv[3]);
+  if (!format.ok() || !tok.ok()) {
+    std::fprintf(stderr, "error: %s\n",
+                 std::string((format.ok() ? tok.status() : format.status()).message()).c_str());
+    return 2;
+  }
+  std::ifstream in(argv[4], std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto convs = Json::Parse(ss.str());
+  if (!convs.ok() || !convs->is_array()) return 2;
+  Json rows = Json::Array();
+  for (const Json& c : convs->elements()) {
+    std::vector<ChatMessage> msgs;
+    for (const Json& m : c.elements()) msgs.push_back({m.Find("role")->as_string(), m.Find("content")->as_string()});
+    auto r = RenderChat(*format, msgs, **tok, false);
+    if (!r.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(r.status().message()).c_str());
+      return 2;
+    }
+    Json row = Json::Object();
+    Json ids = Json::Array(), trained = Json::Array();
+    for (int32_t id : r->ids) ids.Push(id);
+    for (uint8_t t : r->trained) trained.Push(static_cast<int>(t));
+    row.Set("ids", std::move(ids));
+    row.Set("trained", std::move(trained));
+    row.Set("text", r->text);
+    rows.Push(std::move(row));
+  }
+  std::ofstream(argv[5], std::ios::binary) << rows.Dump();
+  return 0;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace sheaf;
+  if (argc == 6 && std::string(argv[1]) == "--chat") return Chat(argv);
   if (argc != 4) {
     std::fprintf(stderr, "usage: hf_tokenize_dump TOKENIZER.json TEXTS.json OUT.json\n");
     return 2;
