@@ -416,6 +416,46 @@ def chat_checks(args):
                   "%r vs %r" % (trained_text, want))
 
 
+def train_checks(args):
+    """`sheaf train` on an HF Llama dir (attention_bias, mlp_bias) with its
+    own tokenizer.json; PEFT loads the exported adapter, equal logits."""
+    import shutil
+    import warnings
+    cfg = LlamaConfig(vocab_size=700, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      attention_bias=True, mlp_bias=True)
+    cfg._attn_implementation = "eager"
+    m = transformers.LlamaForCausalLM(cfg)
+    randomise(m, 11)
+    md = os.path.join(args.work, "train_model")
+    m.save_pretrained(md)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(args.work, "tok_qwen2", f), md)
+    dd = os.path.join(args.work, "train_data")
+    os.makedirs(dd, exist_ok=True)
+    for i, t in enumerate(TRAIN_TEXT * 5):
+        open(os.path.join(dd, "%03d.txt" % i), "w").write(t)
+    spec = os.path.join(args.work, "train.yaml")
+    run_dir = os.path.join(args.work, "train_run")
+    open(spec, "w").write("\n".join([
+        "name: hf-train", "base_model: " + md, "output_dir: " + run_dir, "seed: 1", "data:",
+        "  train: [%s]" % dd, "  format: text", "  seq_len: 32", "  val_fraction: 0.1",
+        "  tokenizer: " + os.path.join(md, "tokenizer.json"),
+        "lora:", "  adapter:", "    rank: 4", "    alpha: 8", "train:", "  batch_size: 4", "  max_steps: 5", ""]))
+    p = run([args.sheaf, "train", "--quiet", spec])
+    check("sheaf train on an HF dir with its tokenizer.json", p.returncode == 0, p.stdout.strip()[-120:])
+    ad = os.path.join(run_dir, "adapter")
+    if p.returncode != 0 or not os.path.isdir(ad):
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pm = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(md, attn_implementation="eager"), ad)
+    check("peft loads the trained adapter without warnings", not caught, "; ".join(str(w.message) for w in caught)[:200])
+    tokens = [[3, 50, 200, 7, 640, 12, 99, 5]]
+    compare("trained adapter: peft logits == sheaf logits", hf_logits(pm, tokens),
+            sheaf_logits(args, md, adapter=ad, tokens=tokens)[0])
+
+
 def sentencepiece_checks(args):
     """A SentencePiece model trained by the `sentencepiece` package: sheaf
     (Debian's libsentencepiece) encodes and decodes as the package does."""
@@ -461,6 +501,7 @@ def main():
     sheaf_adapter_checks(args, models)
     tokenizer_checks(args)
     chat_checks(args)
+    train_checks(args)
     sentencepiece_checks(args)
     print("%d failed" % len(FAILS))
     if FAILS:
