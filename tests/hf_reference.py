@@ -147,6 +147,18 @@ def model_checks(args, models):
     _, p = sheaf_logits(args, dq, expect_rc=2)
     check("qwen2 use_sliding_window 8 < T 12 refused (exit 2)",
           p.returncode == 2 and "sliding_window" in p.stderr, p.stderr.strip()[-160:])
+    # sheaf eval: exit 2 with the reason for a seq-len beyond
+    # max_position_embeddings (64 here, default --seq-len 256) and for a
+    # vocabulary smaller than the (byte) tokenizer's.
+    txt = os.path.join(args.work, "eval.txt")
+    open(txt, "w").write("some text to evaluate on\n" * 20)
+    p = run([args.sheaf, "eval", "--model", os.path.join(args.work, "llama_linear_rope"), "--data", txt], 2)
+    check("eval --seq-len beyond max_position_embeddings exits 2 saying so",
+          p.returncode == 2 and "max_position_embeddings 64" in p.stderr, p.stderr.strip()[-140:])
+    p = run([args.sheaf, "eval", "--model", os.path.join(args.work, "llama_linear_rope"), "--data", txt,
+             "--seq-len", "32"], 2)
+    check("eval with a vocab smaller than the tokenizer's exits 2",
+          p.returncode == 2 and "smaller than the tokenizer" in p.stderr, p.stderr.strip()[-140:])
     # A config field sheaf does not know: refused by name.
     dx = os.path.join(args.work, "llama_unknown_field")
     models["llama_linear_rope"].save_pretrained(dx)
