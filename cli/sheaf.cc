@@ -19,6 +19,8 @@
 #include "absl/time/time.h"
 #include "base/flags.h"
 #include "base/status.h"
+#include "cli/generate_cmd.h"
+#include "cli/logits_cmd.h"
 #include "cli/remote.h"
 #include "core/data/dataset.h"
 #include "core/data/document_source.h"
@@ -27,6 +29,8 @@
 #include "core/data/tokenizer.h"
 #include "core/lora.h"
 #include "core/model.h"
+#include "core/hf_export.h"
+#include "core/safetensors.h"
 #include "core/spec/yaml.h"
 #include "dist/communicator.h"
 #include "dist/mpi_communicator.h"
@@ -46,12 +50,15 @@ Local commands:
   train --resume OUTDIR   continue a run from its newest valid checkpoint
   pretrain ...            same as train, for all-weights (pretrain) specs
   eval --model DIR [--adapter DIR] --data PATH [--seq-len N] [--max-seqs N]
+       [--threads N] [--tokenizer NAME]
                           mean loss and perplexity of a model (+ adapter)
-  merge BASE_DIR ADAPTER_DIR OUT_DIR
+  merge [--dtype bf16|f32|f16] BASE_DIR ADAPTER_DIR OUT_DIR
                           write BASE with the PEFT adapter merged into it
-  data tokenize --out FILE.tok [--format text|paragraphs|jsonl] PATH...
-                          tokenise a corpus once (byte tokenizer) for mmap reads
-
+                          (dtype default: the base's; tokenizer files copied)
+  data tokenize --out FILE.tok [--model DIR] [--tokenizer NAME|FILE]
+                [--format text|paragraphs|jsonl] PATH...
+                          tokenise a corpus once for mmap reads (the model's
+                          tokenizer; bytes without --model / --tokenizer)
 )";
 
 constexpr const char* kExitCodes = R"(
@@ -66,7 +73,7 @@ Exit codes:
 )";
 
 std::string UsageText() {
-  return absl::StrCat(kLocalUsage, cli::kRemoteUsage, kExitCodes);
+  return absl::StrCat(kLocalUsage, cli::kLogitsUsage, cli::kGenerateUsage, "\n", cli::kRemoteUsage, kExitCodes);
 }
 
 int Fail(const absl::Status& s, int code = 1) {
@@ -137,9 +144,12 @@ int Train(const std::vector<std::string>& args, bool pretrain_only) {
   return 0;
 }
 
+// Exit code of a failed step: 2 for what the user's input causes.
+int FailInput(const absl::Status& s) { return Fail(s, cli::ExitCodeFor(static_cast<int>(s.code()))); }
+
 int Eval(const std::vector<std::string>& args) {
-  absl::StatusOr<ParsedArgs> parsed =
-      ParseArgs(args, {{"model"}, {"adapter"}, {"data"}, {"seq-len"}, {"max-seqs"}});
+  absl::StatusOr<ParsedArgs> parsed = ParseArgs(
+      args, {{"model"}, {"adapter"}, {"data"}, {"seq-len"}, {"max-seqs"}, {"threads"}, {"tokenizer"}});
   if (!parsed.ok()) return Usage(absl::StrCat("eval: ", parsed.status().message()));
   if (!parsed->positional.empty()) return Usage("eval: unexpected argument " + parsed->positional[0]);
   const std::string model_dir = parsed->Last("model");
@@ -154,20 +164,51 @@ int Eval(const std::vector<std::string>& args) {
       ParseIntFlag("max-seqs", parsed->Last("max-seqs", "0"), 0, INT64_MAX);
   if (!max_seqs_flag.ok()) return Usage(absl::StrCat("eval: ", max_seqs_flag.status().message()));
   const int64_t max_seqs = *max_seqs_flag;
+  int threads = 0;
+  if (parsed->Has("threads")) {
+    absl::StatusOr<int64_t> th = ParseIntFlag("threads", parsed->Last("threads"), 1, 4096);
+    if (!th.ok()) return Usage(absl::StrCat("eval: ", th.status().message()));
+    threads = static_cast<int>(*th);
+  }
   if (model_dir.empty() || data.empty()) return Usage("eval needs --model and --data");
   absl::StatusOr<ModelConfig> config = LoadModelConfig(model_dir);
   if (!config.ok()) return Fail(config.status(), 2);
+  if (seq_len > config->max_position_embeddings) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+                    "eval: --seq-len ", seq_len, " (default 256) exceeds the model's "
+                    "max_position_embeddings ", config->max_position_embeddings, " (",
+                    model_dir, "/config.json); pass --seq-len ", config->max_position_embeddings,
+                    " or less")),
+                2);
+  }
+  if (config->sliding_window > 0 && seq_len > config->sliding_window) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+                    "eval: --seq-len ", seq_len, " exceeds the model's sliding_window ",
+                    config->sliding_window, " (sliding-window attention is not implemented; "
+                    "pass --seq-len ", config->sliding_window, " or less)")),
+                2);
+  }
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok =
+      jobs::MakeTokenizerForModel(parsed->Last("tokenizer"), model_dir);
+  if (!tok.ok()) return Fail(tok.status(), 2);
+  if (config->vocab_size < (*tok)->vocab_size()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+                    "eval: ", model_dir, ": vocab_size ", config->vocab_size,
+                    " is smaller than the tokenizer's ", (*tok)->vocab_size())),
+                2);
+  }
+  if (absl::Status s = CheckWeightsMatchConfig(*config, model_dir); !s.ok()) return FailInput(s);
   absl::StatusOr<std::unique_ptr<Model>> model = Model::Create(*config, NothingTrainable);
-  if (!model.ok()) return Fail(model.status());
-  if (absl::Status s = (*model)->LoadWeights(model_dir); !s.ok()) return Fail(s);
+  if (!model.ok()) return FailInput(model.status());
+  if (threads > 0) (*model)->backend()->SetNumThreads(threads);
+  if (absl::Status s = (*model)->LoadWeights(model_dir); !s.ok()) return FailInput(s);
   std::unique_ptr<LoraAdapter> adapter;
   if (!adapter_dir.empty()) {
     absl::StatusOr<std::unique_ptr<LoraAdapter>> a = LoraAdapter::LoadPeft(adapter_dir, *config);
     if (!a.ok()) return Fail(a.status(), 2);
     adapter = std::move(*a);
+    if (absl::Status cs = CheckAdapterBaseCopies(**model, *adapter); !cs.ok()) return Fail(cs, 2);
   }
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = jobs::MakeTokenizer("byte");
-  if (!tok.ok()) return Fail(tok.status(), 2);
   std::vector<DocumentSource> sources;
   for (const std::string& d : data) sources.push_back(DocumentSource{d});
   absl::StatusOr<std::vector<Document>> docs = LoadDocuments(sources);
@@ -185,30 +226,61 @@ int Eval(const std::vector<std::string>& args) {
   eo.max_sequences = max_seqs;
   jobs::WorldSync one(nullptr);
   absl::StatusOr<LossStats> s = jobs::EvaluateLoss(**model, adapter.get(), **ds, eo, one);
-  if (!s.ok()) return Fail(s.status());
+  if (!s.ok()) return FailInput(s.status());
   const LossStats total = *s;
-  std::printf("loss %.4f ppl %.3f tokens %lld\n", total.mean(), std::exp(total.mean()),
+  std::printf("loss %.6f ppl %.6f tokens %lld\n", total.mean(), std::exp(total.mean()),
               static_cast<long long>(total.tokens));
   return 0;
 }
 
-int Merge(const std::vector<std::string>& args) {
+// The dtype of a model directory's weights (its embedding's), as a
+// safetensors dtype; F32 when it cannot tell.
+SafetensorsDtype BaseDtype(const std::string& dir) {
+  absl::StatusOr<std::unique_ptr<SafetensorsModel>> st = SafetensorsModel::Open(dir);
+  if (!st.ok()) return SafetensorsDtype::kDtypeF32;
+  const TensorInfo* t = (*st)->Find("model.embed_tokens.weight");
+  if (t == nullptr) return SafetensorsDtype::kDtypeF32;
+  return t->dtype;
+}
+
+int Merge(const std::vector<std::string>& args_in) {
+  absl::StatusOr<ParsedArgs> parsed = ParseArgs(args_in, {{"dtype"}});
+  if (!parsed.ok()) return Usage(absl::StrCat("merge: ", parsed.status().message()));
+  const std::vector<std::string>& args = parsed->positional;
   if (args.size() != 3) return Usage("merge takes BASE_DIR ADAPTER_DIR OUT_DIR");
   absl::StatusOr<ModelConfig> config = LoadModelConfig(args[0]);
   if (!config.ok()) return Fail(config.status(), 2);
+  SafetensorsDtype out_dtype = BaseDtype(args[0]);
+  if (parsed->Has("dtype")) {
+    const std::string d = parsed->Last("dtype");
+    if (d == "bf16") out_dtype = SafetensorsDtype::kDtypeBF16;
+    else if (d == "f32") out_dtype = SafetensorsDtype::kDtypeF32;
+    else if (d == "f16") out_dtype = SafetensorsDtype::kDtypeF16;
+    else return Usage("merge: --dtype must be bf16, f32 or f16");
+  } else if (out_dtype != SafetensorsDtype::kDtypeBF16 && out_dtype != SafetensorsDtype::kDtypeF16) {
+    out_dtype = SafetensorsDtype::kDtypeF32;
+  }
+  if (absl::Status s = CheckWeightsMatchConfig(*config, args[0]); !s.ok()) return FailInput(s);
   absl::StatusOr<std::unique_ptr<Model>> model = Model::Create(*config, NothingTrainable);
-  if (!model.ok()) return Fail(model.status());
-  if (absl::Status s = (*model)->LoadWeights(args[0]); !s.ok()) return Fail(s);
+  if (!model.ok()) return FailInput(model.status());
+  if (absl::Status s = (*model)->LoadWeights(args[0]); !s.ok()) return FailInput(s);
   absl::StatusOr<std::unique_ptr<LoraAdapter>> a = LoraAdapter::LoadPeft(args[1], *config);
   if (!a.ok()) return Fail(a.status(), 2);
+  if (absl::Status s = CheckAdapterBaseCopies(**model, **a); !s.ok()) return Fail(s, 2);
   if (absl::Status s = (*model)->MergeAdapter(**a); !s.ok()) return Fail(s, 2);
-  if (absl::Status s = (*model)->Save(args[2]); !s.ok()) return Fail(s);
-  std::printf("merged %s into %s -> %s\n", args[1].c_str(), args[0].c_str(), args[2].c_str());
+  if (absl::Status s = (*model)->Save(args[2], out_dtype); !s.ok()) return Fail(s);
+  // The tokenizer and generation files beside the merged model, so that
+  // AutoTokenizer / generate work on it as on the base.
+  absl::StatusOr<std::vector<std::string>> copied = CopyHfSideFiles(args[0], args[2]);
+  if (!copied.ok()) return Fail(copied.status());
+  std::printf("merged %s into %s -> %s (%s; copied %zu tokenizer/generation files)\n",
+              args[1].c_str(), args[0].c_str(), args[2].c_str(), SafetensorsDtypeName(out_dtype),
+              copied->size());
   return 0;
 }
 
 int Tokenize(const std::vector<std::string>& args) {
-  absl::StatusOr<ParsedArgs> parsed = ParseArgs(args, {{"out"}, {"format"}});
+  absl::StatusOr<ParsedArgs> parsed = ParseArgs(args, {{"out"}, {"format"}, {"model"}, {"tokenizer"}});
   if (!parsed.ok()) return Usage(absl::StrCat("data tokenize: ", parsed.status().message()));
   const std::string out = parsed->Last("out");
   const std::string format = parsed->Last("format", "text");
@@ -222,8 +294,10 @@ int Tokenize(const std::vector<std::string>& args) {
     else if (format != "text") return Usage("data tokenize: --format must be text, paragraphs or jsonl");
     sources.push_back(s);
   }
-  ByteTokenizer tok;
-  absl::StatusOr<TokenizeStats> st = TokenizeToFile(sources, tok, out);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok =
+      jobs::MakeTokenizerForModel(parsed->Last("tokenizer"), parsed->Last("model"));
+  if (!tok.ok()) return Fail(tok.status(), 2);
+  absl::StatusOr<TokenizeStats> st = TokenizeToFile(sources, **tok, out);
   if (!st.ok()) return Fail(st.status(), 2);
   std::printf("wrote %s: %lld documents, %lld tokens, %lld bytes\n", out.c_str(),
               static_cast<long long>(st->num_docs), static_cast<long long>(st->num_tokens),
@@ -248,6 +322,8 @@ int main(int argc, char** argv) {
   if (cmd == "pretrain") return Train(args, true);
   if (cmd == "eval") return Eval(args);
   if (cmd == "merge") return Merge(args);
+  if (cmd == "logits") return cli::RunLogits(args);
+  if (cmd == "generate") return cli::RunGenerate(args);
   if (cli::IsRemoteCommand(cmd)) {
     cli::RemoteIo io;
     io.out_is_tty = isatty(STDOUT_FILENO) == 1;

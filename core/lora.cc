@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/hf_fields.h"
 #include "core/json.h"
 #include "core/safetensors.h"
 #include "core/status.h"
@@ -44,6 +45,115 @@ T PatternValue(const std::vector<std::pair<std::string, T>>& patterns, const std
     if (m.ok() && *m) return value;
   }
   return fallback;
+}
+
+bool IsLayersPattern(const Json& v) {
+  return (v.is_string() && v.as_string() == "layers") ||
+         (v.is_array() && v.size() == 1 && v[0].is_string() && v[0].as_string() == "layers");
+}
+bool IsCausalLm(const Json& v) { return v.is_string() && v.as_string() == "CAUSAL_LM"; }
+bool IsTrueOrGaussian(const Json& v) {
+  // The init of A and B: irrelevant when the weights are read from a file.
+  return v.is_bool() || v.is_string();
+}
+bool IsNoOffload(const Json& v) {
+  if (!v.is_object()) return false;
+  for (const Json::Member& m : v.items()) {
+    if (m.first != "ephemeral_gpu_offload" || !IsFalse(m.second)) return false;
+  }
+  return true;
+}
+
+// Every adapter_config.json field of PEFT's LoraConfig (0.12, and the
+// later ones users meet in newer files).
+constexpr FieldRule kAdapterFields[] = {
+    {"peft_type", FieldUse::kFieldRead},
+    {"r", FieldUse::kFieldRead},
+    {"lora_alpha", FieldUse::kFieldRead},
+    {"lora_dropout", FieldUse::kFieldRead},
+    {"use_rslora", FieldUse::kFieldRead},
+    {"target_modules", FieldUse::kFieldRead},
+    {"layers_to_transform", FieldUse::kFieldRead},
+    {"rank_pattern", FieldUse::kFieldRead},
+    {"alpha_pattern", FieldUse::kFieldRead},
+    {"bias", FieldUse::kFieldDefaultOnly, IsNoneString,
+     "only \"none\": training or loading base biases with the adapter is not implemented"},
+    {"use_dora", FieldUse::kFieldDefaultOnly, IsFalse, "DoRA (weight-decomposed LoRA) is not implemented"},
+    {"modules_to_save", FieldUse::kFieldDefaultOnly, IsEmptyContainer,
+     "fully trained extra modules are not implemented"},
+    {"fan_in_fan_out", FieldUse::kFieldDefaultOnly, IsFalse,
+     "transposed (Conv1D, GPT-2 style) weights do not occur in Llama-family models"},
+    {"layers_pattern", FieldUse::kFieldDefaultOnly, IsLayersPattern,
+     "Llama-family decoders keep their layers in \"layers\""},
+    {"layer_replication", FieldUse::kFieldDefaultOnly, IsEmptyContainer,
+     "layer replication is not implemented"},
+    {"megatron_config", FieldUse::kFieldDefaultOnly, IsEmptyContainer, "Megatron layers are not used"},
+    {"megatron_core", FieldUse::kFieldHarmless},  // only with megatron_config
+    {"exclude_modules", FieldUse::kFieldDefaultOnly, IsEmptyContainer,
+     "exclude_modules is not implemented"},
+    {"lora_bias", FieldUse::kFieldDefaultOnly, IsFalse, "a bias on lora_B is not implemented"},
+    {"trainable_token_indices", FieldUse::kFieldDefaultOnly, IsEmptyContainer,
+     "trainable token rows are not implemented"},
+    {"target_parameters", FieldUse::kFieldDefaultOnly, IsEmptyContainer,
+     "LoRA on parameters (not modules) is not implemented"},
+    {"use_qalora", FieldUse::kFieldDefaultOnly, IsFalse, "QA-LoRA is not implemented"},
+    {"qalora_group_size", FieldUse::kFieldHarmless},  // only with use_qalora
+    {"task_type", FieldUse::kFieldDefaultOnly, IsCausalLm, "only CAUSAL_LM adapters"},
+    {"runtime_config", FieldUse::kFieldDefaultOnly, IsNoOffload, "GPU offload is not used"},
+    // Initialisation only: the weights come from the file.
+    {"init_lora_weights", FieldUse::kFieldDefaultOnly, IsTrueOrGaussian,
+     "an init of type other than true/false/a named method"},
+    {"loftq_config", FieldUse::kFieldHarmless},
+    {"eva_config", FieldUse::kFieldHarmless},
+    {"corda_config", FieldUse::kFieldHarmless},
+    // Metadata.
+    {"base_model_name_or_path", FieldUse::kFieldHarmless},
+    {"revision", FieldUse::kFieldHarmless},
+    {"inference_mode", FieldUse::kFieldHarmless},
+    {"auto_mapping", FieldUse::kFieldHarmless},
+};
+
+// PEFT's target_modules given as one string: re.fullmatch(pattern, name)
+// over the module names. sheaf adapts "these projections in these
+// layers" (+ lm_head); a selection of another form is refused.
+absl::Status TargetsFromRegex(const std::string& pattern, const ModelConfig& config,
+                              const std::string& source, LoraOptions* o) {
+  std::regex re;
+  try {
+    re = std::regex(pattern, std::regex::ECMAScript);
+  } catch (const std::regex_error& e) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": target_modules: \"", pattern,
+                                                   "\" is not a regular expression (", e.what(), ")"));
+  }
+  std::set<std::pair<int, int>> matched;
+  std::set<int> layers, projs;
+  for (int l = 0; l < config.num_layers; ++l) {
+    for (int p = 0; p < kNumProj; ++p) {
+      if (std::regex_match(LoraAdapter::ModuleName(l, static_cast<Proj>(p)), re)) {
+        matched.insert({l, p});
+        layers.insert(l);
+        projs.insert(p);
+      }
+    }
+  }
+  const bool head = std::regex_match(std::string(LoraAdapter::kLmHeadModuleName), re);
+  if (matched.size() != layers.size() * projs.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source, ": target_modules: the regular expression \"", pattern, "\" selects ",
+        matched.size(), " modules that are not the same projections in every selected layer; "
+        "sheaf adapts a set of projections over a set of layers (write target_modules as a list "
+        "plus layers_to_transform)"));
+  }
+  if (matched.empty() && !head) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": target_modules: \"", pattern,
+                                                   "\" matches no module"));
+  }
+  o->targets.clear();
+  for (int p : projs) o->targets.push_back(kProjNames[p]);
+  if (head) o->targets.push_back("lm_head");
+  o->layers.clear();
+  if (static_cast<int>(layers.size()) != config.num_layers) o->layers.assign(layers.begin(), layers.end());
+  return absl::OkStatus();
 }
 
 float ScaleOf(float alpha, int rank, bool rslora) {
@@ -351,6 +461,7 @@ absl::StatusOr<std::unique_ptr<LoraAdapter>> LoraAdapter::LoadPeft(const std::st
   ss << in.rdbuf();
   absl::StatusOr<Json> cfg = Json::Parse(ss.str());
   if (!cfg.ok()) return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": ", cfg.status().message()));
+  RETURN_IF_ERROR(CheckFields(*cfg, kAdapterFields, cfg_path));
   auto field = [&](absl::string_view key) -> absl::Status {
     return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": ", key, ": missing or wrong type"));
   };
@@ -365,13 +476,22 @@ absl::StatusOr<std::unique_ptr<LoraAdapter>> LoraAdapter::LoadPeft(const std::st
   o.alpha = static_cast<float>(v->as_double());
   if (v = cfg->Find("lora_dropout"); v != nullptr && v->is_number()) o.dropout = static_cast<float>(v->as_double());
   if (v = cfg->Find("use_rslora"); v != nullptr && v->is_bool()) o.rslora = v->as_bool();
-  if (v = cfg->Find("target_modules"); v == nullptr || !v->is_array()) return field("target_modules");
-  o.targets.clear();
-  for (const Json& t : v->elements()) {
-    if (!t.is_string()) return field("target_modules");
-    o.targets.push_back(t.as_string());
+  const Json* targets = cfg->Find("target_modules");
+  if (targets != nullptr && targets->is_string()) {
+    // PEFT ignores layers_to_transform for a regex; so do we.
+    RETURN_IF_ERROR(TargetsFromRegex(targets->as_string(), config, cfg_path, &o));
+  } else {
+    if (targets == nullptr || !targets->is_array()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          cfg_path, ": target_modules: missing, or neither a list of names nor a regex string"));
+    }
+    o.targets.clear();
+    for (const Json& t : targets->elements()) {
+      if (!t.is_string()) return field("target_modules");
+      o.targets.push_back(t.as_string());
+    }
   }
-  if (v = cfg->Find("layers_to_transform"); v != nullptr && !v->is_null()) {
+  if (v = cfg->Find("layers_to_transform"); targets->is_array() && v != nullptr && !v->is_null()) {
     if (v->is_int64()) {
       o.layers.push_back(static_cast<int>(v->as_int64()));
     } else if (v->is_array()) {
@@ -408,10 +528,49 @@ absl::StatusOr<std::unique_ptr<LoraAdapter>> LoraAdapter::LoadPeft(const std::st
   if (!valid.ok()) return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": ", valid.message()));
   ASSIGN_OR_RETURN(std::unique_ptr<LoraAdapter> a, Create(config, o));
   const std::string st_path = dir + "/adapter_model.safetensors";
+  if (!std::filesystem::exists(st_path) && std::filesystem::exists(dir + "/adapter_model.bin")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir, ": only adapter_model.bin (a pickle) is present; reading pickles is out of scope "
+        "(they can run code). Convert it once with PEFT: "
+        "`python -c \"import torch, safetensors.torch as st; "
+        "st.save_file(torch.load('adapter_model.bin'), 'adapter_model.safetensors')\"`"));
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> st, SafetensorsFile::Open(st_path));
+  std::set<std::string> read;
   for (int i = 0; i < a->params_.num_slots(); ++i) {
     Tensor t = a->params_.view(i);
-    RETURN_IF_ERROR(st->ReadF32(a->params_.name(i), t.shape, t.data));
+    absl::Status rs = st->ReadF32(a->params_.name(i), t.shape, t.data);
+    if (absl::IsNotFound(rs)) {
+      return absl::NotFoundError(absl::StrCat(st_path, ": tensor ", a->params_.name(i),
+                                              " is missing (adapter_config.json's target_modules / "
+                                              "layers_to_transform ask for it)"));
+    }
+    RETURN_IF_ERROR(rs);
+    read.insert(a->params_.name(i));
+  }
+  // Tensors nothing reads (DoRA magnitudes, modules_to_save copies, modules
+  // outside target_modules) would be silently dropped: refused by name.
+  std::vector<std::string> unread;
+  for (const TensorInfo& t : st->tensors()) {
+    if (read.contains(t.name)) continue;
+    constexpr std::string_view kPrefix = "base_model.model.", kSuffix = ".base_layer.weight";
+    const std::string_view n = t.name;
+    if (n.starts_with(kPrefix) && n.ends_with(kSuffix)) {
+      const std::string module(n.substr(kPrefix.size(), n.size() - kPrefix.size() - kSuffix.size()));
+      if (module == "lm_head" || module == "model.embed_tokens") {
+        std::vector<float> values(static_cast<size_t>(t.numel()));
+        RETURN_IF_ERROR(st->ReadF32(t.name, t.shape, values.data()));
+        a->base_copies_.emplace_back(module + ".weight", std::move(values));
+        continue;
+      }
+    }
+    unread.push_back(t.name);
+  }
+  if (!unread.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        st_path, ": ", unread.size(), " tensor(s) that adapter_config.json does not describe: ",
+        absl::StrJoin(unread.begin(), unread.begin() + static_cast<long>(std::min<size_t>(unread.size(), 5)), ", "),
+        unread.size() > 5 ? ", ..." : ""));
   }
   return a;
 }

@@ -147,6 +147,14 @@ class LoraAdapter {
   // field (or tensor) for anything that does not fit `config`.
   static absl::StatusOr<std::unique_ptr<LoraAdapter>> LoadPeft(
       const std::string& dir, const ModelConfig& config);
+  // Copies of base weights PEFT saved beside the factors (PEFT 0.12 saves
+  // lm_head's / embed_tokens' base_layer.weight when they are targeted:
+  // save_embedding_layers), by base tensor name ("lm_head.weight"). PEFT
+  // loads them over the base, so CheckAdapterBaseCopies (core/model.h)
+  // refuses an adapter whose copy differs from the model's weight.
+  const std::vector<std::pair<std::string, std::vector<float>>>& base_copies() const {
+    return base_copies_;
+  }
   // PEFT module name ("model.layers.0.self_attn.q_proj"; "lm_head").
   static std::string ModuleName(int layer, Proj p);
   static constexpr const char* kLmHeadModuleName = "lm_head";
@@ -169,6 +177,7 @@ class LoraAdapter {
   uint64_t dropout_seed_ = 0;
   int64_t dropout_row_offset_ = 0;
   uint64_t instance_id_ = 0;
+  std::vector<std::pair<std::string, std::vector<float>>> base_copies_;
 };
 
 }  // namespace sheaf

@@ -4,9 +4,12 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <random>
+#include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/backend.h"
 #include "core/safetensors.h"
 #include "core/status.h"
@@ -35,12 +38,107 @@ std::vector<Param*> ModelWeights::all() {
       for (Param* p : {&l.q_bias, &l.k_bias, &l.v_bias}) out.push_back(p);
     }
     out.push_back(&l.o);
+    if (l.o_bias.value) out.push_back(&l.o_bias);
     out.push_back(&l.post_norm);
     for (Param* p : {&l.gate, &l.up, &l.down}) out.push_back(p);
+    if (l.gate_bias.value) {
+      for (Param* p : {&l.gate_bias, &l.up_bias, &l.down_bias}) out.push_back(p);
+    }
   }
   out.push_back(&norm);
   if (lm_head.value.data != embed.value.data) out.push_back(&lm_head);
   return out;
+}
+
+std::vector<ExpectedTensor> ExpectedTensors(const ModelConfig& config) {
+  const int64_t C = config.hidden_size, HD = config.head_dim, V = config.vocab_size;
+  std::vector<ExpectedTensor> out;
+  out.push_back({"model.embed_tokens.weight", {V, C}});
+  for (int l = 0; l < config.num_layers; ++l) {
+    const LayerShape& s = config.layers[static_cast<size_t>(l)];
+    const std::string pre = absl::StrCat("model.layers.", l, ".");
+    const int64_t q = int64_t{s.num_heads} * HD, kv = int64_t{s.num_kv_heads} * HD,
+                  I = s.intermediate;
+    out.push_back({pre + "input_layernorm.weight", {C}});
+    out.push_back({pre + "self_attn.q_proj.weight", {q, C}});
+    out.push_back({pre + "self_attn.k_proj.weight", {kv, C}});
+    out.push_back({pre + "self_attn.v_proj.weight", {kv, C}});
+    if (config.attention_bias) {
+      out.push_back({pre + "self_attn.q_proj.bias", {q}});
+      out.push_back({pre + "self_attn.k_proj.bias", {kv}});
+      out.push_back({pre + "self_attn.v_proj.bias", {kv}});
+    }
+    out.push_back({pre + "self_attn.o_proj.weight", {C, q}});
+    if (config.o_proj_bias) out.push_back({pre + "self_attn.o_proj.bias", {C}});
+    out.push_back({pre + "post_attention_layernorm.weight", {C}});
+    out.push_back({pre + "mlp.gate_proj.weight", {I, C}});
+    out.push_back({pre + "mlp.up_proj.weight", {I, C}});
+    out.push_back({pre + "mlp.down_proj.weight", {C, I}});
+    if (config.mlp_bias) {
+      out.push_back({pre + "mlp.gate_proj.bias", {I}});
+      out.push_back({pre + "mlp.up_proj.bias", {I}});
+      out.push_back({pre + "mlp.down_proj.bias", {C}});
+    }
+  }
+  out.push_back({"model.norm.weight", {C}});
+  if (!config.tie_word_embeddings) out.push_back({"lm_head.weight", {V, C}});
+  return out;
+}
+
+absl::Status CheckWeightsMatchConfig(const ModelConfig& config, const std::string& dir) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsModel> st, SafetensorsModel::Open(dir));
+  std::set<std::string> expected;
+  for (const ExpectedTensor& e : ExpectedTensors(config)) {
+    const TensorInfo* info = st->Find(e.name);
+    if (info == nullptr) {
+      return absl::NotFoundError(absl::StrCat(
+          dir, ": tensor ", e.name, " is missing (config.json says it exists",
+          e.name.ends_with(".bias") ? ": attention_bias / mlp_bias" : "", ")"));
+    }
+    if (info->shape != e.shape) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          dir, ": tensor ", e.name, " has shape ", ShapeToString(info->shape),
+          " but config.json implies ", ShapeToString(e.shape)));
+    }
+    expected.insert(e.name);
+  }
+  std::vector<std::string> unread;
+  for (const TensorInfo* t : st->tensors()) {
+    if (expected.contains(t->name)) continue;
+    if (t->name.ends_with(".rotary_emb.inv_freq")) continue;  // recomputed from the config
+    if (t->name == "lm_head.weight" && config.tie_word_embeddings) continue;  // HF ignores it too
+    unread.push_back(t->name);
+  }
+  if (!unread.empty()) {
+    const size_t shown = std::min<size_t>(unread.size(), 5);
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir, ": ", unread.size(), " tensor(s) that config.json does not describe and nothing "
+        "would read: ", absl::StrJoin(unread.begin(), unread.begin() + static_cast<long>(shown), ", "),
+        unread.size() > shown ? ", ..." : "",
+        " (a bias or layer the config leaves out would be silently dropped)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckAdapterBaseCopies(const Model& model, const LoraAdapter& adapter) {
+  for (const auto& [name, values] : adapter.base_copies()) {
+    const ModelWeights& w = model.weights();
+    const Param* p = name == "lm_head.weight" ? &w.lm_head : name == "model.embed_tokens.weight" ? &w.embed : nullptr;
+    if (p == nullptr || p->value.data == nullptr || p->value.numel() != static_cast<int64_t>(values.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("adapter: its copy of ", name, " does not fit the base model"));
+    }
+    for (size_t i = 0; i < values.size(); ++i) {
+      const float x = p->value.dtype == DType::kDTypeBF16
+                          ? Bf16ToF32(static_cast<const uint16_t*>(p->value.raw())[i])
+                          : p->value.data[i];
+      if (x != values[i]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "adapter: its saved copy of base weight ", name, " differs from the base model's (element ", i,
+            "); PEFT would load the copy over the base, sheaf does not: refused"));
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Create(
@@ -63,6 +161,11 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(
     return absl::InvalidArgumentError(absl::StrCat("frozen_dtype ", DTypeName(fdt),
                                                    " is not supported by backend ",
                                                    backend->name(), " (use f32 or bf16)"));
+  }
+  if (!config.rope_scaling.none() && backend->device() != Device::kDeviceCpu) {
+    return absl::UnimplementedError(absl::StrCat(
+        "config rope_scaling: backend ", backend->name(),
+        " keeps its RoPE tables in device memory; scaled RoPE is host-only so far"));
   }
   std::unique_ptr<Model> m(new Model(config));
   m->backend_ = backend;
@@ -106,10 +209,16 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(
       plan(&lw.v_bias, pre + "self_attn.v_proj.bias", {kv_out});
     }
     plan(&lw.o, pre + "self_attn.o_proj.weight", {C, q_out});
+    if (config.o_proj_bias) plan(&lw.o_bias, pre + "self_attn.o_proj.bias", {C});
     plan(&lw.post_norm, pre + "post_attention_layernorm.weight", {C});
     plan(&lw.gate, pre + "mlp.gate_proj.weight", {s.intermediate, C});
     plan(&lw.up, pre + "mlp.up_proj.weight", {s.intermediate, C});
     plan(&lw.down, pre + "mlp.down_proj.weight", {C, s.intermediate});
+    if (config.mlp_bias) {
+      plan(&lw.gate_bias, pre + "mlp.gate_proj.bias", {s.intermediate});
+      plan(&lw.up_bias, pre + "mlp.up_proj.bias", {s.intermediate});
+      plan(&lw.down_bias, pre + "mlp.down_proj.bias", {C});
+    }
   }
   plan(&w.norm, "model.norm.weight", {C});
   if (!config.tie_word_embeddings) plan(&w.lm_head, "lm_head.weight", {V, C});
@@ -149,7 +258,12 @@ std::vector<Param*> Model::GroupParams(int group) {
   if (config_.attention_bias) {
     for (Param* p : {&l.q_bias, &l.k_bias, &l.v_bias}) out.push_back(p);
   }
-  for (Param* p : {&l.o, &l.post_norm, &l.gate, &l.up, &l.down}) out.push_back(p);
+  out.push_back(&l.o);
+  if (config_.o_proj_bias) out.push_back(&l.o_bias);
+  for (Param* p : {&l.post_norm, &l.gate, &l.up, &l.down}) out.push_back(p);
+  if (config_.mlp_bias) {
+    for (Param* p : {&l.gate_bias, &l.up_bias, &l.down_bias}) out.push_back(p);
+  }
   return out;
 }
 
@@ -170,6 +284,7 @@ absl::Status Model::LoadWeights(const std::string& dir) {
   if (frozen_.data() == nullptr && frozen_.num_slots() > 0) {
     return absl::FailedPreconditionError("frozen weights are external (sharded): load them through the FrozenWeightSource");
   }
+  RETURN_IF_ERROR(CheckWeightsMatchConfig(config_, dir));
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsModel> st, SafetensorsModel::Open(dir));
   for (Param* p : weights_.all()) {
     RETURN_IF_ERROR(st->Read(p->name, p->value.shape, p->value.dtype, p->value.raw()));
@@ -196,22 +311,61 @@ void Model::InitRandom(uint64_t seed, float std) {
   }
 }
 
-absl::Status Model::Save(const std::string& dir) const {
+absl::Status Model::Save(const std::string& dir) const { return SaveImpl(dir, std::nullopt); }
+
+absl::Status Model::Save(const std::string& dir, SafetensorsDtype file_dtype) const {
+  if (file_dtype != SafetensorsDtype::kDtypeF32 && file_dtype != SafetensorsDtype::kDtypeBF16 &&
+      file_dtype != SafetensorsDtype::kDtypeF16) {
+    return absl::InvalidArgumentError(absl::StrCat("Save: dtype ", SafetensorsDtypeName(file_dtype),
+                                                   " (use F32, BF16 or F16)"));
+  }
+  return SaveImpl(dir, file_dtype);
+}
+
+namespace {
+
+absl::Status WriteTextAtomically(const std::string& path, const std::string& text) {
+  std::error_code ec;
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (!f) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  if (std::fclose(f) != 0 || !ok) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+const char* TorchDtypeName(SafetensorsDtype d) {
+  switch (d) {
+    case SafetensorsDtype::kDtypeBF16: return "bfloat16";
+    case SafetensorsDtype::kDtypeF16: return "float16";
+    default: return "float32";
+  }
+}
+
+}  // namespace
+
+absl::Status Model::SaveImpl(const std::string& dir, std::optional<SafetensorsDtype> all) const {
   if (frozen_.data() == nullptr && frozen_.num_slots() > 0) {
     return absl::FailedPreconditionError("cannot save a model whose frozen weights are sharded");
   }
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
-  {
-    const std::string tmp = dir + "/config.json.tmp";
-    FILE* f = std::fopen(tmp.c_str(), "w");
-    if (!f) return absl::InternalError(absl::StrCat("cannot write ", tmp));
-    const std::string text = config_.ToJson();
-    const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-    if (std::fclose(f) != 0 || !ok) return absl::InternalError(absl::StrCat("cannot write ", tmp));
-    std::filesystem::rename(tmp, dir + "/config.json", ec);
-    if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", ec.message()));
+  // torch_dtype says what the file holds.
+  ModelConfig written = config_;
+  written.torch_dtype = all ? TorchDtypeName(*all)
+                            : weights_.embed.value.dtype == DType::kDTypeBF16 ? "bfloat16" : "float32";
+  RETURN_IF_ERROR(WriteTextAtomically(dir + "/config.json", written.ToJson()));
+  if (config_.bos_token_id >= 0 || config_.eos_token_id >= 0) {
+    // What transformers' GenerationConfig.from_model_config writes.
+    std::string g = "{\n";
+    if (config_.bos_token_id >= 0) g += absl::StrCat("  \"bos_token_id\": ", config_.bos_token_id, ",\n");
+    if (config_.eos_token_id >= 0) g += absl::StrCat("  \"eos_token_id\": ", config_.eos_token_id, ",\n");
+    if (config_.pad_token_id >= 0) g += absl::StrCat("  \"pad_token_id\": ", config_.pad_token_id, ",\n");
+    g += "  \"_from_model_config\": true\n}\n";
+    RETURN_IF_ERROR(WriteTextAtomically(dir + "/generation_config.json", g));
   }
   SafetensorsWriter writer;
   std::vector<std::vector<float>> widened;  // bf16 tensors, written back as BF16 (exact)
@@ -220,9 +374,10 @@ absl::Status Model::Save(const std::string& dir) const {
       widened.emplace_back(static_cast<size_t>(p->value.numel()));
       const uint16_t* bits = static_cast<const uint16_t*>(p->value.raw());
       for (size_t i = 0; i < widened.back().size(); ++i) widened.back()[i] = Bf16ToF32(bits[i]);
-      writer.Add(p->name, p->value.shape, widened.back().data(), SafetensorsDtype::kDtypeBF16);
+      writer.Add(p->name, p->value.shape, widened.back().data(),
+                 all ? *all : SafetensorsDtype::kDtypeBF16);
     } else {
-      writer.Add(p->name, p->value.shape, p->value.data);
+      writer.Add(p->name, p->value.shape, p->value.data, all ? *all : SafetensorsDtype::kDtypeF32);
     }
   }
   return writer.Write(dir + "/model.safetensors", {{"format", "pt"}});
@@ -396,7 +551,21 @@ void Model::PlanActivations(int B, int T, const AdapterPlan& plan, const LossHea
   scratch_.Allocate();
   for (auto& [t, slot] : acts_binds) *t = acts_.view(slot);
   for (auto& [t, slot] : scratch_binds) *t = scratch_.view(slot);
-  backend_->RopeTables(act_.cos.data, act_.sin.data, T, static_cast<int>(HD), c.rope_theta);
+  if (c.rope_scaling.none()) {
+    backend_->RopeTables(act_.cos.data, act_.sin.data, T, static_cast<int>(HD), c.rope_theta);
+  } else {
+    // Scaled frequencies: the tables are made here, on the host (Create
+    // refuses rope_scaling on a backend whose memory is not host memory).
+    const std::vector<float> inv = RopeInvFreq(static_cast<int>(HD), c.rope_theta, c.rope_scaling);
+    const int64_t half = HD / 2;
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(t) * inv[static_cast<size_t>(i)];
+        act_.cos.data[t * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+        act_.sin.data[t * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+      }
+    }
+  }
   planned_B_ = B;
   planned_T_ = T;
   planned_layout_ = std::move(layout);
@@ -534,6 +703,12 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
   const bool selected = head.kind == LossHead::Kind::kLossHeadSelectedRows;
   if (B <= 0 || T <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("batch ", B, " x ", T, " is empty"));
+  }
+  if (c.sliding_window > 0 && T > c.sliding_window) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sequence length ", T, " exceeds the config's sliding_window ", c.sliding_window,
+        ": the window would mask attention and sliding-window attention is not implemented "
+        "(use a sequence length <= ", c.sliding_window, ")"));
   }
   if (T > c.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat("sequence length ", T,
@@ -768,14 +943,14 @@ absl::Status Model::ForwardTrunk(const int32_t* tokens, int B, int T, bool train
                           HD);
     backend_->AttentionForward(a.att.data, a.attn_saved.data, a.q.data, a.k.data, a.v.data, B, T,
                                s.num_heads, s.num_kv_heads, HD);
-    linear(a.h.data, a.att.data, Proj::kO, nullptr);
+    linear(a.h.data, a.att.data, Proj::kO, &w.o_bias);
     backend_->Add(a.h.data, a.h.data, a.x.data, N * C);
     backend_->RmsNormForward(a.n2.data, a.rstd2.data, a.h.data, w.post_norm.value.data,
                              static_cast<int>(N), C, c.rms_norm_eps);
-    linear(a.gate.data, a.n2.data, Proj::kGate, nullptr);
-    linear(a.up.data, a.n2.data, Proj::kUp, nullptr);
+    linear(a.gate.data, a.n2.data, Proj::kGate, &w.gate_bias);
+    linear(a.up.data, a.n2.data, Proj::kUp, &w.up_bias);
     backend_->SwiGluForward(a.act.data, a.gate.data, a.up.data, N * s.intermediate);
-    linear(out, a.act.data, Proj::kDown, nullptr);
+    linear(out, a.act.data, Proj::kDown, &w.down_bias);
     backend_->Add(out, out, a.h.data, N * C);
     ReleaseGroup(LayerGroup(l));
   }
@@ -851,20 +1026,20 @@ absl::Status Model::Backward(float grad_scale) {
     };
     // dx holds d(layer output). out = h + down(act).
     zero_rows(scr_.dact, N * I);
-    linear(scr_.dact.data, dx, a.act.data, Proj::kDown, nullptr);
+    linear(scr_.dact.data, dx, a.act.data, Proj::kDown, &w.down_bias);
     zero_rows(scr_.dgate, N * I);
     zero_rows(scr_.dup, N * I);
     backend_->SwiGluBackward(scr_.dgate.data, scr_.dup.data, scr_.dact.data, a.gate.data,
                              a.up.data, N * I);
     zero_rows(scr_.dn, N * C);
-    linear(dn, scr_.dgate.data, a.n2.data, Proj::kGate, nullptr);
-    linear(dn, scr_.dup.data, a.n2.data, Proj::kUp, nullptr);
+    linear(dn, scr_.dgate.data, a.n2.data, Proj::kGate, &w.gate_bias);
+    linear(dn, scr_.dup.data, a.n2.data, Proj::kUp, &w.up_bias);
     // dh = d(out) (residual) + rmsnorm backward.
     backend_->RmsNormBackward(dx, w.post_norm.grad.data, dn, a.h.data, w.post_norm.value.data,
                               a.rstd2.data, static_cast<int>(N), C);
     // h = x + o(att).
     zero_rows(scr_.datt, N * q_out);
-    linear(scr_.datt.data, dx, a.att.data, Proj::kO, nullptr);
+    linear(scr_.datt.data, dx, a.att.data, Proj::kO, &w.o_bias);
     zero_rows(scr_.dq, N * q_out);
     zero_rows(scr_.dk, N * kv_out);
     zero_rows(scr_.dv, N * kv_out);

@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,7 @@
 #include "core/dtype.h"
 #include "core/lora.h"
 #include "core/model_config.h"
+#include "core/safetensors.h"
 #include "core/tensor.h"
 
 namespace sheaf {
@@ -60,8 +62,10 @@ struct LayerWeights {
   Param input_norm;           // (C)
   Param q, k, v, o;           // (NH*HD, C) (KVH*HD, C) (KVH*HD, C) (C, NH*HD)
   Param q_bias, k_bias, v_bias;  // (NH*HD) (KVH*HD) (KVH*HD), attention_bias only
+  Param o_bias;               // (C), o_proj_bias only (Llama attention_bias)
   Param post_norm;            // (C)
   Param gate, up, down;       // (I, C) (I, C) (C, I)
+  Param gate_bias, up_bias, down_bias;  // (I) (I) (C), mlp_bias only
   Param* proj(Proj p);
 };
 
@@ -97,6 +101,29 @@ struct LossStats {
   int64_t tokens = 0;   // targets != kIgnoreIndex
   double mean() const { return tokens ? loss_sum / static_cast<double>(tokens) : 0.0; }
 };
+
+// The base tensors `config` needs, by Hugging Face name, with their shapes,
+// in Model's order (weights().all()); computed without allocating anything.
+struct ExpectedTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+std::vector<ExpectedTensor> ExpectedTensors(const ModelConfig& config);
+
+// Checks a model directory's safetensors headers against `config` before
+// anything is allocated: every expected tensor present with its shape, and
+// no tensor that nothing would read (an error naming it: a bias or a layer
+// the config does not describe would be silently dropped otherwise). Named
+// allowances: `*.rotary_emb.inv_freq` (older checkpoints store the RoPE
+// table; sheaf computes it from the config, as transformers does), and
+// `lm_head.weight` beside tied embeddings (transformers ignores it too).
+// InvalidArgument / NotFound naming the file and the tensor.
+absl::Status CheckWeightsMatchConfig(const ModelConfig& config, const std::string& dir);
+
+// PEFT adapters may carry copies of base weights (LoraAdapter::base_copies);
+// PEFT loads them over the base, so one that differs from `model`'s weight
+// is InvalidArgument naming it (equal copies are harmless).
+absl::Status CheckAdapterBaseCopies(const class Model& model, const LoraAdapter& adapter);
 
 using TrainablePredicate = std::function<bool(const std::string& hf_name)>;
 
@@ -162,7 +189,14 @@ class Model {
   // Normal(0, std) for matrices, ones for norms, zeros for biases.
   void InitRandom(uint64_t seed, float std);
   // Writes config.json + model.safetensors into dir (created if missing).
+  // Matrices keep their storage dtype (bf16 frozen weights stay BF16),
+  // norms and biases are F32. Also writes generation_config.json when the
+  // config knows BOS or EOS.
   absl::Status Save(const std::string& dir) const;
+  // As Save, with EVERY tensor written in `file_dtype` (F32, BF16 or F16;
+  // as transformers' save_pretrained of a model in that dtype), and
+  // config.json's torch_dtype saying so.
+  absl::Status Save(const std::string& dir, SafetensorsDtype file_dtype) const;
 
   // Runs the model on tokens [B*T] with the adapter plan's entries on the
   // projections, then the loss head. With the LM head, targets [B*T] (may be
@@ -213,6 +247,7 @@ class Model {
 
  private:
   explicit Model(const ModelConfig& config) : config_(config) {}
+  absl::Status SaveImpl(const std::string& dir, std::optional<SafetensorsDtype> all) const;
   // Plans activations for (B, T), the plan's layout and the head; keeps the
   // current plan when it fits.
   void PlanActivations(int B, int T, const AdapterPlan& plan, const LossHead& head);

@@ -18,6 +18,9 @@ struct Variant {
   int heads0, kv0, inter0;
   int heads1, kv1, inter1;
   bool tied, bias;
+  // Llama attention_bias + mlp_bias (o_proj and MLP biases) and llama3 RoPE
+  // scaling.
+  bool llama_bias = false;
 };
 
 ModelConfig MakeConfig(const Variant& v) {
@@ -31,6 +34,14 @@ ModelConfig MakeConfig(const Variant& v) {
   c.rope_theta = 100.0f;
   c.tie_word_embeddings = v.tied;
   c.attention_bias = v.bias;
+  if (v.llama_bias) {
+    c.o_proj_bias = c.mlp_bias = true;
+    // original 8 with HD 4, theta 100: one frequency is scaled, the other
+    // is in the smoothed band.
+    c.rope_scaling.type = RopeScaling::Type::kRopeScalingLlama3;
+    c.rope_scaling.factor = 4;
+    c.rope_scaling.original_max_position_embeddings = 8;
+  }
   c.layers = {{v.heads0, v.kv0, v.inter0}, {v.heads1, v.kv1, v.inter1}};
   return c;
 }
@@ -39,6 +50,7 @@ const Variant kVariants[] = {
     {"mha_untied", 2, 2, 12, 2, 2, 12, false, false},
     {"gqa_tied_bias", 4, 2, 12, 4, 2, 12, true, true},
     {"mqa_untied_bias_perlayer", 4, 1, 12, 2, 1, 6, false, true},
+    {"llama_o_mlp_bias_rope_llama3", 4, 2, 12, 2, 1, 6, false, true, true},
 };
 
 constexpr int kB = 2, kT = 5;

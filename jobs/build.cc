@@ -1,12 +1,14 @@
 #include "jobs/build.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <functional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/data/document_source.h"
+#include "core/data/bpe_tokenizer.h"
 #include "core/data/token_file.h"
 #include "core/status.h"
 #include "jobs/seeds.h"
@@ -39,6 +41,49 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizer(const std::string& name
   return absl::InvalidArgumentError(absl::StrCat("data.tokenizer: \"", name,
                                                  "\" is not available yet (use ",
                                                  absl::StrJoin(TokenizerNames(), ", "), ")"));
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::string& name,
+                                                                 const std::string& model_dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  std::string file;
+  if (name.empty() || name == "auto") {
+    if (model_dir.empty()) return MakeTokenizer("byte");
+    if (fs::is_regular_file(fs::path(model_dir) / "tokenizer.json", ec)) {
+      file = model_dir + "/tokenizer.json";
+    } else if (fs::is_regular_file(fs::path(model_dir) / "tokenizer.model", ec)) {
+      file = model_dir + "/tokenizer.model";
+    } else {
+      return MakeTokenizer("byte");
+    }
+  } else if (name == "tokenizer.json" || name == "tokenizer.model") {
+    if (model_dir.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("data.tokenizer: \"", name,
+                                                     "\" names a file of base_model, and there is none"));
+    }
+    file = model_dir + "/" + name;
+  } else if (name.ends_with(".json") || name.ends_with(".model")) {
+    file = name;
+  } else {
+    return MakeTokenizer(name);
+  }
+  if (!fs::is_regular_file(file, ec)) {
+    return absl::NotFoundError(absl::StrCat("data.tokenizer: ", file, " does not exist"));
+  }
+  if (file.ends_with(".json")) {
+    ASSIGN_OR_RETURN(std::unique_ptr<BpeTokenizer> t, BpeTokenizer::Load(file));
+    return std::unique_ptr<Tokenizer>(std::move(t));
+  }
+  // core/data:sentencepiece_tokenizer exists and is checked against the
+  // sentencepiece package, but Debian's libsentencepiece.so exports its own
+  // copy of protobuf-lite, which crashes at start-up any process that also
+  // links libprotobuf (every sheaf binary): not linked here until it is
+  // loaded in isolation (dlopen RTLD_LOCAL).
+  return absl::UnimplementedError(absl::StrCat(
+      "data.tokenizer: ", file,
+      ": SentencePiece tokenizer.model is not available in sheaf's binaries yet (Debian's "
+      "libsentencepiece clashes with libprotobuf); give a byte-level BPE tokenizer.json"));
 }
 
 absl::StatusOr<std::shared_ptr<const TokenCorpus>> LoadCorpus(
@@ -97,6 +142,13 @@ absl::StatusOr<ModelConfig> ModelConfigForSpec(const proto::JobSpec& spec) {
     ASSIGN_OR_RETURN(config, LoadModelConfig(spec.base_model()));
   } else {
     ASSIGN_OR_RETURN(config, ConfigFromShape(spec.pretrain().model()));
+    // The exported config.json names the special ids of the byte tokenizer
+    // it is trained with (transformers would assume 1 and 2 otherwise).
+    const std::string& tok = spec.data().tokenizer();
+    if ((tok.empty() || tok == "byte") && config.vocab_size > ByteTokenizer::kEosId) {
+      config.bos_token_id = ByteTokenizer::kBosId;
+      config.eos_token_id = ByteTokenizer::kEosId;
+    }
   }
   const int T = spec.data().seq_len();
   if (T > config.max_position_embeddings) {
@@ -104,16 +156,22 @@ absl::StatusOr<ModelConfig> ModelConfigForSpec(const proto::JobSpec& spec) {
                                                    " exceeds the model's max_position_embeddings ",
                                                    config.max_position_embeddings));
   }
+  if (config.sliding_window > 0 && T > config.sliding_window) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "data.seq_len: ", T, " exceeds the model's sliding_window ", config.sliding_window,
+        " (sliding-window attention is not implemented; use seq_len <= ", config.sliding_window,
+        ")"));
+  }
   return config;
 }
 
 absl::StatusOr<DataParts> BuildData(const proto::JobSpec& spec, const ModelConfig& config) {
   DataParts parts;
-  ASSIGN_OR_RETURN(parts.tokenizer, MakeTokenizer(spec.data().tokenizer()));
+  ASSIGN_OR_RETURN(parts.tokenizer, MakeTokenizerForModel(spec.data().tokenizer(), spec.base_model()));
   if (config.vocab_size < parts.tokenizer->vocab_size()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "base_model: vocab_size ", config.vocab_size, " is smaller than the ",
-        spec.data().tokenizer().empty() ? "byte" : spec.data().tokenizer(), " tokenizer's ",
+        spec.data().tokenizer().empty() ? "model's" : spec.data().tokenizer(), " tokenizer's ",
         parts.tokenizer->vocab_size()));
   }
   ASSIGN_OR_RETURN(parts.train, LoadCorpus(spec.data().train(), spec.data().format(),
@@ -149,6 +207,9 @@ absl::StatusOr<ModelParts> BuildModel(const proto::JobSpec& spec, const ModelCon
   const bool all_weights = spec.has_pretrain();
   ModelOptions mopt;
   mopt.external_frozen = !all_weights && world_size > 1;
+  // The file's headers against the config before anything is allocated
+  // (a vocab_size of 2^24 in a bad config.json must not allocate first).
+  if (!spec.base_model().empty()) RETURN_IF_ERROR(CheckWeightsMatchConfig(config, spec.base_model()));
   ASSIGN_OR_RETURN(parts.model,
                    Model::Create(config,
                                  all_weights ? TrainablePredicate(EverythingTrainable)

@@ -33,6 +33,19 @@ std::vector<std::string> TokenizerNames();
 // `name` empty selects "byte".
 absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizer(const std::string& name);
 
+// The tokenizer of a model directory. `name` (data.tokenizer, or a
+// command's --tokenizer):
+//   "" or "auto"     the model's own: model_dir/tokenizer.json, else
+//                    model_dir/tokenizer.model, else "byte" (sheaf's own
+//                    byte-level models carry no tokenizer files)
+//   "byte"           the byte tokenizer
+//   "tokenizer.json" / "tokenizer.model"   that file of model_dir
+//   a path ending in tokenizer.json / .model   that file
+// Special ids come from tokenizer_config.json, else generation_config.json /
+// config.json beside the file. Errors name the field and the file.
+absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::string& name,
+                                                                 const std::string& model_dir);
+
 // Reads `paths` (a data.train / data.val list, `key` names it in errors) in
 // `format` and tokenises them (format tokens: exactly one .tok file of the
 // tokenizer's vocabulary).
