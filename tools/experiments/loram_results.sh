@@ -63,5 +63,6 @@ for p in 0.5 0.85; do
   done
 done
 
+mkdir -p docs/results
 /usr/bin/python3 tools/experiments/loram_results_page.py "$WORK" "$DATA" > docs/results/loram.md
 echo "wrote docs/results/loram.md"
