@@ -21,6 +21,7 @@
 #include "base/status.h"
 #include "cli/generate_cmd.h"
 #include "cli/logits_cmd.h"
+#include "cli/prune_cmd.h"
 #include "cli/remote.h"
 #include "core/data/dataset.h"
 #include "core/data/document_source.h"
@@ -73,7 +74,7 @@ Exit codes:
 )";
 
 std::string UsageText() {
-  return absl::StrCat(kLocalUsage, cli::kLogitsUsage, cli::kGenerateUsage, "\n", cli::kRemoteUsage, kExitCodes);
+  return absl::StrCat(kLocalUsage, cli::kLogitsUsage, cli::kGenerateUsage, cli::kPruneUsage, "\n", cli::kRemoteUsage, kExitCodes);
 }
 
 int Fail(const absl::Status& s, int code = 1) {
@@ -324,6 +325,8 @@ int main(int argc, char** argv) {
   if (cmd == "merge") return Merge(args);
   if (cmd == "logits") return cli::RunLogits(args);
   if (cmd == "generate") return cli::RunGenerate(args);
+  if (cmd == "prune") return cli::PruneCommand(args);
+  if (cmd == "recover") return cli::RecoverCommand(args);
   if (cli::IsRemoteCommand(cmd)) {
     cli::RemoteIo io;
     io.out_is_tty = isatty(STDOUT_FILENO) == 1;

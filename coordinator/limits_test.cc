@@ -61,14 +61,15 @@ TEST(LimitsTest, StringsAndRepeatedFieldsAreBounded) {
 TEST(LimitsTest, UnknownFieldsAreNamed) {
   proto::JobSpec spec;
   spec.mutable_data()->add_train("a");
-  // Field 22 (a job kind this build does not know), as a newer client
-  // would send it: tag (22 << 3 | 2) = 0xB2 0x01, length 0.
-  std::string wire = spec.SerializeAsString() + std::string("\xB2\x01\x00", 3);
+  // Field 30 (a job kind this build does not know), as a newer client
+  // would send it: tag (30 << 3 | 2) = 0xF2 0x01, length 0. (22 became
+  // `loram`.)
+  std::string wire = spec.SerializeAsString() + std::string("\xF2\x01\x00", 3);
   proto::JobSpec parsed;
   ASSERT_TRUE(parsed.ParseFromString(wire));
   absl::Status status = CheckMessageLimits(parsed, "", RequestLimits());
   EXPECT_TRUE(absl::IsInvalidArgument(status));
-  EXPECT_NE(status.message().find("spec: unknown field number 22"),
+  EXPECT_NE(status.message().find("spec: unknown field number 30"),
             std::string::npos) << status;
 }
 

@@ -384,7 +384,7 @@ TEST(JobKindRegistryTest, RefusesNonMembersAndDuplicates) {
   EXPECT_TRUE(kinds.Register({.name = "lora"}).ok());
   EXPECT_EQ(kinds.Register({.name = "lora"}).code(),
             absl::StatusCode::kAlreadyExists);
-  EXPECT_EQ(kinds.Register({.name = "loram"}).code(),
+  EXPECT_EQ(kinds.Register({.name = "langadapt"}).code(),  // planned, not a member yet
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(kinds.Register({.name = "data"}).code(),
             absl::StatusCode::kInvalidArgument);

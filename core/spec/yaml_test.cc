@@ -120,8 +120,9 @@ TEST(ParseJobSpecYamlTest, UnknownKeyWithoutHintListsKeys) {
 }
 
 TEST(ParseJobSpecYamlTest, PlannedKindIsNotAMisspelling) {
-  EXPECT_THAT(ParseError("loram: {}\n"),
-              HasSubstr("loram: unknown key (job kind loram is not available"));
+  // (loram became a member with issue 12; langadapt is still only planned.)
+  EXPECT_THAT(ParseError("langadapt: {}\n"),
+              HasSubstr("langadapt: unknown key (job kind langadapt is not available"));
 }
 
 TEST(ParseJobSpecYamlTest, WrongTypes) {
@@ -163,9 +164,10 @@ TEST(ParseJobSpecYamlTest, KeyGivenTwice) {
 }
 
 TEST(ParseJobSpecYamlTest, TwoKindsGiven) {
-  EXPECT_THAT(ParseError("lora: {}\npretrain: {}\n"),
-              HasSubstr("pretrain: only one of lora, pretrain may be given, "
-                        "but lora is given too"));
+  // The list of kinds grows with every kind a build adds.
+  const std::string two = ParseError("lora: {}\npretrain: {}\n");
+  EXPECT_THAT(two, HasSubstr("pretrain: only one of lora, pretrain"));
+  EXPECT_THAT(two, HasSubstr(" may be given, but lora is given too"));
 }
 
 TEST(ParseJobSpecYamlTest, NoKindGiven) {
@@ -223,8 +225,9 @@ TEST(OverrideTest, CanChooseTheKind) {
       ParseJobSpecYaml("name: x\n", {"lora.adapter.rank=4"});
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_EQ(spec->lora().adapter().rank(), 4);
-  EXPECT_THAT(ParseError(kLora, {"pretrain.model.hidden_size=64"}),
-              HasSubstr("pretrain: only one of lora, pretrain may be given"));
+  const std::string two = ParseError(kLora, {"pretrain.model.hidden_size=64"});
+  EXPECT_THAT(two, HasSubstr("pretrain: only one of lora, pretrain"));
+  EXPECT_THAT(two, HasSubstr(" may be given, but lora is given too"));
 }
 
 TEST(OverrideTest, UnknownPath) {

@@ -8,6 +8,7 @@
 
 #include "ops/cpu/heads.h"
 #include "ops/cpu/lora_mix.h"
+#include "ops/cpu/nf4_ops.h"
 #include "ops/cpu/ops.h"
 #include "ops/cpu/optimizer_ops.h"
 
@@ -16,6 +17,7 @@ namespace {
 
 constexpr DType kF32 = DType::kDTypeF32;
 constexpr DType kBF16 = DType::kDTypeBF16;
+constexpr DType kNF4 = DType::kDTypeNF4;
 
 [[noreturn]] void Die(const char* what, const Tensor& t) {
   std::fprintf(stderr, "cpu backend: %s does not support a %s tensor %s\n", what,
@@ -84,7 +86,8 @@ class Cpu final : public Backend {
     for (DType t : dtypes) {
       const bool weight_operand =
           (op == BackendOp::kBackendOpLinear && i == 1) || op == BackendOp::kBackendOpEmbedding;
-      if (t != kF32 && !(weight_operand && t == kBF16)) return false;
+      const bool nf4_weight = op == BackendOp::kBackendOpLinear && i == 1 && t == kNF4;
+      if (t != kF32 && !(weight_operand && t == kBF16) && !nf4_weight) return false;
       ++i;
     }
     return true;
@@ -108,6 +111,8 @@ class Cpu final : public Backend {
       case kBF16:
         return ops::LinearForwardBf16(y, x, static_cast<const uint16_t*>(w.raw()), bias, n, in,
                                       out);
+      case kNF4:
+        return ops::LinearForwardNf4(y, x, static_cast<const uint8_t*>(w.raw()), bias, n, in, out);
       default: Die("LinearForward", w);
     }
   }
@@ -120,6 +125,10 @@ class Cpu final : public Backend {
         if (dw != nullptr) Die("LinearBackward with a weight gradient", w);
         return ops::LinearBackwardBf16(dx, dbias, dy, static_cast<const uint16_t*>(w.raw()), n,
                                        in, out);
+      case kNF4:
+        if (dw != nullptr) Die("LinearBackward with a weight gradient", w);
+        return ops::LinearBackwardNf4(dx, dbias, dy, static_cast<const uint8_t*>(w.raw()), n, in,
+                                      out);
       default: Die("LinearBackward", w);
     }
   }

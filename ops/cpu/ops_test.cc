@@ -170,7 +170,10 @@ TEST(BackendRegistry, CpuIsRegisteredAndDefault) {
   EXPECT_EQ(cpu->device(), Device::kDeviceCpu);
   EXPECT_TRUE(cpu->Supports(BackendOp::kBackendOpLinear, {DType::kDTypeF32, DType::kDTypeBF16}));
   EXPECT_TRUE(cpu->Supports(BackendOp::kBackendOpEmbedding, {DType::kDTypeBF16}));
-  EXPECT_FALSE(cpu->Supports(BackendOp::kBackendOpLinear, {DType::kDTypeF32, DType::kDTypeNF4}));
+  // NF4 weights (issue 12) are read by the linear op only, never as activations.
+  EXPECT_TRUE(cpu->Supports(BackendOp::kBackendOpLinear, {DType::kDTypeF32, DType::kDTypeNF4}));
+  EXPECT_FALSE(cpu->Supports(BackendOp::kBackendOpLinear, {DType::kDTypeNF4, DType::kDTypeF32}));
+  EXPECT_FALSE(cpu->Supports(BackendOp::kBackendOpEmbedding, {DType::kDTypeNF4}));
   EXPECT_FALSE(cpu->Supports(BackendOp::kBackendOpLinear, {DType::kDTypeBF16, DType::kDTypeF32}));
   EXPECT_FALSE(cpu->Supports(BackendOp::kBackendOpAttention, {DType::kDTypeBF16}));
 }
