@@ -16,9 +16,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/time.h"
 #include "base/flags.h"
 #include "base/status.h"
+#include "cli/arith_cmd.h"
 #include "cli/remote.h"
 #include "core/data/dataset.h"
 #include "core/data/document_source.h"
@@ -49,7 +51,7 @@ Local commands:
                           mean loss and perplexity of a model (+ adapter)
   merge BASE_DIR ADAPTER_DIR OUT_DIR
                           write BASE with the PEFT adapter merged into it
-  data tokenize --out FILE.tok [--format text|paragraphs|jsonl] PATH...
+%ARITH%  data tokenize --out FILE.tok [--format text|paragraphs|jsonl] PATH...
                           tokenise a corpus once (byte tokenizer) for mmap reads
 
 )";
@@ -66,7 +68,8 @@ Exit codes:
 )";
 
 std::string UsageText() {
-  return absl::StrCat(kLocalUsage, cli::kRemoteUsage, kExitCodes);
+  return absl::StrCat(absl::StrReplaceAll(kLocalUsage, {{"%ARITH%", cli::kArithUsage}}),
+                      cli::kRemoteUsage, kExitCodes);
 }
 
 int Fail(const absl::Status& s, int code = 1) {
@@ -248,6 +251,7 @@ int main(int argc, char** argv) {
   if (cmd == "pretrain") return Train(args, true);
   if (cmd == "eval") return Eval(args);
   if (cmd == "merge") return Merge(args);
+  if (cmd == "arith") return cli::RunArith(args);
   if (cli::IsRemoteCommand(cmd)) {
     cli::RemoteIo io;
     io.out_is_tty = isatty(STDOUT_FILENO) == 1;
