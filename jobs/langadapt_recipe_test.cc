@@ -25,6 +25,8 @@
 #include "gtest/gtest.h"
 #include "jobs/evaluation.h"
 #include "jobs/world_sync.h"
+#include "dist/thread_communicator.h"
+#include <thread>
 
 namespace sheaf::jobs {
 namespace {
@@ -356,6 +358,51 @@ TEST(LangAdaptRecipeTest, InstructionResidualIsTheArithmeticSum) {
       ASSERT_NEAR(g[i]->value.data[k], want, 1e-7) << g[i]->name;
     }
   }
+}
+
+TEST(LangAdaptRecipeTest, TwoRanksTrainAsOne) {
+  // Rank 0 of a 2-thread world against one rank: the same batches split in
+  // halves, gradients summed over the world, so the same losses up to fp32
+  // summation order (relative 1e-4 over 8 steps of a tiny model; the
+  // platform's trainer_dist_test uses the same bound), and both ranks agree
+  // bit for bit.
+  auto one = Make(Spec(Out("one_rank"), {"langadapt.between=stack"}));
+  ASSERT_NE(one, nullptr);
+  absl::StatusOr<TrainResult> single = one->Run();
+  ASSERT_TRUE(single.ok()) << single.status();
+  const std::string out = Out("two_ranks");
+  dist::ThreadWorld world(2);
+  std::vector<std::vector<double>> losses(2);
+  std::vector<std::vector<std::vector<double>>> matrices(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      auto recipe = std::make_unique<LangAdaptRecipe>();
+      TrainerOptions o;
+      o.quiet = true;
+      o.comm = world.rank(r);
+      absl::Status s = RecipeRegistry::SetUp(*recipe, Spec(out, {"langadapt.between=stack"}), o);
+      ASSERT_TRUE(s.ok()) << s;
+      absl::StatusOr<TrainResult> res = recipe->Run();
+      ASSERT_TRUE(res.ok()) << res.status();
+      losses[static_cast<size_t>(r)] = res->step_losses;
+      matrices[static_cast<size_t>(r)] = recipe->matrix().loss;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(losses[0], losses[1]);
+  EXPECT_EQ(matrices[0], matrices[1]);
+  ASSERT_EQ(losses[0].size(), single->step_losses.size());
+  for (size_t i = 0; i < losses[0].size(); ++i) {
+    EXPECT_NEAR(losses[0][i], single->step_losses[i], 1e-4 * single->step_losses[i]) << "step " << i + 1;
+  }
+  ASSERT_EQ(matrices[0].size(), one->matrix().loss.size());
+  for (size_t r = 0; r < matrices[0].size(); ++r) {
+    for (size_t c = 0; c < matrices[0][r].size(); ++c) {
+      EXPECT_NEAR(matrices[0][r][c], one->matrix().loss[r][c], 1e-4 * one->matrix().loss[r][c]);
+    }
+  }
+  EXPECT_GT(world.rank(0)->bytes_sent(dist::Purpose::kPurposeAdapterGrad), 0);
 }
 
 TEST(LangAdaptRecipeTest, SetupErrorsNameTheField) {
