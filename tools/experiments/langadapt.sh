@@ -38,5 +38,6 @@ for method in cpt layer_cpt lora layra; do
   "$sheaf" train tools/experiments/langadapt_base.yaml "${set[@]}" --quiet
   echo "$method: $((SECONDS - start)) s wall" | tee "$out/$method/wall.txt"
 done
+mkdir -p docs/results
 python3 tools/experiments/langadapt_report.py "$out" "$steps" > docs/results/langadapt.md
 echo "wrote docs/results/langadapt.md"
