@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -665,8 +666,10 @@ absl::StatusOr<TrainResult> LangAdaptRecipe::Train(int64_t start_step) {
   while (step < total_steps_ && !stop) {
     const int64_t phase = step / S, local = step % S;
     if (loop_phase_ != phase) RETURN_IF_ERROR(StartPhase(phase, /*fresh=*/local == 0));
+    const auto t0 = std::chrono::steady_clock::now();
     ASSIGN_OR_RETURN(StepResult s, loop_->Step(local, *train_sets_[static_cast<size_t>(phase)],
                                                &cursors_[static_cast<size_t>(phase)]));
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ++step;
     ++result.steps_this_run;
     result.step_losses.push_back(s.loss);
@@ -689,7 +692,15 @@ absl::StatusOr<TrainResult> LangAdaptRecipe::Train(int64_t start_step) {
     progress.grad_norm = s.grad_norm;
     progress.skipped_steps = loop_->skipped_steps();
     progress.metrics = MatrixMetrics();
-    progress.val_loss = matrix_.loss.back().back();
+    // The language being added, in the latest stage's row.
+    progress.val_loss = matrix_.loss.back()[static_cast<size_t>(matrix_.num_supported + phase)];
+    const double rate = static_cast<double>(spec_.train().batch_size() * spec_.train().grad_accum() * la.seq_len()) /
+                        std::max(dt, 1e-9);
+    progress.tokens_per_s = result.steps_this_run == 1 ? rate : 0.9 * progress.tokens_per_s + 0.1 * rate;
+    progress.eta_s = progress.tokens_per_s > 0
+                         ? static_cast<double>((total_steps_ - step) * spec_.train().batch_size() *
+                                               spec_.train().grad_accum() * la.seq_len()) / progress.tokens_per_s
+                         : 0;
     if (!options_.quiet && (step % std::max(1, spec_.train().log_every()) == 0 || phase_end)) {
       std::fprintf(stderr, "step %lld/%lld (%s, step %lld/%lld) loss %.4f lr %.3g\n", static_cast<long long>(step),
                    static_cast<long long>(total_steps_), la.languages(static_cast<int>(phase)).name().c_str(),
