@@ -16,9 +16,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/time.h"
 #include "base/flags.h"
 #include "base/status.h"
+#include "cli/arith_cmd.h"
 #include "cli/generate_cmd.h"
 #include "cli/logits_cmd.h"
 #include "cli/prune_cmd.h"
@@ -56,7 +58,7 @@ Local commands:
   merge [--dtype bf16|f32|f16] BASE_DIR ADAPTER_DIR OUT_DIR
                           write BASE with the PEFT adapter merged into it
                           (dtype default: the base's; tokenizer files copied)
-  data tokenize --out FILE.tok [--model DIR] [--tokenizer NAME|FILE]
+%ARITH%  data tokenize --out FILE.tok [--model DIR] [--tokenizer NAME|FILE]
                 [--format text|paragraphs|jsonl] PATH...
                           tokenise a corpus once for mmap reads (the model's
                           tokenizer; bytes without --model / --tokenizer)
@@ -74,7 +76,9 @@ Exit codes:
 )";
 
 std::string UsageText() {
-  return absl::StrCat(kLocalUsage, cli::kLogitsUsage, cli::kGenerateUsage, cli::kPruneUsage, "\n", cli::kRemoteUsage, kExitCodes);
+  return absl::StrCat(absl::StrReplaceAll(kLocalUsage, {{"%ARITH%", cli::kArithUsage}}),
+                      cli::kLogitsUsage, cli::kGenerateUsage, cli::kPruneUsage, "\n", cli::kRemoteUsage,
+                      kExitCodes);
 }
 
 int Fail(const absl::Status& s, int code = 1) {
@@ -327,6 +331,7 @@ int main(int argc, char** argv) {
   if (cmd == "generate") return cli::RunGenerate(args);
   if (cmd == "prune") return cli::PruneCommand(args);
   if (cmd == "recover") return cli::RecoverCommand(args);
+  if (cmd == "arith") return cli::RunArith(args);
   if (cli::IsRemoteCommand(cmd)) {
     cli::RemoteIo io;
     io.out_is_tty = isatty(STDOUT_FILENO) == 1;

@@ -48,6 +48,9 @@ struct TrainProgress {
   double tokens_per_s = 0;
   double eta_s = 0;
   int64_t skipped_steps = 0;  // steps skipped for a non-finite gradient norm
+  // Recipe-specific figures for heartbeats and `sheaf status` (langadapt:
+  // val_loss/<lang>, phase); names of [A-Za-z0-9_.:/-].
+  std::map<std::string, double> metrics;
 };
 
 struct TrainerOptions {

@@ -3,8 +3,11 @@
 # man page, for `sheaf data tokenize` (a folder source: one file, one
 # document).
 #
-#   tools/prepare_data.sh [--out DIR] [--max-pages N] [--jobs J] [--force] LANG...
+#   tools/prepare_data.sh [--out DIR] [--max-pages N] [--jobs J] [--force]
+#                         [--split DIR [--max-train-bytes N] [--max-val-bytes N]] LANG...
 #   e.g. tools/prepare_data.sh en de nl fr
+#        tools/prepare_data.sh --split data/langadapt --max-train-bytes 2500000 \
+#          --max-val-bytes 60000 en de fr nl pl ru
 #
 # English comes from the package `manpages` (/usr/share/man/man*/), any other
 # language from `manpages-<lang>` (/usr/share/man/<lang>/man*/). Only the
@@ -22,6 +25,16 @@
 #
 # --max-pages N takes the first N pages (in sorted path order) per language,
 # for quick tests.
+#
+# --split DIR also writes a fixed train/validation split per language (used
+# by models/tiny-multi and the langadapt experiments, so that every language
+# has the same budget and its own held-out pages): DIR/<lang>/val/ and
+# DIR/<lang>/train/ get copies of the rendered pages, ordered by the MD5 of
+# their file name (a deterministic shuffle that does not depend on the
+# alphabet or on the man section). Every 20th page in that order (5%) goes to
+# val/, the rest to train/; each side stops taking pages once it holds
+# --max-val-bytes / --max-train-bytes (0: no cap). DIR/<lang> is rebuilt
+# from scratch on every run.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -30,6 +43,9 @@ MAX_PAGES=0
 FORCE=0
 JOBS="$(nproc 2>/dev/null || echo 2)"
 LANGS=()
+SPLIT=""
+MAX_TRAIN_BYTES=0
+MAX_VAL_BYTES=0
 
 usage() {
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
@@ -45,6 +61,12 @@ while (($#)); do
     --jobs) JOBS="${2:?--jobs needs a number}"; shift 2 ;;
     --jobs=*) JOBS="${1#--jobs=}"; shift ;;
     --force) FORCE=1; shift ;;
+    --split) SPLIT="${2:?--split needs a directory}"; shift 2 ;;
+    --split=*) SPLIT="${1#--split=}"; shift ;;
+    --max-train-bytes) MAX_TRAIN_BYTES="${2:?--max-train-bytes needs a number}"; shift 2 ;;
+    --max-train-bytes=*) MAX_TRAIN_BYTES="${1#--max-train-bytes=}"; shift ;;
+    --max-val-bytes) MAX_VAL_BYTES="${2:?--max-val-bytes needs a number}"; shift 2 ;;
+    --max-val-bytes=*) MAX_VAL_BYTES="${1#--max-val-bytes=}"; shift ;;
     -h|--help) usage 0 ;;
     -*) echo "prepare_data: unknown option $1" >&2; usage ;;
     *) LANGS+=("$1"); shift ;;
@@ -53,6 +75,8 @@ done
 ((${#LANGS[@]})) || { echo "prepare_data: no language given" >&2; usage; }
 [[ "$MAX_PAGES" =~ ^[0-9]+$ ]] || { echo "prepare_data: --max-pages must be a number" >&2; exit 2; }
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "prepare_data: --jobs must be a positive number" >&2; exit 2; }
+[[ "$MAX_TRAIN_BYTES" =~ ^[0-9]+$ ]] || { echo "prepare_data: --max-train-bytes must be a number" >&2; exit 2; }
+[[ "$MAX_VAL_BYTES" =~ ^[0-9]+$ ]] || { echo "prepare_data: --max-val-bytes must be a number" >&2; exit 2; }
 for lang in "${LANGS[@]}"; do
   # The language ends up in a package name and a path.
   [[ "$lang" =~ ^[a-z]{2,3}([_-][A-Za-z]+)?$ ]] || { echo "prepare_data: bad language '$lang'" >&2; exit 2; }
@@ -119,6 +143,28 @@ render_page() {
   fi
 }
 
+# Writes SPLIT/<lang>/{train,val}/ from the rendered pages in $1 (see
+# --split above) and prints one summary line.
+split_language() {
+  local src="$1" lang="$2" dest="$SPLIT/$2" i=0 side size cap
+  local -A bytes=([train]=0 [val]=0) pages=([train]=0 [val]=0)
+  rm -rf -- "$dest"
+  mkdir -p "$dest/train" "$dest/val"
+  while IFS= read -r name; do
+    if ((i % 20 == 19)); then side=val; cap=$MAX_VAL_BYTES; else side=train; cap=$MAX_TRAIN_BYTES; fi
+    i=$((i + 1))
+    ((cap == 0 || bytes[$side] < cap)) || continue
+    size=$(stat -c %s -- "$src/$name")
+    cp -- "$src/$name" "$dest/$side/$name"
+    bytes[$side]=$((bytes[$side] + size))
+    pages[$side]=$((pages[$side] + 1))
+  done < <(find "$src" -maxdepth 1 -name '*.txt' -type f -printf '%f\n' \
+             | while IFS= read -r n; do printf '%s %s\n' "$(printf '%s' "$n" | md5sum | cut -c1-32)" "$n"; done \
+             | sort | cut -d' ' -f2-)
+  printf '%s split: train %d pages, %d bytes; val %d pages, %d bytes in %s\n' \
+    "$lang" "${pages[train]}" "${bytes[train]}" "${pages[val]}" "${bytes[val]}" "$dest"
+}
+
 total_pages=0
 total_bytes=0
 for lang in "${LANGS[@]}"; do
@@ -177,5 +223,6 @@ for lang in "${LANGS[@]}"; do
   total_bytes=$((total_bytes + bytes))
   printf '%s: %d pages, %d bytes in %s (package %s; %d rendered, %d already there, %d failed, %d aliases skipped; %ds)\n' \
     "$lang" "$pages" "$bytes" "$dest" "$pkg" $((rendered - failed)) "$existing" "$failed" "$aliases" $((SECONDS - start))
+  [[ -z "$SPLIT" ]] || split_language "$dest" "$lang"
 done
 printf 'total: %d pages, %d bytes\n' "$total_pages" "$total_bytes"

@@ -550,7 +550,9 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
   LeaseKeeper* k = keeper.get();
   if (is_root()) {
     topts.on_progress = [k](const TrainProgress& p) {
-      k->SetProgress(ToProto(p), {{"lr", p.lr}, {"grad_norm", p.grad_norm}});
+      std::map<std::string, double> metrics = {{"lr", p.lr}, {"grad_norm", p.grad_norm}};
+      metrics.insert(p.metrics.begin(), p.metrics.end());  // the recipe's own (langadapt: val_loss/<lang>)
+      k->SetProgress(ToProto(p), metrics);
     };
   }
   // The recipe owns output_dir/spec.yaml; the header names the job.
