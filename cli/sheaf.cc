@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "base/flags.h"
 #include "base/status.h"
+#include "cli/reclora_cmd.h"
 #include "cli/remote.h"
 #include "core/data/dataset.h"
 #include "core/data/document_source.h"
@@ -66,7 +67,7 @@ Exit codes:
 )";
 
 std::string UsageText() {
-  return absl::StrCat(kLocalUsage, cli::kRemoteUsage, kExitCodes);
+  return absl::StrCat(kLocalUsage, cli::kRecloraUsage, cli::kRemoteUsage, kExitCodes);
 }
 
 int Fail(const absl::Status& s, int code = 1) {
@@ -248,6 +249,7 @@ int main(int argc, char** argv) {
   if (cmd == "pretrain") return Train(args, true);
   if (cmd == "eval") return Eval(args);
   if (cmd == "merge") return Merge(args);
+  if (cmd == "crm") return cli::RunCrmCommand(args);
   if (cli::IsRemoteCommand(cmd)) {
     cli::RemoteIo io;
     io.out_is_tty = isatty(STDOUT_FILENO) == 1;
