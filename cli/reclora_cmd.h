@@ -12,6 +12,8 @@ extern const char* const kRecloraUsage;
 
 // args after "crm". Returns the process exit code (0 ok, 1 failed, 2 usage).
 int RunCrmCommand(const std::vector<std::string>& args);
+// args after "reclora".
+int RunRecloraCommand(const std::vector<std::string>& args);
 
 }  // namespace sheaf::cli
 

@@ -250,6 +250,7 @@ int main(int argc, char** argv) {
   if (cmd == "eval") return Eval(args);
   if (cmd == "merge") return Merge(args);
   if (cmd == "crm") return cli::RunCrmCommand(args);
+  if (cmd == "reclora") return cli::RunRecloraCommand(args);
   if (cli::IsRemoteCommand(cmd)) {
     cli::RemoteIo io;
     io.out_is_tty = isatty(STDOUT_FILENO) == 1;
