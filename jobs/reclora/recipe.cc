@@ -4,7 +4,8 @@
 //   1. CRM: DIN on the whole train split (core/crm/crm_train.h; its own
 //      checkpoints in output_dir/crm_checkpoints), written to
 //      output_dir/crm.sheafckpt; skipped when reclora.crm.file is given (it
-//      is loaded) or reclora.crm.untrained (the random init is written).
+//      is loaded and copied there) or reclora.crm.untrained (the random
+//      init is written).
 //      Rank 0 trains; every rank then loads the file.
 //   2. LLM: the bank and its gates on the Few2Many subset; the CRM frozen.
 //      Step s reads global batch s mod S of epoch s / S (S = floor(subset /
@@ -262,6 +263,8 @@ class RecloraRecipe : public jobs::Recipe {
           SeededSubset(parts_->data.split(sp), r.eval_samples(), spec_.seed() + 1);
       ASSIGN_OR_RETURN(crm::BinaryMetrics llm, EvaluateLlm(*parts_, eval, static_cast<int>(spec_.train().batch_size())));
       ASSIGN_OR_RETURN(crm::BinaryMetrics crm_m, crm::EvaluateCrm(parts_->data, *parts_->crm, eval, r.crm().history()));
+      // The answer's mean cross-entropy on validation is this job's val loss.
+      if (sp == crm::Split::kSplitVal) result->final_val_loss = llm.logloss;
       absl::StrAppend(&json, first ? "" : ", ", "\"", crm::SplitName(sp), "\": {\"llm\": ",
                       MetricsJson(llm), ", \"crm\": ", MetricsJson(crm_m), "}");
       first = false;
@@ -365,6 +368,9 @@ class RecloraRecipe : public jobs::Recipe {
     if (!c.file().empty()) {
       absl::Status s = crm::LoadCrm(*parts_->crm, c.file());
       if (!s.ok()) return absl::Status(s.code(), absl::StrCat("reclora.crm.file: ", s.message()));
+      // The job's outputs stay self-contained (export-user reads this copy).
+      absl::Status copied = world_->is_root() ? crm::SaveCrm(*parts_->crm, file) : absl::OkStatus();
+      RETURN_IF_ERROR(world_->AgreeOnStatus(copied, "copying the CRM"));
     } else if (!fs::exists(file)) {
       absl::Status trained = absl::OkStatus();
       if (world_->is_root()) {
