@@ -222,6 +222,18 @@ class RecloraRecipe : public jobs::Recipe {
                      static_cast<long long>(step), static_cast<long long>(total_steps_), mean, lr,
                      norm, static_cast<double>(B) / std::max(dt, 1e-9));
       }
+      if (options_.on_progress && world_->is_root()) {
+        TrainProgress progress;
+        progress.step = step;
+        progress.total_steps = total_steps_;
+        progress.loss = mean;
+        progress.lr = lr;
+        progress.grad_norm = norm;
+        // Prompt tokens are not a fixed count here: the rate is samples/s.
+        progress.tokens_per_s = static_cast<double>(B) / std::max(dt, 1e-9);
+        progress.eta_s = dt * static_cast<double>(total_steps_ - step);
+        options_.on_progress(progress);
+      }
       jobs::Vote stop_vote(stop_.load());
       RETURN_IF_ERROR(world_->Tally({&stop_vote}));
       stop = stop_vote.any();
