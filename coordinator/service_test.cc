@@ -491,7 +491,7 @@ TEST_F(ServiceTest, MalformedRequestsAreRefusedClearlyAndServingGoesOn) {
        },
        "bytes serialized, at most 65536 allowed"},
       {"no kind", [](proto::JobSpec* s) { s->clear_kind(); },
-       "no job kind given: one of lora, pretrain must be set"},
+       "no job kind given: one of lora, pretrain"},  // the list grows with the kinds linked
       {"empty base model", [](proto::JobSpec* s) { s->clear_base_model(); },
        "base_model: must be set for a lora job"},
       {"empty train list",
