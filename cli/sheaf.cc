@@ -24,6 +24,7 @@
 #include "cli/generate_cmd.h"
 #include "cli/logits_cmd.h"
 #include "cli/prune_cmd.h"
+#include "cli/reclora_cmd.h"
 #include "cli/remote.h"
 #include "core/data/dataset.h"
 #include "core/data/document_source.h"
@@ -77,8 +78,8 @@ Exit codes:
 
 std::string UsageText() {
   return absl::StrCat(absl::StrReplaceAll(kLocalUsage, {{"%ARITH%", cli::kArithUsage}}),
-                      cli::kLogitsUsage, cli::kGenerateUsage, cli::kPruneUsage, "\n", cli::kRemoteUsage,
-                      kExitCodes);
+                      cli::kLogitsUsage, cli::kGenerateUsage, cli::kPruneUsage, cli::kRecloraUsage, "\n",
+                      cli::kRemoteUsage, kExitCodes);
 }
 
 int Fail(const absl::Status& s, int code = 1) {
@@ -332,6 +333,8 @@ int main(int argc, char** argv) {
   if (cmd == "prune") return cli::PruneCommand(args);
   if (cmd == "recover") return cli::RecoverCommand(args);
   if (cmd == "arith") return cli::RunArith(args);
+  if (cmd == "crm") return cli::RunCrmCommand(args);
+  if (cmd == "reclora") return cli::RunRecloraCommand(args);
   if (cli::IsRemoteCommand(cmd)) {
     cli::RemoteIo io;
     io.out_is_tty = isatty(STDOUT_FILENO) == 1;

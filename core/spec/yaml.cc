@@ -38,11 +38,6 @@ using ::google::protobuf::Message;
 using ::google::protobuf::OneofDescriptor;
 using ::google::protobuf::Reflection;
 
-// Job kinds that DESIGN.md plans but this proto does not have yet; naming one
-// gets a clearer error than "did you mean lora?". Once a kind is added to
-// JobSpec its key is found first and the entry here no longer matters.
-constexpr const char* kPlannedKinds[] = {"loram", "langadapt", "reclora"};
-
 // Where the nodes being applied came from, so that errors point there.
 struct Origin {
   // Starts every message: "job.yaml:", "override 'a.b=1':" or "".
@@ -165,14 +160,6 @@ bool LooksIntegral(const std::string& text) {
 // Why `name` is not a key of `d` (at `path`), with a hint where one helps.
 std::string UnknownKeyReason(const Descriptor* d, const std::string& name,
                              const std::string& path) {
-  if (d == proto::JobSpec::descriptor()) {
-    for (const char* kind : kPlannedKinds) {
-      if (name == kind) {
-        return absl::StrCat("unknown key (job kind ", name,
-                            " is not available in this build)");
-      }
-    }
-  }
   std::vector<std::string> names;
   for (int i = 0; i < d->field_count(); ++i) {
     names.push_back(d->field(i)->name());
