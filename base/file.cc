@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/open_beneath.h"
 #include "base/status.h"
 
 namespace sheaf {
@@ -32,8 +33,9 @@ std::string ParentDirectory(const std::string& path) {
 }  // namespace
 
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError(errno, "cannot open", path);
+  // Beneath the process's roots when the path lies in one (open_beneath.h);
+  // regular files only, so a FIFO never blocks a reader.
+  ASSIGN_OR_RETURN(const int fd, OpenForReading(path));
   struct stat st {};
   const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
   std::string data;
@@ -118,7 +120,18 @@ std::string TemporaryPathFor(const std::string& path) {
 absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(
     const std::string& path) {
   std::string tmp = TemporaryPathFor(path);
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int fd = -1;
+  if (IsInsideOpenRoots(tmp)) {
+    // Beneath the output root (open_beneath.h): no symlink leads it out.
+    absl::StatusOr<int> opened = OpenInsideRoots(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (!opened.ok()) {
+      return absl::Status(opened.status().code(),
+                          absl::StrCat("cannot create ", opened.status().message()));
+    }
+    fd = *opened;
+  } else {
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  }
   if (fd < 0) return ErrnoError(errno, "cannot create", tmp);
   return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, std::move(tmp), fd));
 }

@@ -206,6 +206,35 @@ absl::StatusOr<proto::Job> Scheduler::Cancel(absl::string_view job_id) {
   return result;
 }
 
+MemoryEstimate FromProto(const proto::MemoryEstimate& p) {
+  MemoryEstimate e;
+  e.frozen_bytes = p.frozen_bytes();
+  e.gathered_bytes = p.gathered_bytes();
+  e.trainable_bytes = p.trainable_bytes();
+  e.activation_bytes_per_sequence = p.activation_bytes_per_sequence();
+  e.batch_size = p.batch_size();
+  return e;
+}
+
+proto::MemoryEstimate ToProto(const MemoryEstimate& e) {
+  proto::MemoryEstimate p;
+  p.set_frozen_bytes(e.frozen_bytes);
+  p.set_gathered_bytes(e.gathered_bytes);
+  p.set_trainable_bytes(e.trainable_bytes);
+  p.set_activation_bytes_per_sequence(e.activation_bytes_per_sequence);
+  p.set_batch_size(e.batch_size);
+  return p;
+}
+
+bool JobFitsWorld(const proto::Job& job,
+                  const proto::RegisterWorldRequest& world) {
+  // A world that does not know its memory (0) and a job without an
+  // estimate are matched by the request alone; the world checks again.
+  if (!job.has_memory_estimate() || world.memory_bytes() <= 0) return true;
+  return FromProto(job.memory_estimate()).PerRank(world.world_size()) <=
+         world.memory_bytes();
+}
+
 absl::StatusOr<std::string> Scheduler::RegisterWorld(
     const proto::RegisterWorldRequest& info) {
   WorldRecord world;
@@ -253,7 +282,10 @@ absl::StatusOr<std::optional<proto::Lease>> Scheduler::TryLease(
     ASSIGN_OR_RETURN(std::optional<proto::Job> next,
                      txn.NextPendingJob(world.info.world_size(),
                                         world.info.memory_bytes(),
-                                        world.info.device_kind()));
+                                        world.info.device_kind(),
+                                        [&world](const proto::Job& job) {
+                                          return JobFitsWorld(job, world.info);
+                                        }));
     if (!next.has_value()) return absl::OkStatus();
     proto::Job job = std::move(*next);
     const absl::Duration in_from = Since(job, now);

@@ -51,6 +51,7 @@
 #include "absl/time/time.h"
 #include "coordinator/clock.h"
 #include "coordinator/store.h"
+#include "core/spec/memory_estimate.h"
 #include "proto/coordinator.pb.h"
 
 namespace sheaf::coordinator {
@@ -81,6 +82,14 @@ class SchedulerObserver {
   // A heartbeat renewed `job`'s lease and stored its progress.
   virtual void OnProgress(const proto::Job& job) {}
 };
+
+// Whether `job`'s memory estimate (when it has one) fits a rank of `world`
+// at its size (core/spec/memory_estimate.h). A job that does not fit is
+// never leased to the world (issue 9, item 1).
+bool JobFitsWorld(const proto::Job& job,
+                  const proto::RegisterWorldRequest& world);
+MemoryEstimate FromProto(const proto::MemoryEstimate& estimate);
+proto::MemoryEstimate ToProto(const MemoryEstimate& estimate);
 
 // Fresh random identifiers: `prefix` and 2 * `bytes` hex digits from the
 // kernel's random source (lease ids are capabilities, so unguessable).

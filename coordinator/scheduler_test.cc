@@ -655,3 +655,45 @@ TEST(NewRandomIdTest, IdsAreDistinctHex) {
 
 }  // namespace
 }  // namespace sheaf::coordinator
+
+namespace sheaf::coordinator {
+namespace {
+
+// Issue 9, item 1: a job whose memory estimate exceeds a world's memory per
+// rank is never leased to it (it waits for a world it fits), and a larger
+// world, whose ranks each need less, gets it.
+TEST_F(SchedulerTest, NeverLeasesAJobToAWorldItDoesNotFit) {
+  proto::Job big = NewJob("big");
+  // 6 GiB of frozen weights (sharded) + 1 GiB replicated; 1 sequence.
+  big.mutable_memory_estimate()->set_frozen_bytes(int64_t{6} << 30);
+  big.mutable_memory_estimate()->set_trainable_bytes(int64_t{1} << 30);
+  big.mutable_memory_estimate()->set_batch_size(1);
+  ASSERT_TRUE(scheduler_->Submit(big).ok());
+  ASSERT_TRUE(scheduler_->Submit(NewJob("small")).ok());
+  const MemoryEstimate e = FromProto(big.memory_estimate());
+  ASSERT_GT(e.PerRank(1), int64_t{8} << 30);
+  ASSERT_LT(e.PerRank(4), int64_t{4} << 30);
+  // One rank of 4 GiB: "big" does not fit; "small" behind it is leased.
+  const std::string one = Register(1, int64_t{4} << 30);
+  std::optional<proto::Lease> lease = AcquireNow(one);
+  ASSERT_TRUE(lease.has_value());
+  EXPECT_EQ(lease->job_id(), "small");
+  EXPECT_FALSE(AcquireNow(one).has_value());
+  EXPECT_EQ(Get("big").state(), proto::JOB_STATE_PENDING);
+  // Four ranks of 4 GiB each: it fits.
+  const std::string four = Register(4, int64_t{4} << 30);
+  lease = AcquireNow(four);
+  ASSERT_TRUE(lease.has_value());
+  EXPECT_EQ(lease->job_id(), "big");
+}
+
+TEST(JobFitsWorldTest, UnknownEstimateOrMemoryIsMatchedByTheRequestAlone) {
+  proto::Job job;
+  EXPECT_TRUE(JobFitsWorld(job, World(1, 1)));
+  job.mutable_memory_estimate()->set_trainable_bytes(int64_t{1} << 40);
+  EXPECT_FALSE(JobFitsWorld(job, World(1, int64_t{1} << 30)));
+  EXPECT_TRUE(JobFitsWorld(job, World(1, 0)));
+}
+
+}  // namespace
+}  // namespace sheaf::coordinator
