@@ -95,8 +95,16 @@ ModelConfig ModelConfigFromShape(const proto::ModelShape& shape) {
   return m;
 }
 
-MemoryEstimate EstimateJobMemory(const proto::JobSpec& spec,
-                                 const ModelConfig& m) {
+absl::StatusOr<ModelConfig> JobModelShape(const proto::JobSpec& spec) {
+  if (spec.has_pretrain() && spec.base_model().empty()) {
+    return ModelConfigFromShape(spec.pretrain().model());
+  }
+  return LoadModelConfig(spec.base_model());
+}
+
+std::optional<MemoryEstimate> EstimateJobMemory(const proto::JobSpec& spec,
+                                                const ModelConfig& m) {
+  if (!spec.has_lora() && !spec.has_pretrain()) return std::nullopt;
   MemoryEstimate e;
   e.batch_size = std::max(1, spec.train().batch_size());
   const double c = m.hidden_size, v = m.vocab_size;

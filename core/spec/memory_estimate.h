@@ -30,6 +30,7 @@
 #define SHEAF_CORE_SPEC_MEMORY_ESTIMATE_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -61,9 +62,16 @@ struct MemoryEstimate {
 };
 
 // `spec` has had its defaults applied; `model` is the base model's shape
-// (ModelConfigFromShape for a pretrain job built from scratch).
-MemoryEstimate EstimateJobMemory(const proto::JobSpec& spec,
-                                 const ModelConfig& model);
+// (ModelConfigFromShape for a pretrain job built from scratch). Known for
+// lora and pretrain jobs; other kinds (until they add their own terms)
+// have no estimate: nullopt.
+std::optional<MemoryEstimate> EstimateJobMemory(const proto::JobSpec& spec,
+                                                const ModelConfig& model);
+
+// The model shape a job's estimate needs: pretrain.model when it builds
+// from scratch, else base_model/config.json (read beneath the process's
+// roots). Errors of reading or parsing config.json.
+absl::StatusOr<ModelConfig> JobModelShape(const proto::JobSpec& spec);
 
 // The shape of pretrain.model as a ModelConfig (defaults applied).
 ModelConfig ModelConfigFromShape(const proto::ModelShape& shape);

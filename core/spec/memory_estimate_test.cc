@@ -34,7 +34,7 @@ proto::JobSpec Spec(const std::vector<std::string>& overrides) {
 // The reference figures are counted by hand from the layer shapes (below),
 // not by the code under test.
 TEST(MemoryEstimateTest, TinyLoraCountsByHand) {
-  const MemoryEstimate e = EstimateJobMemory(Spec({}), TinyEn());
+  const MemoryEstimate e = *EstimateJobMemory(Spec({}), TinyEn());
   // Per layer: 2 norms 2*256, q 256*256, k+v 2*128*256, o 256*256, MLP
   // 3*688*256 = 725504; embedding (tied) 258*256, final norm 256.
   EXPECT_EQ(e.frozen_bytes, 4 * (258 * 256 + 256 + 4 * 725504));
@@ -63,7 +63,7 @@ TEST(MemoryEstimateTest, TinyLoraCountsByHand) {
 }
 
 TEST(MemoryEstimateTest, LayersAndLmHeadTargets) {
-  const MemoryEstimate e = EstimateJobMemory(
+  const MemoryEstimate e = *EstimateJobMemory(
       Spec({"lora.adapter.targets=[q_proj,lm_head]", "lora.adapter.layers=[1]",
             "lora.adapter.rank=2"}),
       TinyEn());
@@ -74,7 +74,7 @@ TEST(MemoryEstimateTest, LayersAndLmHeadTargets) {
 TEST(MemoryEstimateTest, AttackBatchSizeIsFarAboveAnyRank) {
   // The largest values the bounds let through still produce a finite
   // estimate, and one no rank has.
-  const MemoryEstimate e = EstimateJobMemory(
+  const MemoryEstimate e = *EstimateJobMemory(
       Spec({"train.batch_size=65536", "data.seq_len=131072"}), TinyEn());
   EXPECT_GT(e.PerRank(1024), kMaxRankMemoryBytes);
   EXPECT_GT(e.PerRank(1), 0);
@@ -91,7 +91,7 @@ TEST(MemoryEstimateTest, PretrainTrainsEveryWeightReplicated) {
   ApplyDefaults(&*spec);
   const ModelConfig m = ModelConfigFromShape(spec->pretrain().model());
   EXPECT_EQ(m.head_dim, 32);
-  const MemoryEstimate e = EstimateJobMemory(*spec, m);
+  const MemoryEstimate e = *EstimateJobMemory(*spec, m);
   EXPECT_EQ(e.frozen_bytes, 0);
   EXPECT_EQ(e.trainable_bytes, 16 * (258 * 256 + 256 + 4 * 725504));
 }
