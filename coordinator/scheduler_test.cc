@@ -697,3 +697,72 @@ TEST(JobFitsWorldTest, UnknownEstimateOrMemoryIsMatchedByTheRequestAlone) {
 
 }  // namespace
 }  // namespace sheaf::coordinator
+
+namespace sheaf::coordinator {
+namespace {
+
+// Issue 9, item 4: three forward steps of the wall clock of 2/3 TTL each
+// (20 s, TTL 30 s) with heartbeats in between failed a healthy job; now
+// only monotonic time counts.
+TEST_F(SchedulerTest, WallClockStepsForwardDoNotExpireAHealthyLease) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const std::string world = Register(1);
+  std::optional<proto::Lease> lease = AcquireNow(world);
+  ASSERT_TRUE(lease.has_value());
+  for (int i = 0; i < 3; ++i) {
+    clock_.Set(clock_.Now() + absl::Minutes(2));  // 4 TTLs of wall time
+    clock_.Advance(absl::Seconds(1));
+    EXPECT_EQ(*scheduler_->ExpireLeases(), 0);
+    EXPECT_EQ(Beat(lease->lease_id()), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  }
+  EXPECT_EQ(Get("job-1").state(), proto::JOB_STATE_RUNNING);
+  ASSERT_EQ(*Complete(lease->lease_id(), true), proto::JOB_STATE_SUCCEEDED);
+}
+
+// A 1 h backward step left a dead world's job RUNNING for over 109 s (TTL
+// 10 s): now it expires one TTL of monotonic time after its last renewal.
+TEST_F(SchedulerTest, AWallClockStepBackDoesNotKeepADeadLease) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const std::string world = Register(1);
+  std::optional<proto::Lease> lease = AcquireNow(world);
+  ASSERT_TRUE(lease.has_value());
+  EXPECT_EQ(Beat(lease->lease_id()), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  clock_.Set(clock_.Now() - absl::Hours(1));
+  clock_.Advance(absl::Seconds(29));
+  EXPECT_EQ(*scheduler_->ExpireLeases(), 0);
+  clock_.Advance(absl::Seconds(2));
+  EXPECT_EQ(*scheduler_->ExpireLeases(), 1);
+  EXPECT_EQ(Get("job-1").state(), proto::JOB_STATE_PENDING);
+  // Its late heartbeat is refused.
+  EXPECT_EQ(Beat(lease->lease_id()), proto::HEARTBEAT_ACTION_LEASE_LOST);
+}
+
+// The restart rule is kept: after a restart every lease gets one TTL of
+// monotonic time, whatever the wall clock did meanwhile.
+TEST_F(SchedulerTest, ARestartGivesEveryLeaseOneTtlWhateverTheWallClockDid) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const std::string world = Register(1);
+  std::optional<proto::Lease> lease = AcquireNow(world);
+  ASSERT_TRUE(lease.has_value());
+  clock_.Advance(absl::Seconds(25));
+  clock_.Set(clock_.Now() + absl::Hours(5));
+  Restart();
+  clock_.Advance(absl::Seconds(20));
+  EXPECT_EQ(*scheduler_->ExpireLeases(), 0);
+  EXPECT_EQ(Beat(lease->lease_id()), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  clock_.Advance(absl::Seconds(31));
+  EXPECT_EQ(*scheduler_->ExpireLeases(), 1);
+}
+
+TEST(FakeClockTest, SetStepsOnlyTheWallClock) {
+  FakeClock clock;
+  const absl::Duration mono = clock.Monotonic();
+  clock.Set(clock.Now() - absl::Hours(1));
+  EXPECT_EQ(clock.Monotonic(), mono);
+  clock.Advance(absl::Seconds(3));
+  EXPECT_EQ(clock.Monotonic(), mono + absl::Seconds(3));
+  EXPECT_GE(Clock::Real()->Monotonic(), absl::ZeroDuration());
+}
+
+}  // namespace
+}  // namespace sheaf::coordinator
