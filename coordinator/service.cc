@@ -22,6 +22,7 @@
 #include "absl/strings/strip.h"
 #include "base/status.h"
 #include "base/open_beneath.h"
+#include "base/sha256.h"
 #include "core/model_config.h"
 #include "core/spec/memory_estimate.h"
 #include "core/spec/validate.h"
@@ -575,6 +576,24 @@ absl::Status CoordinatorService::FetchArtifacts(
           "offset: ", offset, " is past the end of '", files[i], "' (",
           size, " bytes)"));
     }
+    // The content digest the client verifies, and the resume check: a
+    // .part whose first bytes are not this file's is refused.
+    absl::StatusOr<std::string> digest = Sha256OfFd(fd, size);
+    if (!digest.ok()) {
+      close(fd);
+      return absl::InternalError(
+          absl::StrCat("reading ", files[i], ": ", digest.status().message()));
+    }
+    if (i == first && offset > 0 && !request.prefix_sha256().empty()) {
+      absl::StatusOr<std::string> prefix = Sha256OfFd(fd, offset);
+      if (!prefix.ok() || *prefix != request.prefix_sha256()) {
+        close(fd);
+        return absl::FailedPreconditionError(absl::StrCat(
+            "prefix_sha256: the first ", offset, " bytes of the partial file are not those of '",
+            files[i], "' (a stale .part); fetch it from offset 0"));
+      }
+    }
+    bool first_chunk = true;
     bool sent_eof = false;
     while (!sent_eof) {
       const size_t want =
@@ -593,6 +612,11 @@ absl::Status CoordinatorService::FetchArtifacts(
       chunk.set_offset(offset);
       chunk.set_data(buffer.data(), static_cast<size_t>(n));
       chunk.set_file_size(size);
+      if (first_chunk) {
+        chunk.set_job_id(job.id());
+        chunk.set_sha256(*digest);
+        first_chunk = false;
+      }
       offset += n;
       // A file that shrank while being read ends where it ends.
       sent_eof = offset >= size || n == 0;
