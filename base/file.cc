@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <limits>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -33,15 +34,26 @@ std::string ParentDirectory(const std::string& path) {
 }  // namespace
 
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
+  return ReadFileToString(path, std::numeric_limits<size_t>::max());
+}
+
+absl::StatusOr<std::string> ReadFileToString(const std::string& path, size_t max_bytes) {
   // Beneath the process's roots when the path lies in one (open_beneath.h);
   // regular files only, so a FIFO never blocks a reader.
   ASSIGN_OR_RETURN(const int fd, OpenForReading(path));
   struct stat st {};
   const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  auto too_large = [&] {
+    ::close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": larger than the limit of ", max_bytes, " bytes"));
+  };
+  if (regular && static_cast<uint64_t>(st.st_size) > max_bytes) return too_large();
   std::string data;
   if (regular) data.reserve(static_cast<size_t>(st.st_size));
   char buffer[1 << 16];
   while (true) {
+    if (data.size() > max_bytes) return too_large();
     const ssize_t n = ::read(fd, buffer, sizeof(buffer));
     if (n == 0) break;
     if (n < 0) {
