@@ -21,7 +21,8 @@ absl::StatusOr<std::string> ParseTokenFile(absl::string_view text, const std::st
 }
 
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
-  absl::StatusOr<std::string> text = ReadFileToString(path);
+  // A token file is a few lines: cap it (a /dev/zero aborted the CLI).
+  absl::StatusOr<std::string> text = ReadFileToString(path, 64 << 10);
   if (!text.ok()) {
     return absl::NotFoundError(absl::StrCat("token file ", path, ": cannot be read (",
                                             text.status().message(), ")"));

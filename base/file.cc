@@ -5,11 +5,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <limits>
 #include <cerrno>
 #include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/open_beneath.h"
 #include "base/status.h"
 
 namespace sheaf {
@@ -32,14 +34,26 @@ std::string ParentDirectory(const std::string& path) {
 }  // namespace
 
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError(errno, "cannot open", path);
+  return ReadFileToString(path, std::numeric_limits<size_t>::max());
+}
+
+absl::StatusOr<std::string> ReadFileToString(const std::string& path, size_t max_bytes) {
+  // Beneath the process's roots when the path lies in one (open_beneath.h);
+  // regular files only, so a FIFO never blocks a reader.
+  ASSIGN_OR_RETURN(const int fd, OpenForReading(path));
   struct stat st {};
   const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  auto too_large = [&] {
+    ::close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": larger than the limit of ", max_bytes, " bytes"));
+  };
+  if (regular && static_cast<uint64_t>(st.st_size) > max_bytes) return too_large();
   std::string data;
   if (regular) data.reserve(static_cast<size_t>(st.st_size));
   char buffer[1 << 16];
   while (true) {
+    if (data.size() > max_bytes) return too_large();
     const ssize_t n = ::read(fd, buffer, sizeof(buffer));
     if (n == 0) break;
     if (n < 0) {
@@ -118,7 +132,18 @@ std::string TemporaryPathFor(const std::string& path) {
 absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(
     const std::string& path) {
   std::string tmp = TemporaryPathFor(path);
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int fd = -1;
+  if (IsInsideOpenRoots(tmp)) {
+    // Beneath the output root (open_beneath.h): no symlink leads it out.
+    absl::StatusOr<int> opened = OpenInsideRoots(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (!opened.ok()) {
+      return absl::Status(opened.status().code(),
+                          absl::StrCat("cannot create ", opened.status().message()));
+    }
+    fd = *opened;
+  } else {
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  }
   if (fd < 0) return ErrnoError(errno, "cannot create", tmp);
   return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, std::move(tmp), fd));
 }

@@ -31,6 +31,11 @@ namespace sheaf {
 // between open and the end of the read is DataLoss (truncated while being
 // read).
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+// The same, refusing a file of more than `max_bytes` (kInvalidArgument
+// "PATH: larger than the limit of N bytes") before reading it all. Only
+// regular files (and directories, which fail to read) are opened: a FIFO or
+// device is kInvalidArgument "not a regular file" (base/open_beneath.h).
+absl::StatusOr<std::string> ReadFileToString(const std::string& path, size_t max_bytes);
 
 // Replaces `path` with `contents` atomically (see above).
 absl::Status WriteFileAtomically(const std::string& path, std::string_view contents);

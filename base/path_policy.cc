@@ -257,11 +257,46 @@ absl::StatusOr<fs::path> PathPolicy::ResolveInside(const fs::path& root,
     resolved = resolved.parent_path();
   }
   if (!IsInside(resolved, root)) {
+    // Never the resolved path: it may name what lies outside the root
+    // (issue 9, item 2). A path that is inside as written leads out
+    // through a symlink.
+    const bool through_symlink = IsInside(joined.lexically_normal(), root);
     return absl::InvalidArgumentError(absl::StrCat(
         field, ": path '", path, "' is outside the ", root_name, " ",
-        root.string(), " (it resolves to ", resolved.string(), ")"));
+        root.string(), through_symlink ? " (through a symlink)" : ""));
   }
   return resolved;
+}
+
+bool PathPolicy::LexicallyInside(const fs::path& root, const fs::path& path) {
+  return path.is_absolute() && IsInside(path.lexically_normal(), root);
+}
+
+bool PathPolicy::SpecPathsLexicallyInside(const Message& spec,
+                                          absl::string_view tenant) const {
+  bool inside = true;
+  ForEachPathField(spec, [&](const PathField& field) {
+    if (!NamesAFile(field)) return;
+    const fs::path path(*field.value);
+    switch (field.option->root()) {
+      case proto::PATH_ROOT_OUTPUT:
+        inside = inside && LexicallyInside(TenantOutputRoot(tenant), path);
+        break;
+      case proto::PATH_ROOT_MODEL:
+        inside = inside && LexicallyInside(model_root_, path);
+        break;
+      case proto::PATH_ROOT_DATA:
+        inside = inside && LexicallyInside(data_root_, path);
+        break;
+      case proto::PATH_ROOT_MODEL_OR_DATA:
+        inside = inside && (LexicallyInside(model_root_, path) ||
+                            LexicallyInside(data_root_, path));
+        break;
+      default:
+        inside = false;
+    }
+  });
+  return inside;
 }
 
 fs::path PathPolicy::TenantOutputRoot(absl::string_view tenant) const {

@@ -114,6 +114,18 @@ class PathPolicy {
       absl::string_view tenant, absl::string_view field,
       absl::string_view path) const;
 
+  // `path` is absolute and inside `root` as written (`.`/`..` folded, no
+  // symlink followed).
+  static bool LexicallyInside(const std::filesystem::path& root,
+                              const std::filesystem::path& path);
+
+  // Every path field of `spec` (already resolved to absolute paths, as a
+  // lease carries them) lies inside its root as written. A worker whose
+  // ResolveSpecPaths refuses such a spec is refusing the files (a symlink
+  // leads out), not the coordinator's roots.
+  bool SpecPathsLexicallyInside(const google::protobuf::Message& spec,
+                                absl::string_view tenant) const;
+
   // OUTPUT_ROOT/TENANT.
   std::filesystem::path TenantOutputRoot(absl::string_view tenant) const;
 

@@ -17,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "base/file.h"
+#include "base/sha256.h"
 
 namespace sheaf::cli {
 namespace {
@@ -104,6 +105,7 @@ class Fetcher {
     int fd = -1;
     int64_t next = 0;
     int64_t resumed_from = 0;
+    std::string sha256;  // the artifact's, from the stream; empty: unknown
   };
 
   Outcome Stream(const std::string& path, int64_t offset);
@@ -137,6 +139,16 @@ Fetcher::Outcome Fetcher::Stream(const std::string& path, int64_t offset) {
   request.set_path(path);
   request.set_offset(offset);
   request.set_chunk_bytes(options_.chunk_bytes);
+  // Resuming our own .part: say what its first bytes are, so that the
+  // coordinator refuses a stale one instead of letting us splice.
+  if (offset > 0 && selection_.Wants(path) && done_.count(path) == 0) {
+    const int part = open((Local(path) + kPartSuffix).c_str(), O_RDONLY | O_CLOEXEC);
+    if (part >= 0) {
+      absl::StatusOr<std::string> prefix = Sha256OfFd(part, offset);
+      close(part);
+      if (prefix.ok()) request.set_prefix_sha256(*prefix);
+    }
+  }
   std::unique_ptr<grpc::ClientReader<proto::ArtifactChunk>> reader =
       connection_.stub().FetchArtifacts(context.get(), request);
   proto::ArtifactChunk chunk;
@@ -167,6 +179,11 @@ bool Fetcher::Take(const proto::ArtifactChunk& chunk, Outcome* outcome) {
   if (!IsSafeRelativePath(path)) {
     *outcome = Outcome::Error(absl::InternalError(
         absl::StrCat("the coordinator sent an unsafe artifact path '", path, "'")));
+    return true;
+  }
+  if (!chunk.job_id().empty() && chunk.job_id() != options_.job_id) {
+    *outcome = Outcome::Error(absl::InternalError(absl::StrCat(
+        "the coordinator sent artifacts of job ", chunk.job_id(), ", not ", options_.job_id)));
     return true;
   }
   if (!open_.has_value() || open_->path != path) {
@@ -204,6 +221,7 @@ bool Fetcher::Take(const proto::ArtifactChunk& chunk, Outcome* outcome) {
       return true;
     }
   }
+  if (!chunk.sha256().empty()) open_->sha256 = chunk.sha256();
   if (chunk.offset() != open_->next) {
     *outcome = Outcome::Error(absl::DataLossError(absl::StrCat(
         "chunk of ", path, " at offset ", chunk.offset(), ", expected ", open_->next)));
@@ -244,12 +262,12 @@ absl::Status Fetcher::Open(const proto::ArtifactChunk& chunk) {
   // resume point worth reporting is the first one.
   file.resumed_from = first_offset_.emplace(file.path, chunk.offset()).first->second;
   if (chunk.offset() == 0) {
-    file.fd = open(part.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    file.fd = open(part.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (file.fd < 0) return Errno("creating", part);
   } else {
     // Resuming: the .part must still hold at least `offset` bytes; any more
     // are dropped (they are sent again).
-    file.fd = open(part.c_str(), O_WRONLY | O_CLOEXEC);
+    file.fd = open(part.c_str(), O_RDWR | O_CLOEXEC);
     struct stat st {};
     if (file.fd < 0 || fstat(file.fd, &st) != 0 || st.st_size < chunk.offset() ||
         ftruncate(file.fd, chunk.offset()) != 0) {
@@ -268,6 +286,18 @@ absl::Status Fetcher::CompleteFile() {
     absl::Status s = Errno("syncing", part);
     CloseOpen();
     return s;
+  }
+  // The whole file must be the artifact's before it takes the final name.
+  if (!open_->sha256.empty()) {
+    absl::StatusOr<std::string> got = Sha256OfFd(open_->fd);
+    if (!got.ok() || *got != open_->sha256) {
+      const std::string want = HexDigest(open_->sha256).substr(0, 16);
+      CloseOpen();
+      unlink(part.c_str());
+      return absl::DataLossError(absl::StrCat(
+          final_path, ": the downloaded bytes do not match the artifact's SHA-256 ", want,
+          "...; removed the .part: fetch again"));
+    }
   }
   if (close(open_->fd) != 0) {
     open_->fd = -1;
@@ -341,8 +371,12 @@ absl::StatusOr<FetchResult> Fetcher::Run() {
       from_offset = 0;
       continue;
     }
-    if (absl::IsOutOfRange(status) && from_offset > 0) {
-      // The .part is longer than the file is now: download it afresh.
+    if ((absl::IsOutOfRange(status) ||
+         (absl::IsFailedPrecondition(status) &&
+          absl::StartsWith(status.message(), "prefix_sha256:"))) &&
+        from_offset > 0) {
+      // The .part is longer than the file is now, or not its prefix (a
+      // stale one, of another job or version): download it afresh.
       CloseOpen();
       unlink((Local(from_path) + kPartSuffix).c_str());
       from_offset = 0;

@@ -541,14 +541,11 @@ TEST_F(FetchTest, FetchesEveryFileByteForByte) {
 
 TEST_F(FetchTest, ResumesAPartialFileFromItsSize) {
   const std::string model = ReadFile(output_dir_ / "adapter/adapter_model.safetensors");
-  // A .part that differs from the source in its first bytes: the result
-  // keeps them, which shows that only the rest was downloaded.
-  std::string prefix = model.substr(0, 100000);
-  prefix[0] = static_cast<char>(prefix[0] ^ 0xff);
-  WriteFile(dest_ / "adapter/adapter_model.safetensors.part", prefix);
+  // A true prefix: only the rest is downloaded.
+  WriteFile(dest_ / "adapter/adapter_model.safetensors.part", model.substr(0, 100000));
   Result r = Sheaf({"fetch", id_, "-o", dest_.string(), "--path", "adapter"});
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_EQ(ReadFile(dest_ / "adapter/adapter_model.safetensors"), prefix + model.substr(100000));
+  EXPECT_EQ(ReadFile(dest_ / "adapter/adapter_model.safetensors"), model);
   EXPECT_FALSE(fs::exists(dest_ / "adapter/adapter_model.safetensors.part"));
   std::vector<std::string> lines = Lines(r.out);
   ASSERT_EQ(lines.size(), 3u) << r.out;
@@ -579,6 +576,26 @@ TEST_F(FetchTest, ResumesAPartialFileFromItsSize) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(Tree(dest_), Tree(output_dir_));
   EXPECT_NE(r.out.find("300000 bytes (resumed from 1234)"), std::string::npos) << r.out;
+}
+
+// Issue 9, item 6: a stale .part (another job's adapter, or a version of
+// this one's) was spliced with the rest of the file, exit 0. The prefix
+// digest refuses it and the file is fetched from 0.
+TEST_F(FetchTest, AStalePartIsNeverSplicedIn) {
+  const std::string model = ReadFile(output_dir_ / "adapter/adapter_model.safetensors");
+  std::string stale = model.substr(0, 150000);
+  stale[10] = static_cast<char>(stale[10] ^ 0xff);  // another file's first half
+  WriteFile(dest_ / "adapter/adapter_model.safetensors.part", stale);
+  Result r = Sheaf({"fetch", id_, "-o", dest_.string(), "--path", "adapter"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(ReadFile(dest_ / "adapter/adapter_model.safetensors"), model);
+  EXPECT_EQ(r.out.find("resumed from"), std::string::npos) << r.out;
+  // The same in a whole fetch.
+  fs::remove_all(dest_);
+  WriteFile(dest_ / "checkpoints/ckpt-10.sheafckpt.part", std::string(5000, 'z'));
+  r = Sheaf({"fetch", id_, "-o", dest_.string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(Tree(dest_), Tree(output_dir_));
 }
 
 TEST_F(FetchTest, MissingArtifactsAndJobsAreExit4) {

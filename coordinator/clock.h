@@ -9,11 +9,17 @@
 
 namespace sheaf::coordinator {
 
-// Wall-clock time. Implementations are thread-safe.
+// Wall-clock time, for display and persistence, and a monotonic clock for
+// every duration that decides something (lease expiry): a wall clock
+// stepped forward must not expire healthy leases, nor one stepped back keep
+// dead ones (issue 9, item 4). Implementations are thread-safe.
 class Clock {
  public:
   virtual ~Clock() = default;
   virtual absl::Time Now() const = 0;
+  // Time since an arbitrary fixed point; never goes back, and wall-clock
+  // steps do not move it.
+  virtual absl::Duration Monotonic() const = 0;
 
   // absl::Now(); a process-wide instance that is never destroyed.
   static const Clock* Real();
@@ -26,12 +32,16 @@ class FakeClock : public Clock {
       : now_(start) {}
 
   absl::Time Now() const override;
+  absl::Duration Monotonic() const override;
+  // Time passes: both clocks move.
   void Advance(absl::Duration d);
+  // The wall clock is stepped (by an operator, NTP): only Now() moves.
   void Set(absl::Time t);
 
  private:
   mutable absl::Mutex mu_;
   absl::Time now_ ABSL_GUARDED_BY(mu_);
+  absl::Duration monotonic_ ABSL_GUARDED_BY(mu_) = absl::Hours(1);
 };
 
 }  // namespace sheaf::coordinator

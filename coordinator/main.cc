@@ -94,6 +94,12 @@ int Main(int argc, char** argv) {
     return Usage("--lease-ttl: not a positive duration (e.g. 30s, 2m): " +
                  flags["lease-ttl"]);
   }
+  // Below a second, heartbeats (every TTL/3) cannot keep up with a loaded
+  // world; above a day, a dead world holds its job for that long (issue 9).
+  if (options.scheduler.lease_ttl < absl::Seconds(1) ||
+      options.scheduler.lease_ttl > absl::Hours(24)) {
+    return Usage("--lease-ttl: must be in [1s, 24h], got " + flags["lease-ttl"]);
+  }
   if (!absl::SimpleAtoi(flags["max-attempts"], &options.scheduler.max_attempts) ||
       options.scheduler.max_attempts < 1) {
     return Usage("--max-attempts: must be an integer >= 1");

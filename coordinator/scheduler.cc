@@ -136,7 +136,7 @@ absl::Status Scheduler::RecoverOrphans() {
 absl::Status Scheduler::ExtendLeasesAfterRestart() {
   const absl::Time now = clock_->Now();
   const absl::Time extended = now + options_.lease_ttl;
-  return store_->Write([&](StoreTxn& txn) -> absl::Status {
+  RETURN_IF_ERROR(store_->Write([&](StoreTxn& txn) -> absl::Status {
     // Every lease: those expiring before `extended` are the ones to move.
     ASSIGN_OR_RETURN(std::vector<LeaseRecord> leases,
                      txn.LeasesExpiredBefore(extended));
@@ -144,7 +144,39 @@ absl::Status Scheduler::ExtendLeasesAfterRestart() {
       RETURN_IF_ERROR(txn.RenewLease(lease.lease_id, extended));
     }
     return absl::OkStatus();
-  });
+  }));
+  // The deadlines that decide: one TTL from now on the monotonic clock for
+  // every lease (the stored wall times are only shown), whatever the wall
+  // clock did while the coordinator was down.
+  std::vector<LeaseRecord> all;
+  RETURN_IF_ERROR(store_->Read([&](StoreTxn& txn) -> absl::Status {
+    ASSIGN_OR_RETURN(all, txn.LeasesExpiredBefore(absl::InfiniteFuture()));
+    return absl::OkStatus();
+  }));
+  const absl::Duration deadline = clock_->Monotonic() + options_.lease_ttl;
+  absl::MutexLock lock(&deadlines_mu_);
+  for (const LeaseRecord& lease : all) deadlines_[lease.lease_id] = deadline;
+  return absl::OkStatus();
+}
+
+bool Scheduler::Expired(const LeaseRecord& lease) {
+  const absl::Duration now = clock_->Monotonic();
+  absl::MutexLock lock(&deadlines_mu_);
+  auto [it, inserted] = deadlines_.try_emplace(lease.lease_id, now + options_.lease_ttl);
+  // A lease this scheduler never saw (written by another process): the
+  // restart rule, one TTL from now.
+  return !inserted && now >= it->second;
+}
+
+void Scheduler::SetDeadline(const std::string& lease_id) {
+  const absl::Duration deadline = clock_->Monotonic() + options_.lease_ttl;
+  absl::MutexLock lock(&deadlines_mu_);
+  deadlines_[lease_id] = deadline;
+}
+
+void Scheduler::ForgetDeadline(const std::string& lease_id) {
+  absl::MutexLock lock(&deadlines_mu_);
+  deadlines_.erase(lease_id);
 }
 
 absl::StatusOr<proto::Job> Scheduler::Submit(proto::Job job) {
@@ -206,6 +238,35 @@ absl::StatusOr<proto::Job> Scheduler::Cancel(absl::string_view job_id) {
   return result;
 }
 
+MemoryEstimate FromProto(const proto::MemoryEstimate& p) {
+  MemoryEstimate e;
+  e.frozen_bytes = p.frozen_bytes();
+  e.gathered_bytes = p.gathered_bytes();
+  e.trainable_bytes = p.trainable_bytes();
+  e.activation_bytes_per_sequence = p.activation_bytes_per_sequence();
+  e.batch_size = p.batch_size();
+  return e;
+}
+
+proto::MemoryEstimate ToProto(const MemoryEstimate& e) {
+  proto::MemoryEstimate p;
+  p.set_frozen_bytes(e.frozen_bytes);
+  p.set_gathered_bytes(e.gathered_bytes);
+  p.set_trainable_bytes(e.trainable_bytes);
+  p.set_activation_bytes_per_sequence(e.activation_bytes_per_sequence);
+  p.set_batch_size(e.batch_size);
+  return p;
+}
+
+bool JobFitsWorld(const proto::Job& job,
+                  const proto::RegisterWorldRequest& world) {
+  // A world that does not know its memory (0) and a job without an
+  // estimate are matched by the request alone; the world checks again.
+  if (!job.has_memory_estimate() || world.memory_bytes() <= 0) return true;
+  return FromProto(job.memory_estimate()).PerRank(world.world_size()) <=
+         world.memory_bytes();
+}
+
 absl::StatusOr<std::string> Scheduler::RegisterWorld(
     const proto::RegisterWorldRequest& info) {
   WorldRecord world;
@@ -253,7 +314,10 @@ absl::StatusOr<std::optional<proto::Lease>> Scheduler::TryLease(
     ASSIGN_OR_RETURN(std::optional<proto::Job> next,
                      txn.NextPendingJob(world.info.world_size(),
                                         world.info.memory_bytes(),
-                                        world.info.device_kind()));
+                                        world.info.device_kind(),
+                                        [&world](const proto::Job& job) {
+                                          return JobFitsWorld(job, world.info);
+                                        }));
     if (!next.has_value()) return absl::OkStatus();
     proto::Job job = std::move(*next);
     const absl::Duration in_from = Since(job, now);
@@ -272,10 +336,12 @@ absl::StatusOr<std::optional<proto::Lease>> Scheduler::TryLease(
     record.granted_at = now;
     record.expires_at = now + options_.lease_ttl;
     RETURN_IF_ERROR(txn.InsertLease(record));
+    SetDeadline(lease_id);
     // The call was cancelled while the lease was being granted: undo it in
     // the same transaction (the job stays PENDING, no attempt counted).
     if (cancelled && cancelled()) {
       RETURN_IF_ERROR(txn.DeleteLease(lease_id));
+      ForgetDeadline(lease_id);
       job.set_state(proto::JOB_STATE_PENDING);
       job.set_attempts(job.attempts() - 1);
       job.set_world_id(next_world_id);
@@ -342,6 +408,7 @@ absl::Status Scheduler::ExpireLeaseInTxn(StoreTxn& txn,
                                          absl::Time now,
                                          std::vector<Transition>* transitions) {
   RETURN_IF_ERROR(txn.DeleteLease(lease.lease_id));
+  ForgetDeadline(lease.lease_id);
   ASSIGN_OR_RETURN(proto::Job job, txn.GetJob(lease.job_id));
   const proto::JobState from = job.state();
   if (!IsLeased(from)) return absl::OkStatus();  // Stale row; now gone.
@@ -372,19 +439,25 @@ absl::Status Scheduler::ExpireLeaseInTxn(StoreTxn& txn,
 absl::StatusOr<int> Scheduler::ExpireLeases() {
   const absl::Time now = clock_->Now();
   // Most calls find nothing: look first without a write transaction.
+  // Expiry is judged on the monotonic clock (Expired), over every lease:
+  // there are as many as running jobs.
   std::vector<LeaseRecord> expired;
   RETURN_IF_ERROR(store_->Read([&](StoreTxn& txn) -> absl::Status {
-    ASSIGN_OR_RETURN(expired, txn.LeasesExpiredBefore(now));
+    ASSIGN_OR_RETURN(expired, txn.LeasesExpiredBefore(absl::InfiniteFuture()));
     return absl::OkStatus();
   }));
+  expired.erase(std::remove_if(expired.begin(), expired.end(),
+                               [this](const LeaseRecord& l) { return !Expired(l); }),
+                expired.end());
   if (expired.empty()) return 0;
   std::vector<Transition> transitions;
   RETURN_IF_ERROR(store_->Write([&](StoreTxn& txn) -> absl::Status {
     transitions.clear();
     // Again inside the transaction: a heartbeat may have renewed some.
     ASSIGN_OR_RETURN(std::vector<LeaseRecord> leases,
-                     txn.LeasesExpiredBefore(now));
+                     txn.LeasesExpiredBefore(absl::InfiniteFuture()));
     for (const LeaseRecord& lease : leases) {
+      if (!Expired(lease)) continue;
       RETURN_IF_ERROR(ExpireLeaseInTxn(txn, lease, now, &transitions));
     }
     return absl::OkStatus();
@@ -409,7 +482,7 @@ absl::StatusOr<Scheduler::HeartbeatResult> Scheduler::Heartbeat(
     absl::StatusOr<LeaseRecord> lease = txn.GetLease(lease_id);
     if (absl::IsNotFound(lease.status())) return absl::OkStatus();
     RETURN_IF_ERROR(lease.status());
-    if (lease->expires_at < now) {
+    if (Expired(*lease)) {
       // Expired but not swept yet: it is lost all the same.
       return ExpireLeaseInTxn(txn, *lease, now, &transitions);
     }
@@ -417,6 +490,7 @@ absl::StatusOr<Scheduler::HeartbeatResult> Scheduler::Heartbeat(
     const proto::JobState from = job.state();
     if (!IsLeased(from)) return absl::OkStatus();
     RETURN_IF_ERROR(txn.RenewLease(lease_id, now + options_.lease_ttl));
+    SetDeadline(std::string(lease_id));
     const absl::Duration in_from = Since(job, now);
     *job.mutable_progress() = progress;
     for (const auto& [name, value] : metrics) (*job.mutable_metrics())[name] = value;
@@ -461,7 +535,7 @@ absl::StatusOr<proto::JobState> Scheduler::Complete(
       return absl::OkStatus();
     }
     RETURN_IF_ERROR(lease.status());
-    if (lease->expires_at < now) {
+    if (Expired(*lease)) {
       // Commit the expiry, but tell the world its result came too late.
       not_held = absl::FailedPreconditionError(absl::StrCat(
           "lease ", request.lease_id(), " expired at ",
@@ -469,6 +543,7 @@ absl::StatusOr<proto::JobState> Scheduler::Complete(
       return ExpireLeaseInTxn(txn, *lease, now, &transitions);
     }
     RETURN_IF_ERROR(txn.DeleteLease(request.lease_id()));
+    ForgetDeadline(request.lease_id());
     ASSIGN_OR_RETURN(proto::Job job, txn.GetJob(lease->job_id));
     const proto::JobState from = job.state();
     if (!IsLeased(from)) {

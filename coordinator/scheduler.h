@@ -28,8 +28,10 @@
 //    longer than the TTL costs no job an attempt.
 //
 // Every method that changes a job returns only after the change is durable.
-// Time comes from a Clock (tests use FakeClock); waiting in Acquire and the
-// sweeper's period are real time.
+// Time comes from a Clock (tests use FakeClock): lease deadlines on its
+// monotonic clock, so that wall-clock steps neither expire healthy leases
+// nor keep dead ones; wall time only for the stored and shown timestamps.
+// Waiting in Acquire and the sweeper's period are real time.
 //
 // Thread-safety: thread-safe. Observer callbacks run on the calling thread
 // after the change is committed, with no scheduler lock held.
@@ -51,6 +53,7 @@
 #include "absl/time/time.h"
 #include "coordinator/clock.h"
 #include "coordinator/store.h"
+#include "core/spec/memory_estimate.h"
 #include "proto/coordinator.pb.h"
 
 namespace sheaf::coordinator {
@@ -81,6 +84,14 @@ class SchedulerObserver {
   // A heartbeat renewed `job`'s lease and stored its progress.
   virtual void OnProgress(const proto::Job& job) {}
 };
+
+// Whether `job`'s memory estimate (when it has one) fits a rank of `world`
+// at its size (core/spec/memory_estimate.h). A job that does not fit is
+// never leased to the world (issue 9, item 1).
+bool JobFitsWorld(const proto::Job& job,
+                  const proto::RegisterWorldRequest& world);
+MemoryEstimate FromProto(const proto::MemoryEstimate& estimate);
+proto::MemoryEstimate ToProto(const MemoryEstimate& estimate);
 
 // Fresh random identifiers: `prefix` and 2 * `bytes` hex digits from the
 // kernel's random source (lease ids are capabilities, so unguessable).
@@ -170,6 +181,12 @@ class Scheduler {
                                 absl::Time now,
                                 std::vector<Transition>* transitions);
   absl::Status RecoverOrphans();
+  // Lease expiry on the monotonic clock (issue 9, item 4): each lease's
+  // deadline lives here, set when it is granted or renewed; the store's
+  // wall-clock expires_at is for display and for the restart rule.
+  bool Expired(const LeaseRecord& lease);
+  void SetDeadline(const std::string& lease_id);
+  void ForgetDeadline(const std::string& lease_id);
   void Notify(const std::vector<Transition>& transitions);
   // Wakes waiting Acquire calls (a job became PENDING).
   void Wake();
@@ -188,6 +205,10 @@ class Scheduler {
   absl::Mutex wake_mu_;
   uint64_t wake_generation_ ABSL_GUARDED_BY(wake_mu_) = 0;
   bool shutdown_ ABSL_GUARDED_BY(wake_mu_) = false;
+
+  absl::Mutex deadlines_mu_;
+  absl::flat_hash_map<std::string, absl::Duration> deadlines_
+      ABSL_GUARDED_BY(deadlines_mu_);
 
   std::thread sweeper_;
 };

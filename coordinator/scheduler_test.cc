@@ -655,3 +655,114 @@ TEST(NewRandomIdTest, IdsAreDistinctHex) {
 
 }  // namespace
 }  // namespace sheaf::coordinator
+
+namespace sheaf::coordinator {
+namespace {
+
+// Issue 9, item 1: a job whose memory estimate exceeds a world's memory per
+// rank is never leased to it (it waits for a world it fits), and a larger
+// world, whose ranks each need less, gets it.
+TEST_F(SchedulerTest, NeverLeasesAJobToAWorldItDoesNotFit) {
+  proto::Job big = NewJob("big");
+  // 6 GiB of frozen weights (sharded) + 1 GiB replicated; 1 sequence.
+  big.mutable_memory_estimate()->set_frozen_bytes(int64_t{6} << 30);
+  big.mutable_memory_estimate()->set_trainable_bytes(int64_t{1} << 30);
+  big.mutable_memory_estimate()->set_batch_size(1);
+  ASSERT_TRUE(scheduler_->Submit(big).ok());
+  ASSERT_TRUE(scheduler_->Submit(NewJob("small")).ok());
+  const MemoryEstimate e = FromProto(big.memory_estimate());
+  ASSERT_GT(e.PerRank(1), int64_t{8} << 30);
+  ASSERT_LT(e.PerRank(4), int64_t{4} << 30);
+  // One rank of 4 GiB: "big" does not fit; "small" behind it is leased.
+  const std::string one = Register(1, int64_t{4} << 30);
+  std::optional<proto::Lease> lease = AcquireNow(one);
+  ASSERT_TRUE(lease.has_value());
+  EXPECT_EQ(lease->job_id(), "small");
+  EXPECT_FALSE(AcquireNow(one).has_value());
+  EXPECT_EQ(Get("big").state(), proto::JOB_STATE_PENDING);
+  // Four ranks of 4 GiB each: it fits.
+  const std::string four = Register(4, int64_t{4} << 30);
+  lease = AcquireNow(four);
+  ASSERT_TRUE(lease.has_value());
+  EXPECT_EQ(lease->job_id(), "big");
+}
+
+TEST(JobFitsWorldTest, UnknownEstimateOrMemoryIsMatchedByTheRequestAlone) {
+  proto::Job job;
+  EXPECT_TRUE(JobFitsWorld(job, World(1, 1)));
+  job.mutable_memory_estimate()->set_trainable_bytes(int64_t{1} << 40);
+  EXPECT_FALSE(JobFitsWorld(job, World(1, int64_t{1} << 30)));
+  EXPECT_TRUE(JobFitsWorld(job, World(1, 0)));
+}
+
+}  // namespace
+}  // namespace sheaf::coordinator
+
+namespace sheaf::coordinator {
+namespace {
+
+// Issue 9, item 4: three forward steps of the wall clock of 2/3 TTL each
+// (20 s, TTL 30 s) with heartbeats in between failed a healthy job; now
+// only monotonic time counts.
+TEST_F(SchedulerTest, WallClockStepsForwardDoNotExpireAHealthyLease) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const std::string world = Register(1);
+  std::optional<proto::Lease> lease = AcquireNow(world);
+  ASSERT_TRUE(lease.has_value());
+  for (int i = 0; i < 3; ++i) {
+    clock_.Set(clock_.Now() + absl::Minutes(2));  // 4 TTLs of wall time
+    clock_.Advance(absl::Seconds(1));
+    EXPECT_EQ(*scheduler_->ExpireLeases(), 0);
+    EXPECT_EQ(Beat(lease->lease_id()), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  }
+  EXPECT_EQ(Get("job-1").state(), proto::JOB_STATE_RUNNING);
+  ASSERT_EQ(*Complete(lease->lease_id(), true), proto::JOB_STATE_SUCCEEDED);
+}
+
+// A 1 h backward step left a dead world's job RUNNING for over 109 s (TTL
+// 10 s): now it expires one TTL of monotonic time after its last renewal.
+TEST_F(SchedulerTest, AWallClockStepBackDoesNotKeepADeadLease) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const std::string world = Register(1);
+  std::optional<proto::Lease> lease = AcquireNow(world);
+  ASSERT_TRUE(lease.has_value());
+  EXPECT_EQ(Beat(lease->lease_id()), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  clock_.Set(clock_.Now() - absl::Hours(1));
+  clock_.Advance(absl::Seconds(29));
+  EXPECT_EQ(*scheduler_->ExpireLeases(), 0);
+  clock_.Advance(absl::Seconds(2));
+  EXPECT_EQ(*scheduler_->ExpireLeases(), 1);
+  EXPECT_EQ(Get("job-1").state(), proto::JOB_STATE_PENDING);
+  // Its late heartbeat is refused.
+  EXPECT_EQ(Beat(lease->lease_id()), proto::HEARTBEAT_ACTION_LEASE_LOST);
+}
+
+// The restart rule is kept: after a restart every lease gets one TTL of
+// monotonic time, whatever the wall clock did meanwhile.
+TEST_F(SchedulerTest, ARestartGivesEveryLeaseOneTtlWhateverTheWallClockDid) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const std::string world = Register(1);
+  std::optional<proto::Lease> lease = AcquireNow(world);
+  ASSERT_TRUE(lease.has_value());
+  clock_.Advance(absl::Seconds(25));
+  clock_.Set(clock_.Now() + absl::Hours(5));
+  Restart();
+  clock_.Advance(absl::Seconds(20));
+  EXPECT_EQ(*scheduler_->ExpireLeases(), 0);
+  EXPECT_EQ(Beat(lease->lease_id()), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  clock_.Advance(absl::Seconds(31));
+  EXPECT_EQ(*scheduler_->ExpireLeases(), 1);
+}
+
+TEST(FakeClockTest, SetStepsOnlyTheWallClock) {
+  FakeClock clock;
+  const absl::Duration mono = clock.Monotonic();
+  clock.Set(clock.Now() - absl::Hours(1));
+  EXPECT_EQ(clock.Monotonic(), mono);
+  clock.Advance(absl::Seconds(3));
+  EXPECT_EQ(clock.Monotonic(), mono + absl::Seconds(3));
+  EXPECT_GE(Clock::Real()->Monotonic(), absl::ZeroDuration());
+}
+
+}  // namespace
+}  // namespace sheaf::coordinator

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
+#include <optional>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -19,6 +21,10 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "base/status.h"
+#include "base/open_beneath.h"
+#include "base/sha256.h"
+#include "core/model_config.h"
+#include "core/spec/memory_estimate.h"
 #include "core/spec/validate.h"
 #include "google/protobuf/descriptor.h"
 
@@ -39,6 +45,53 @@ constexpr int32_t kDefaultChunkBytes = 64 << 10;
 constexpr int32_t kMaxChunkBytes = 1 << 20;
 constexpr size_t kMaxErrorBytes = 4096;
 constexpr absl::string_view kPageTokenPrefix = "after:";
+
+// config.json of the model at `model_dir` (absolute, inside `model_root`),
+// read beneath the root (base/open_beneath.h) with a size cap.
+absl::StatusOr<ModelConfig> ReadModelShape(const fs::path& model_root,
+                                           const std::string& model_dir) {
+  constexpr size_t kMaxConfigBytes = 1 << 20;
+  const fs::path rel = fs::path(model_dir).lexically_normal().lexically_relative(model_root);
+  if (rel.empty() || *rel.begin() == "..") {
+    return absl::InvalidArgumentError("base_model: outside the model root");
+  }
+  const int root_fd = ::open(model_root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (root_fd < 0) return absl::UnavailableError("cannot open the model root");
+  absl::StatusOr<int> fd = OpenBeneath(root_fd, model_root.string(), "model root",
+                                       (rel / "config.json").lexically_normal().string(), O_RDONLY);
+  ::close(root_fd);
+  if (!fd.ok()) return fd.status();
+  std::string text;
+  char buffer[1 << 14];
+  while (text.size() <= kMaxConfigBytes) {
+    const ssize_t n = ::read(*fd, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(*fd);
+  if (text.size() > kMaxConfigBytes) {
+    return absl::InvalidArgumentError("config.json: larger than 1 MiB");
+  }
+  return ParseModelConfig(text, (rel / "config.json").string());
+}
+
+// The spec field a user changes to make the estimate's largest part smaller.
+std::string DominantField(const MemoryEstimate& e, int world_size,
+                          const proto::JobSpec& spec) {
+  const double n = std::max(1, world_size);
+  const double frozen = e.frozen_bytes / n + e.gathered_bytes;
+  const double trainable = e.trainable_bytes;
+  const double activations = e.activation_bytes_per_sequence *
+                             std::ceil(std::max(1, e.batch_size) / n);
+  if (activations >= frozen && activations >= trainable) {
+    return "train.batch_size";
+  }
+  if (trainable >= frozen) {
+    return spec.has_lora() ? "lora.adapter.rank" : "pretrain.model";
+  }
+  return "base_model";
+}
 
 bool IsTerminal(proto::JobState state) {
   return state == proto::JOB_STATE_SUCCEEDED ||
@@ -289,11 +342,42 @@ absl::StatusOr<proto::SubmitJobResponse> CoordinatorService::SubmitJob(
   // Paths are checked (and made absolute) before anything opens them.
   absl::Status paths = paths_->ResolveSpecPaths(&spec, caller.tenant, job_id);
   if (!paths.ok()) problems.emplace_back(paths.message());
+  // The job's memory per rank (core/spec/memory_estimate.h): refused when
+  // no rank could hold it at the largest world the request allows, or
+  // when it needs more than the request says; stored so that the
+  // scheduler never leases it to a world it does not fit (issue 9, item 1).
+  std::optional<MemoryEstimate> estimate;
+  if (problems.empty()) {
+    absl::StatusOr<ModelConfig> shape =
+        spec.has_pretrain() && spec.base_model().empty()
+            ? absl::StatusOr<ModelConfig>(ModelConfigFromShape(spec.pretrain().model()))
+            : ReadModelShape(paths_->model_root(), spec.base_model());
+    // The coordinator may not see the model (workers check again).
+    if (shape.ok()) estimate = EstimateJobMemory(spec, *shape);
+  }
+  if (estimate.has_value()) {
+    const int best_world =
+        resources.max_world_size() > 0 ? resources.max_world_size() : kMaxWorldSize;
+    const int64_t need = estimate->PerRank(best_world);
+    if (need > kMaxRankMemoryBytes) {
+      problems.push_back(absl::StrCat(
+          DominantField(*estimate, best_world, spec), ": the job needs ",
+          estimate->Describe(best_world), ", more than any rank has (",
+          FormatBytes(kMaxRankMemoryBytes), ")"));
+    } else if (resources.memory_bytes() > 0 && need > resources.memory_bytes()) {
+      problems.push_back(absl::StrCat(
+          "resources.memory_bytes: the job needs ", estimate->Describe(best_world),
+          ", more than the ", FormatBytes(resources.memory_bytes()),
+          " per rank requested (raise --memory, allow more ranks with --max-world, or lower ",
+          DominantField(*estimate, best_world, spec), ")"));
+    }
+  }
   if (!problems.empty()) {
     return absl::InvalidArgumentError(absl::StrJoin(problems, "; "));
   }
 
   proto::Job job;
+  if (estimate.has_value()) *job.mutable_memory_estimate() = ToProto(*estimate);
   job.set_id(job_id);
   job.set_tenant(caller.tenant);
   job.set_kind(KindOf(spec));
@@ -492,6 +576,24 @@ absl::Status CoordinatorService::FetchArtifacts(
           "offset: ", offset, " is past the end of '", files[i], "' (",
           size, " bytes)"));
     }
+    // The content digest the client verifies, and the resume check: a
+    // .part whose first bytes are not this file's is refused.
+    absl::StatusOr<std::string> digest = Sha256OfFd(fd, size);
+    if (!digest.ok()) {
+      close(fd);
+      return absl::InternalError(
+          absl::StrCat("reading ", files[i], ": ", digest.status().message()));
+    }
+    if (i == first && offset > 0 && !request.prefix_sha256().empty()) {
+      absl::StatusOr<std::string> prefix = Sha256OfFd(fd, offset);
+      if (!prefix.ok() || *prefix != request.prefix_sha256()) {
+        close(fd);
+        return absl::FailedPreconditionError(absl::StrCat(
+            "prefix_sha256: the first ", offset, " bytes of the partial file are not those of '",
+            files[i], "' (a stale .part); fetch it from offset 0"));
+      }
+    }
+    bool first_chunk = true;
     bool sent_eof = false;
     while (!sent_eof) {
       const size_t want =
@@ -510,6 +612,11 @@ absl::Status CoordinatorService::FetchArtifacts(
       chunk.set_offset(offset);
       chunk.set_data(buffer.data(), static_cast<size_t>(n));
       chunk.set_file_size(size);
+      if (first_chunk) {
+        chunk.set_job_id(job.id());
+        chunk.set_sha256(*digest);
+        first_chunk = false;
+      }
       offset += n;
       // A file that shrank while being read ends where it ends.
       sent_eof = offset >= size || n == 0;

@@ -1016,3 +1016,65 @@ TEST(TlsTest, ServesOverTlsWhenGivenACertificate) {
 
 }  // namespace
 }  // namespace sheaf::coordinator
+
+namespace sheaf::coordinator {
+namespace {
+
+// Issue 9, item 1: a job's memory estimate is checked at submit, against
+// the request (--memory) and against what any rank could have; a job that
+// passes carries its estimate for the scheduler.
+TEST_F(ServiceTest, SubmitChecksTheMemoryEstimate) {
+  // A 70B-sized config: its activations alone outgrow a 1 GiB request.
+  std::filesystem::create_directories(local_->model_root() + "/big");
+  std::ofstream(local_->model_root() + "/big/config.json")
+      << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+             "hidden_size": 8192, "num_hidden_layers": 80, "intermediate_size": 28672,
+             "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 128,
+             "vocab_size": 128256})";
+  proto::JobSpec big = GoodSpec();
+  big.set_base_model("big");
+  Call call(kAlice);
+  proto::SubmitJobRequest request;
+  *request.mutable_spec() = big;
+  request.mutable_resources()->set_memory_bytes(int64_t{1} << 30);
+  proto::SubmitJobResponse response;
+  grpc::Status status = stub_->SubmitJob(&call.context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(status);
+  EXPECT_NE(status.error_message().find("resources.memory_bytes: the job needs about"),
+            std::string::npos)
+      << status.error_message();
+  EXPECT_NE(status.error_message().find("more than the 1.0 GiB per rank requested"),
+            std::string::npos)
+      << status.error_message();
+
+  // Without a request it is accepted, with its estimate stored.
+  std::string id;
+  status = Submit(*stub_, kAlice, big, &id);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  proto::Job job;
+  ASSERT_TRUE(GetJob(*stub_, kAlice, id, &job).ok());
+  ASSERT_TRUE(job.has_memory_estimate());
+  EXPECT_GT(job.memory_estimate().frozen_bytes(), int64_t{200} << 30);  // ~69e9 params * 4
+  EXPECT_EQ(job.memory_estimate().batch_size(), 8);
+
+  // The largest bounded batch and context: more than any rank has.
+  proto::JobSpec huge = GoodSpec();
+  huge.set_base_model("big");
+  huge.mutable_train()->set_batch_size(65536);
+  huge.mutable_data()->set_seq_len(131072);
+  status = Submit(*stub_, kAlice, huge);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(status);
+  EXPECT_NE(status.error_message().find("train.batch_size: the job needs about"),
+            std::string::npos)
+      << status.error_message();
+  EXPECT_NE(status.error_message().find("more than any rank has (64.0 TiB)"), std::string::npos)
+      << status.error_message();
+
+  // A model the coordinator cannot see gets no estimate (the world checks).
+  ASSERT_TRUE(Submit(*stub_, kAlice, GoodSpec(), &id).ok());
+  ASSERT_TRUE(GetJob(*stub_, kAlice, id, &job).ok());
+  EXPECT_FALSE(job.has_memory_estimate());
+}
+
+}  // namespace
+}  // namespace sheaf::coordinator

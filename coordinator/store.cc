@@ -44,7 +44,8 @@ constexpr const char* kSchema[] = {
          output_dir TEXT NOT NULL,
          artifact_dir TEXT NOT NULL,
          cancel_requested INTEGER NOT NULL,
-         device_kind INTEGER NOT NULL DEFAULT 0))",
+         device_kind INTEGER NOT NULL DEFAULT 0,
+         memory_estimate BLOB NOT NULL DEFAULT x''))",
     // The scheduler's scan: PENDING jobs by priority, then age.
     "CREATE INDEX jobs_by_state ON jobs (state, priority DESC, seq)",
     "CREATE INDEX jobs_by_tenant ON jobs (tenant, seq)",
@@ -69,7 +70,7 @@ constexpr absl::string_view kJobColumns =
     "seq, id, tenant, state, kind, priority, min_world_size, max_world_size, "
     "memory_bytes, spec, created_ms, updated_ms, attempts, last_error, "
     "progress, metrics, world_id, output_dir, artifact_dir, cancel_requested, "
-    "device_kind";
+    "device_kind, memory_estimate";
 
 constexpr absl::string_view kLeaseColumns =
     "lease_id, job_id, world_id, attempt, granted_ms, expires_ms";
@@ -224,6 +225,12 @@ absl::StatusOr<proto::Job> ReadJob(const Stmt& row) {
   job.set_cancel_requested(row.ColumnInt(19) != 0);
   job.mutable_resources()->set_device_kind(
       static_cast<proto::DeviceKind>(row.ColumnInt(20)));
+  const std::string estimate = row.ColumnText(21);
+  if (!estimate.empty() &&
+      !job.mutable_memory_estimate()->ParseFromString(estimate)) {
+    return absl::DataLossError(absl::StrCat(
+        "job ", job.id(), ": stored memory estimate does not parse"));
+  }
   return job;
 }
 
@@ -262,9 +269,13 @@ absl::StatusOr<int64_t> StoreTxn::InsertJob(const proto::Job& job) {
              "INSERT INTO jobs (id, tenant, state, kind, priority, "
              "min_world_size, max_world_size, memory_bytes, spec, created_ms, "
              "updated_ms, attempts, last_error, progress, metrics, world_id, "
-             "output_dir, artifact_dir, cancel_requested, device_kind) VALUES "
+             "output_dir, artifact_dir, cancel_requested, device_kind, "
+             "memory_estimate) VALUES "
              "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
-             "?15, ?16, ?17, ?18, ?19, ?20)");
+             "?15, ?16, ?17, ?18, ?19, ?20, ?21)");
+  const std::string estimate = job.has_memory_estimate()
+                                   ? job.memory_estimate().SerializeAsString()
+                                   : std::string();
   const std::string spec = job.spec().SerializeAsString();
   const std::string progress = job.progress().SerializeAsString();
   const std::string metrics = EncodeMetrics(job.metrics());
@@ -287,7 +298,8 @@ absl::StatusOr<int64_t> StoreTxn::InsertJob(const proto::Job& job) {
       .Text(17, job.output_dir())
       .Text(18, job.artifact_dir())
       .Int(19, job.cancel_requested() ? 1 : 0)
-      .Int(20, job.resources().device_kind());
+      .Int(20, job.resources().device_kind())
+      .Blob(21, estimate);
   absl::StatusOr<int> changed = stmt.Run();
   if (!changed.ok()) {
     if (absl::IsAlreadyExists(changed.status())) {
@@ -370,7 +382,8 @@ absl::StatusOr<JobPage> StoreTxn::ListJobs(const JobQuery& query) {
 }
 
 absl::StatusOr<std::optional<proto::Job>> StoreTxn::NextPendingJob(
-    int32_t world_size, int64_t memory_bytes, proto::DeviceKind device_kind) {
+    int32_t world_size, int64_t memory_bytes, proto::DeviceKind device_kind,
+    const std::function<bool(const proto::Job&)>& fits) {
   // Unset (0) is cpu on both sides.
   SHEAF_STMT(stmt,
              absl::StrCat("SELECT ", kJobColumns,
@@ -379,7 +392,7 @@ absl::StatusOr<std::optional<proto::Job>> StoreTxn::NextPendingJob(
                           "AND memory_bytes <= ?3 "
                           "AND (CASE device_kind WHEN 0 THEN ?5 ELSE "
                           "device_kind END) = ?4 "
-                          "ORDER BY priority DESC, seq LIMIT 1"));
+                          "ORDER BY priority DESC, seq"));
   const proto::DeviceKind world_kind =
       device_kind == proto::DEVICE_KIND_UNSPECIFIED ? proto::DEVICE_KIND_CPU
                                                     : device_kind;
@@ -388,10 +401,15 @@ absl::StatusOr<std::optional<proto::Job>> StoreTxn::NextPendingJob(
       .Int(3, memory_bytes)
       .Int(4, world_kind)
       .Int(5, proto::DEVICE_KIND_CPU);
-  ASSIGN_OR_RETURN(bool row, stmt.Step());
-  if (!row) return std::optional<proto::Job>();
-  ASSIGN_OR_RETURN(proto::Job job, ReadJob(stmt));
-  return std::optional<proto::Job>(std::move(job));
+  // In order, the first that `fits` too (a job the SQL filter passes but
+  // whose memory estimate exceeds this world is skipped, not blocking the
+  // queue behind it).
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) return std::optional<proto::Job>();
+    ASSIGN_OR_RETURN(proto::Job job, ReadJob(stmt));
+    if (!fits || fits(job)) return std::optional<proto::Job>(std::move(job));
+  }
 }
 
 absl::StatusOr<std::map<proto::JobState, int64_t>>
@@ -650,6 +668,15 @@ absl::Status JobStore::InitSchemaLocked() {
           "ALTER TABLE jobs ADD COLUMN device_kind INTEGER NOT NULL DEFAULT 0"));
       RETURN_IF_ERROR(
           ExecLocked("UPDATE schema_version SET version = 2"));
+    }
+    if (version < 3) {
+      // 3: jobs.memory_estimate (Job.memory_estimate); old jobs have none
+      // (unknown: the world checks before it allocates).
+      RETURN_IF_ERROR(ExecLocked(
+          "ALTER TABLE jobs ADD COLUMN memory_estimate BLOB NOT NULL "
+          "DEFAULT x''"));
+      RETURN_IF_ERROR(
+          ExecLocked("UPDATE schema_version SET version = 3"));
     }
     return absl::OkStatus();
   }();

@@ -32,6 +32,7 @@
 #define SHEAF_COORDINATOR_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -54,7 +55,7 @@ namespace sheaf::coordinator {
 
 class JobStore;
 
-inline constexpr int kStoreSchemaVersion = 2;
+inline constexpr int kStoreSchemaVersion = 3;
 
 enum class SyncMode {
   kFull,    // PRAGMA synchronous=FULL: durable against power loss.
@@ -131,10 +132,12 @@ class StoreTxn {
   // The PENDING job to run next on a world of `world_size` ranks with
   // `memory_bytes` per rank computing on `device_kind`: highest priority,
   // then oldest, among those whose resource request fits (the same device
-  // kind, unset meaning cpu on both sides). nullopt when none fits.
+  // kind, unset meaning cpu on both sides) and, when given, `fits` accepts
+  // (the memory estimate at this world's size). nullopt when none fits.
   absl::StatusOr<std::optional<proto::Job>> NextPendingJob(
       int32_t world_size, int64_t memory_bytes,
-      proto::DeviceKind device_kind = proto::DEVICE_KIND_CPU);
+      proto::DeviceKind device_kind = proto::DEVICE_KIND_CPU,
+      const std::function<bool(const proto::Job&)>& fits = nullptr);
 
   absl::StatusOr<std::map<proto::JobState, int64_t>> CountJobsByState();
 

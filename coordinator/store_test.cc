@@ -354,6 +354,7 @@ TEST_F(StoreTest, VersionOneDatabaseGainsDeviceKind) {
   ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
   ASSERT_EQ(sqlite3_exec(db,
                          "ALTER TABLE jobs DROP COLUMN device_kind; "
+                         "ALTER TABLE jobs DROP COLUMN memory_estimate; "
                          "UPDATE schema_version SET version = 1",
                          nullptr, nullptr, nullptr),
             SQLITE_OK)
@@ -385,6 +386,55 @@ TEST_F(StoreTest, VersionOneDatabaseGainsDeviceKind) {
   got = Get(*store, "old");
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->resources().device_kind(), proto::DEVICE_KIND_UNSPECIFIED);
+}
+
+TEST_F(StoreTest, VersionTwoDatabaseGainsMemoryEstimate) {
+  {
+    auto store = Open();
+    ASSERT_TRUE(Insert(*store, MakeJob("old")).ok());
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "ALTER TABLE jobs DROP COLUMN memory_estimate; "
+                         "UPDATE schema_version SET version = 2",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_close(db);
+  auto store = Open();
+  proto::Job big = MakeJob("big");
+  big.mutable_memory_estimate()->set_trainable_bytes(int64_t{1} << 40);
+  big.mutable_memory_estimate()->set_batch_size(4);
+  ASSERT_TRUE(Insert(*store, big).ok());
+  absl::StatusOr<proto::Job> got = Get(*store, "old");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_FALSE(got->has_memory_estimate());
+  got = Get(*store, "big");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->memory_estimate().trainable_bytes(), int64_t{1} << 40);
+  EXPECT_EQ(got->memory_estimate().batch_size(), 4);
+}
+
+TEST_F(StoreTest, NextPendingJobSkipsJobsThatDoNotFit) {
+  auto store = Open();
+  proto::Job first = MakeJob("first");
+  first.set_priority(5);
+  ASSERT_TRUE(Insert(*store, first).ok());
+  ASSERT_TRUE(Insert(*store, MakeJob("second")).ok());
+  std::string id = "none";
+  ASSERT_TRUE(store
+                  ->Read([&](StoreTxn& txn) -> absl::Status {
+                    auto got = txn.NextPendingJob(
+                        1, 0, proto::DEVICE_KIND_CPU,
+                        [](const proto::Job& job) { return job.id() != "first"; });
+                    if (!got.ok()) return got.status();
+                    if (got->has_value()) id = (*got)->id();
+                    return absl::OkStatus();
+                  })
+                  .ok());
+  // The higher-priority job does not fit; the one behind it is not blocked.
+  EXPECT_EQ(id, "second");
 }
 
 TEST_F(StoreTest, GarbageFileIsDataLoss) {

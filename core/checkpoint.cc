@@ -31,6 +31,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/types/span.h"
 #include "base/file.h"
+#include "base/open_beneath.h"
 #include "base/status.h"
 
 namespace sheaf {
@@ -343,8 +344,8 @@ absl::Status CheckpointWriter::Write(const std::string& path) const {
 // --- Checkpoint --------------------------------------------------------------
 
 absl::StatusOr<Checkpoint> Checkpoint::Read(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError(errno, "cannot open checkpoint", path);
+  // Beneath the process's roots (base/open_beneath.h), regular files only.
+  ASSIGN_OR_RETURN(const int fd, OpenForReading(path));
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     const int err = errno;

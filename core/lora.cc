@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/file.h"
 #include "core/hf_fields.h"
 #include "core/json.h"
 #include "core/safetensors.h"
@@ -455,11 +456,9 @@ absl::Status LoraAdapter::SavePeft(const std::string& dir, const std::string& ba
 absl::StatusOr<std::unique_ptr<LoraAdapter>> LoraAdapter::LoadPeft(const std::string& dir,
                                                                    const ModelConfig& config) {
   const std::string cfg_path = dir + "/adapter_config.json";
-  std::ifstream in(cfg_path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", cfg_path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  absl::StatusOr<Json> cfg = Json::Parse(ss.str());
+  // Beneath the process's roots, regular files only (base/open_beneath.h).
+  ASSIGN_OR_RETURN(const std::string cfg_text, ReadFileToString(cfg_path));
+  absl::StatusOr<Json> cfg = Json::Parse(cfg_text);
   if (!cfg.ok()) return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": ", cfg.status().message()));
   RETURN_IF_ERROR(CheckFields(*cfg, kAdapterFields, cfg_path));
   auto field = [&](absl::string_view key) -> absl::Status {

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/file.h"
 #include "core/json.h"
 #include "core/status.h"
 
@@ -574,11 +575,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
   const std::string path = dir + "/config.json";
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ParseModelConfig(ss.str(), path);
+  // Beneath the process's roots, regular files only (base/open_beneath.h).
+  ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
+  return ParseModelConfig(text, path);
 }
 
 }  // namespace sheaf

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/file.h"
+#include "base/open_beneath.h"
 #include "base/status.h"
 #include "core/json.h"
 
@@ -232,8 +233,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
     const std::string& path) {
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
   file->path_ = path;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError(errno, absl::StrCat("cannot open ", path));
+  // Beneath the process's roots (base/open_beneath.h), regular files only.
+  ASSIGN_OR_RETURN(const int fd, OpenForReading(path));
   struct stat st;
   if (fstat(fd, &st) != 0) {
     const int e = errno;

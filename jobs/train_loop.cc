@@ -89,7 +89,9 @@ absl::StatusOr<StepResult> TrainLoop::Step(int64_t step, const Dataset& data, Da
   r.tokens = valid;
   r.loss = loss_sum / static_cast<double>(valid);
   if (!std::isfinite(r.loss)) {
-    return absl::InternalError(absl::StrCat("loss is ", r.loss, " at step ", step,
+    // FailedPrecondition: deterministic (a retry diverges again), so the
+    // worker fails the job at once instead of burning attempts (issue 9).
+    return absl::FailedPreconditionError(absl::StrCat("loss is ", r.loss, " at step ", step,
                                             " (diverged: lower optimizer.lr or set train.grad_clip)"));
   }
   if (before_clip_) RETURN_IF_ERROR(before_clip_(step));
@@ -100,7 +102,7 @@ absl::StatusOr<StepResult> TrainLoop::Step(int64_t step, const Dataset& data, Da
     r.skipped = true;
     ++skipped_steps_;
     if (++consecutive_skips_ >= options_.max_consecutive_skips) {
-      return absl::InternalError(absl::StrCat(
+      return absl::FailedPreconditionError(absl::StrCat(
           "step ", step + 1, ": the gradient norm was not finite (", r.grad_norm, ") in ",
           consecutive_skips_, " consecutive steps, all skipped; the run has diverged "
           "(lower optimizer.lr or check the data)"));

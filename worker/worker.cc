@@ -9,6 +9,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <new>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -17,6 +19,8 @@
 #include "absl/time/clock.h"
 #include "base/allocation.h"
 #include "base/file.h"
+#include "base/open_beneath.h"
+#include "core/spec/memory_estimate.h"
 #include "base/status.h"
 #include "core/spec/yaml.h"
 #include "worker/log_tee.h"
@@ -126,8 +130,46 @@ absl::StatusOr<OutputClaim> ClaimOutputDir(const std::string& dir, const std::st
 }
 
 bool IsPermanentFailure(const absl::Status& status) {
+  // DataLoss: a truncated or corrupt input file; FailedPrecondition: a run
+  // that diverged (NaN loss), another job's output_dir. Each fails the
+  // same way on every attempt (issue 9, item 10).
   return absl::IsInvalidArgument(status) || absl::IsNotFound(status) ||
-         absl::IsUnimplemented(status);
+         absl::IsUnimplemented(status) || absl::IsDataLoss(status) ||
+         absl::IsFailedPrecondition(status) || absl::IsPermissionDenied(status);
+}
+
+namespace {
+
+// Runs `f`, turning an exception (std::bad_alloc from a job too large for
+// this rank, anything else a library throws) into an error of the job, so
+// that no spec takes the world down (issue 9, item 1).
+template <typename F>
+auto GuardJobCall(absl::string_view what, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(what, ": out of memory on this rank (lower train.batch_size, data.seq_len "
+                           "or the adapter's rank, or ask for more memory)"));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(what, ": ", e.what()));
+  }
+}
+
+}  // namespace
+
+absl::Status CheckJobFitsRank(const proto::JobSpec& spec, int world_size, int64_t memory_bytes) {
+  if (memory_bytes <= 0) return absl::OkStatus();
+  absl::StatusOr<ModelConfig> shape = JobModelShape(spec);
+  // Unreadable config.json: the recipe's setup reports it.
+  if (!shape.ok()) return absl::OkStatus();
+  const std::optional<MemoryEstimate> estimate = EstimateJobMemory(spec, *shape);
+  if (!estimate.has_value() || estimate->PerRank(world_size) <= memory_bytes) {
+    return absl::OkStatus();
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the job needs ", estimate->Describe(world_size), "; this rank has ",
+      FormatBytes(memory_bytes), " (core/spec/memory_estimate.h)"));
 }
 
 Worker::Worker(WorkerOptions options, dist::Communicator* comm)
@@ -143,6 +185,11 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(WorkerOptions options,
                                                        dist::Communicator* comm) {
   std::unique_ptr<Worker> w(new Worker(std::move(options), comm));
   ASSIGN_OR_RETURN(w->paths_, PathPolicy::Create(w->options_.roots));
+  // Every open of a job's files resolves beneath these (base/open_beneath.h):
+  // a symlink that leads out of a root is refused at open time.
+  RETURN_IF_ERROR(SetOpenRoots({{"model root", w->paths_->model_root().string()},
+                                {"data root", w->paths_->data_root().string()},
+                                {"output root", w->paths_->output_root().string()}}));
   if (w->is_root()) {
     ASSIGN_OR_RETURN(w->client_, CoordinatorClient::Create(w->options_.client));
   }
@@ -437,7 +484,16 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
   }
   const absl::Duration ttl = absl::Milliseconds(lease.ttl_ms() > 0 ? lease.ttl_ms() : 30000);
   absl::StatusOr<proto::JobSpec> spec = CheckSpec(lease);
-  const bool paths_refused = !spec.ok();
+  // A refusal of paths that lie inside this world's roots as written is
+  // about the files (a symlink swapped in after submit leads out): the
+  // job fails, the world goes on. Paths outside the roots as written mean
+  // the world's roots differ from the coordinator's (issue 9, item 3).
+  const std::string lease_output =
+      lease.output_dir().empty() ? lease.spec().output_dir() : lease.output_dir();
+  const bool files_refused =
+      !spec.ok() && paths_->SpecPathsLexicallyInside(lease.spec(), lease.tenant()) &&
+      PathPolicy::LexicallyInside(paths_->TenantOutputRoot(lease.tenant()), lease_output);
+  const bool paths_refused = !spec.ok() && !files_refused;
   std::unique_ptr<StderrTee> tee;
   // Rank 0: whose run output_dir holds (this job's, or nobody's yet).
   absl::Status claim = absl::OkStatus();
@@ -477,9 +533,11 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
 
   // Every rank learns both outcomes.
   jobs::Vote refused_paths(paths_refused);
+  jobs::Vote refused_files(files_refused);
   jobs::Vote claimed_by_another_job(absl::IsFailedPrecondition(claim));  // rank 0
   jobs::Vote claim_failed(!claim.ok() && !absl::IsFailedPrecondition(claim));  // rank 0
-  RETURN_IF_ERROR(sync_.Tally({&refused_paths, &claimed_by_another_job, &claim_failed}));
+  RETURN_IF_ERROR(
+      sync_.Tally({&refused_paths, &refused_files, &claimed_by_another_job, &claim_failed}));
   if (refused_paths.any()) {
     // This world's roots differ from the coordinator's: it is misconfigured,
     // not the job. Hand the job back (no attempt counted; another world may
@@ -501,7 +559,20 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
         "this world's roots refuse job ", lease.job_id(), "'s paths (", why,
         "); the job was released; fix the worker's roots"));
   }
-  if (claimed_by_another_job.any() || claim_failed.any()) {
+  if (refused_files.any()) {
+    if (is_root()) {
+      proto::CompleteJobRequest request;
+      request.set_error(spec.ok() ? "another rank refused the job's files (see its log)"
+                                  : std::string(spec.status().message()));
+      request.set_permanent(true);
+      Log(absl::StrCat("cannot run job ", lease.job_id(), ": ", request.error(), " (permanent)"));
+      complete(request, received + ttl);
+      absl::MutexLock lock(&mu_);
+      ++stats_.failed;
+    }
+    return absl::OkStatus();
+  }
+    if (claimed_by_another_job.any() || claim_failed.any()) {
     if (is_root()) {
       proto::CompleteJobRequest request;
       request.set_error(std::string(claim.message()));
@@ -557,7 +628,13 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
   }
   // The recipe owns output_dir/spec.yaml; the header names the job.
   topts.spec_origin = absl::StrCat("of job ", lease.job_id());
-  absl::StatusOr<std::unique_ptr<jobs::Recipe>> recipe = jobs::CreateRecipe(*spec, topts);
+  const int64_t rank_memory =
+      options_.memory_bytes > 0 ? options_.memory_bytes : DetectMemoryBytes();
+  absl::StatusOr<std::unique_ptr<jobs::Recipe>> recipe =
+      GuardJobCall("setting up the job", [&]() -> absl::StatusOr<std::unique_ptr<jobs::Recipe>> {
+        RETURN_IF_ERROR(CheckJobFitsRank(*spec, world_size_, rank_memory));
+        return jobs::CreateRecipe(*spec, topts);
+      });
   bool stop_before_run = false;
   if (recipe.ok()) {
     absl::MutexLock lock(&mu_);
@@ -580,7 +657,7 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
   absl::StatusOr<TrainResult> result = absl::UnknownError("not run");
   bool ran = false;
   if (!setup_failed.any() && !stopped_before_run.any()) {
-    result = (*recipe)->Run();
+    result = GuardJobCall("training", [&]() { return (*recipe)->Run(); });
     ran = true;
     if (!result.ok()) Log(absl::StrCat("training failed: ", result.status().ToString()));
   }

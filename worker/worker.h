@@ -18,10 +18,16 @@
 //   a job:     every rank re-checks the spec's paths against its own roots
 //              while rank 0 claims the output_dir for the job
 //              (ClaimOutputDir: OUTPUT/.sheaf-job names the job whose run
-//              it holds), (vote: a rank refusing the paths -> the job is
-//              released and the world exits with an error, since its roots
-//              are misconfigured; another job's output_dir -> the job
-//              fails permanently), builds the job kind's recipe (jobs/recipe.h) with the lease's
+//              it holds), (vote: a rank refusing paths that lie outside
+//              its roots as written -> the job is released and the world
+//              exits with an error, since its roots are misconfigured; a
+//              rank refusing paths inside its roots (a symlink leading out,
+//              swapped in after submit) -> the job fails permanently and
+//              the world goes on; another job's output_dir -> the job
+//              fails permanently), checks that the job's memory estimate
+//              fits each rank (core/spec/memory_estimate.h; else a
+//              retryable kResourceExhausted failure), builds the job
+//              kind's recipe (jobs/recipe.h) with the lease's
 //              output_dir and resume = true (the directory is this job's:
 //              a re-leased job continues from its newest valid checkpoint,
 //              a first attempt starts at step 0), (vote), runs it, and
@@ -34,7 +40,9 @@
 // job is NOT completed (the coordinator re-leases it). Success ->
 // CompleteJob(success = true, artifact_dir = output_dir). A failure ->
 // CompleteJob(success = false, error, permanent for spec and data errors:
-// kInvalidArgument, kNotFound, kUnimplemented). RequestStop (SIGTERM) ->
+// kInvalidArgument, kNotFound, kUnimplemented, kDataLoss,
+// kFailedPrecondition, kPermissionDenied). Setup and the run are guarded:
+// an exception (std::bad_alloc) becomes the job's error, not a dead world. RequestStop (SIGTERM) ->
 // the trainer stops after its step with a checkpoint, CompleteJob(success
 // = false, "worker stopped (SIGTERM)", released = true) so that the job
 // goes back to PENDING without counting the attempt, and Run() returns OK.
@@ -193,6 +201,11 @@ class Worker {
 
 // Whether another attempt cannot fix a job that failed with `status`.
 bool IsPermanentFailure(const absl::Status& status);
+
+// kResourceExhausted naming the estimate's parts when `spec` would need
+// more than `memory_bytes` on each of `world_size` ranks
+// (core/spec/memory_estimate.h); OK when it fits or is not known.
+absl::Status CheckJobFitsRank(const proto::JobSpec& spec, int world_size, int64_t memory_bytes);
 
 enum class OutputClaim { kFresh, kResume };
 

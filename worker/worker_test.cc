@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "coordinator/clock.h"
 #include "coordinator/local_coordinator.h"
+#include "core/spec/validate.h"
 #include "core/spec/yaml.h"
 #include "dist/thread_communicator.h"
 #include "gtest/gtest.h"
@@ -487,6 +488,98 @@ TEST_F(WorkerTest, AnIdleWorldExitsAndABadTokenIsRefused) {
   auto unknown = RunWorld(o);
   unknown->Join();
   EXPECT_EQ(unknown->status.code(), absl::StatusCode::kUnauthenticated) << unknown->status;
+}
+
+}  // namespace
+}  // namespace sheaf::worker
+
+namespace sheaf::worker {
+namespace {
+
+// Issue 9, items 2 and 3: a data file swapped for a symlink to the outside
+// after submit is refused when it is opened (it used to be read), the job
+// fails permanently with the path relative to the root, and the world
+// keeps serving; a data directory swapped for such a symlink is the job's
+// fault too (it used to release the job and kill every world that leased
+// it).
+TEST_F(WorkerTest, SymlinksSwappedInAfterSubmitFailTheJobNotTheWorld) {
+  Start();  // max_attempts 3: only a permanent failure ends it at once
+  const std::string outside = lc_->dir() + "/outside";
+  fs::create_directories(outside + "/corpus");
+  std::ofstream(outside + "/secret.txt") << "SECRET SECRET SECRET";
+  std::ofstream(outside + "/corpus/secret.txt") << "SECRET SECRET SECRET";
+
+  // A file inside the data folder becomes a symlink to the outside.
+  const std::string file_job = Submit(JobYaml(2), "file-link");
+  fs::remove(lc_->data_root() + "/corpus/d3.txt");
+  fs::create_symlink(outside + "/secret.txt", lc_->data_root() + "/corpus/d3.txt");
+  WorkerOptions o = Options();
+  o.once = false;
+  o.idle_exit = absl::Seconds(3);
+  auto world = RunWorld(o);
+  auto ended = [&](const std::string& id) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while (absl::Now() < deadline && Get(id).state() < proto::JOB_STATE_SUCCEEDED) {
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return Get(id);
+  };
+  proto::Job job = ended(file_job);
+  EXPECT_EQ(job.state(), proto::JOB_STATE_FAILED);
+  EXPECT_EQ(job.attempts(), 1);
+  EXPECT_NE(job.last_error().find("corpus/d3.txt"), std::string::npos) << job.last_error();
+  EXPECT_NE(job.last_error().find("leads outside"), std::string::npos) << job.last_error();
+  EXPECT_EQ(job.last_error().find(outside), std::string::npos) << job.last_error();
+  fs::remove(lc_->data_root() + "/corpus/d3.txt");
+
+  // The whole data directory becomes a symlink to the outside.
+  fs::create_directories(lc_->data_root() + "/corpus2");
+  fs::copy(lc_->data_root() + "/corpus", lc_->data_root() + "/corpus2");
+  std::string yaml = JobYaml(2);
+  yaml.replace(yaml.find("[corpus]"), 8, "[corpus2]");
+  const std::string dir_job = Submit(yaml, "dir-link");
+  fs::remove_all(lc_->data_root() + "/corpus2");
+  fs::create_directory_symlink(outside + "/corpus", lc_->data_root() + "/corpus2");
+  job = ended(dir_job);
+  EXPECT_EQ(job.state(), proto::JOB_STATE_FAILED) << job.last_error();
+  EXPECT_EQ(job.attempts(), 1);
+  EXPECT_NE(job.last_error().find("data.train[0]"), std::string::npos) << job.last_error();
+  EXPECT_EQ(job.last_error().find(outside), std::string::npos) << job.last_error();
+
+  // The world is still serving: a good job runs to success on it.
+  const std::string good = Submit(JobYaml(2), "after");
+  job = ended(good);
+  EXPECT_EQ(job.state(), proto::JOB_STATE_SUCCEEDED) << job.last_error();
+  world->Join();
+  EXPECT_TRUE(world->status.ok()) << world->status;
+  EXPECT_EQ(world->worker->stats().jobs, 3);
+}
+
+// Issue 9, item 1: the world checks the job's estimate against each rank
+// before it allocates anything.
+TEST(CheckJobFitsRankTest, ATooLargeJobIsResourceExhaustedNamingTheEstimate) {
+  absl::StatusOr<proto::JobSpec> spec = ParseJobSpecYaml(
+      "output_dir: o\ndata: {train: [d], seq_len: 64}\ntrain: {max_steps: 1, batch_size: 64}\n"
+      "pretrain:\n  model: {hidden_size: 256, intermediate_size: 688, num_hidden_layers: 4,\n"
+      "                  num_attention_heads: 8, vocab_size: 258}\n");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ApplyDefaults(&*spec);
+  absl::Status s = CheckJobFitsRank(*spec, 1, int64_t{16} << 20);
+  EXPECT_TRUE(absl::IsResourceExhausted(s)) << s;
+  EXPECT_NE(s.message().find("the job needs about"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("this rank has 16.0 MiB"), std::string::npos) << s;
+  EXPECT_FALSE(IsPermanentFailure(s));  // a larger world may run it
+  EXPECT_TRUE(CheckJobFitsRank(*spec, 1, int64_t{8} << 30).ok());
+  EXPECT_TRUE(CheckJobFitsRank(*spec, 1, 0).ok());  // unknown memory
+}
+
+TEST(IsPermanentFailureTest, DeterministicFailuresArePermanent) {
+  EXPECT_TRUE(IsPermanentFailure(absl::DataLossError("truncated safetensors")));
+  EXPECT_TRUE(IsPermanentFailure(absl::FailedPreconditionError("loss is nan")));
+  EXPECT_TRUE(IsPermanentFailure(absl::PermissionDeniedError("symlink leads outside")));
+  EXPECT_FALSE(IsPermanentFailure(absl::UnavailableError("disk")));
+  EXPECT_FALSE(IsPermanentFailure(absl::ResourceExhaustedError("memory")));
+  EXPECT_FALSE(IsPermanentFailure(absl::InternalError("world broke")));
 }
 
 }  // namespace

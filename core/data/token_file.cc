@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/file.h"
+#include "base/open_beneath.h"
 #include "base/status.h"
 
 namespace sheaf {
@@ -197,8 +198,8 @@ absl::StatusOr<TokenizeStats> TokenizeToFile(
 
 absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(
     const std::string& path) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError(errno, "cannot open token file", path);
+  // Beneath the process's roots (base/open_beneath.h), regular files only.
+  ASSIGN_OR_RETURN(const int fd, OpenForReading(path));
   struct stat st;
   if (fstat(fd, &st) != 0) {
     const int saved = errno;

@@ -28,6 +28,21 @@ class Problems {
     }
   }
 
+  // `value` <= `max` (the upper bounds of core/spec/limits.h).
+  void AtMost(const std::string& path, int64_t value, int64_t max) {
+    if (value > max) {
+      Add(path, absl::StrCat("must be <= ", max, ", got ", value));
+    }
+  }
+
+  // Finite and <= `max`; written as !(value <= max) so that NaN fails too
+  // (the lower bound is the caller's, with its own wording).
+  void FiniteAtMost(const std::string& path, double value, double max) {
+    if (!(value <= max)) {
+      Add(path, absl::StrCat("must be <= ", max, ", got ", value));
+    }
+  }
+
   // Written as !(value > 0) so that NaN fails too.
   void Positive(const std::string& path, double value) {
     if (!(value > 0)) Add(path, absl::StrCat("must be > 0, got ", value));

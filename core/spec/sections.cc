@@ -12,6 +12,18 @@
 
 namespace sheaf {
 
+void CheckCount(const std::string& path, int64_t value, int64_t min,
+                int64_t max, Problems& problems) {
+  problems.AtLeast(path, value, min);
+  problems.AtMost(path, value, max);
+}
+
+void CheckPositiveAtMost(const std::string& path, double value, double max,
+                         Problems& problems) {
+  problems.Positive(path, value);
+  if (value > 0) problems.FiniteAtMost(path, value, max);
+}
+
 void ApplyAdapterDefaults(proto::AdapterSpec* adapter) {
   if (adapter->targets().empty()) {
     for (std::string_view target : kDefaultAdapterTargets) {
@@ -70,12 +82,16 @@ void CheckAdapter(const proto::AdapterSpec& adapter, const std::string& prefix,
     const std::string path = absl::StrCat(prefix, ".layers[", i, "]");
     if (layer < 0) {
       problems.Add(path, absl::StrCat("must be >= 0, got ", layer));
+    } else if (layer > spec_limits::kMaxLayerIndex) {
+      problems.AtMost(path, layer, spec_limits::kMaxLayerIndex);
     } else if (!seen_layers.insert(layer).second) {
       problems.Add(path, absl::StrCat("layer ", layer, " is listed twice"));
     }
   }
-  problems.AtLeast(prefix + ".rank", adapter.rank(), 1);
-  problems.Positive(prefix + ".alpha", adapter.alpha());
+  CheckCount(prefix + ".rank", adapter.rank(), 1, spec_limits::kMaxLoraRank,
+             problems);
+  CheckPositiveAtMost(prefix + ".alpha", adapter.alpha(),
+                      spec_limits::kMaxLoraAlpha, problems);
   problems.Fraction(prefix + ".dropout", adapter.dropout(),
                     /*one_allowed=*/false);
 }
@@ -85,15 +101,25 @@ void CheckModelShape(const proto::ModelShape& model,
                      const proto::DataSpec& data, const std::string& prefix,
                      Problems& problems) {
   const std::string p = prefix + ".";
-  problems.AtLeast(p + "hidden_size", model.hidden_size(), 1);
-  problems.AtLeast(p + "intermediate_size", model.intermediate_size(), 1);
-  problems.AtLeast(p + "num_hidden_layers", model.num_hidden_layers(), 1);
-  problems.AtLeast(p + "num_attention_heads", model.num_attention_heads(), 1);
-  problems.AtLeast(p + "vocab_size", model.vocab_size(), 1);
+  namespace lim = spec_limits;
+  CheckCount(p + "hidden_size", model.hidden_size(), 1, lim::kMaxHiddenSize,
+             problems);
+  CheckCount(p + "intermediate_size", model.intermediate_size(), 1,
+             lim::kMaxIntermediateSize, problems);
+  CheckCount(p + "num_hidden_layers", model.num_hidden_layers(), 1,
+             lim::kMaxLayers, problems);
+  CheckCount(p + "num_attention_heads", model.num_attention_heads(), 1,
+             lim::kMaxHeads, problems);
+  CheckCount(p + "vocab_size", model.vocab_size(), 1, lim::kMaxVocabSize,
+             problems);
+  problems.AtMost(p + "max_position_embeddings",
+                  model.max_position_embeddings(),
+                  lim::kMaxPositionEmbeddings);
   const int32_t heads = model.num_attention_heads();
   if (model.has_num_key_value_heads()) {
     const int32_t kv_heads = model.num_key_value_heads();
-    problems.AtLeast(p + "num_key_value_heads", kv_heads, 1);
+    CheckCount(p + "num_key_value_heads", kv_heads, 1, lim::kMaxHeads,
+               problems);
     if (kv_heads >= 1 && heads >= 1 && heads % kv_heads != 0) {
       problems.Add(p + "num_key_value_heads",
                    absl::StrCat("must divide num_attention_heads (", heads,
@@ -108,7 +134,8 @@ void CheckModelShape(const proto::ModelShape& model,
                               model.hidden_size()));
   }
   if (model.has_head_dim()) {
-    problems.AtLeast(p + "head_dim", model.head_dim(), 2);
+    CheckCount(p + "head_dim", model.head_dim(), 2, lim::kMaxHeadDim,
+               problems);
     if (model.head_dim() >= 2 && model.head_dim() % 2 != 0) {
       problems.Add(p + "head_dim",
                    absl::StrCat("must be even (RoPE rotates pairs), got ",
@@ -131,9 +158,12 @@ void CheckModelShape(const proto::ModelShape& model,
                               "got ",
                               model.vocab_size()));
   }
-  problems.Positive(p + "rope_theta", model.rope_theta());
-  problems.Positive(p + "rms_norm_eps", model.rms_norm_eps());
-  problems.Positive(p + "init_std", model.init_std());
+  CheckPositiveAtMost(p + "rope_theta", model.rope_theta(), lim::kMaxRopeTheta,
+                      problems);
+  CheckPositiveAtMost(p + "rms_norm_eps", model.rms_norm_eps(),
+                      lim::kMaxRmsNormEps, problems);
+  CheckPositiveAtMost(p + "init_std", model.init_std(), lim::kMaxInitStd,
+                      problems);
 }
 
 }  // namespace sheaf

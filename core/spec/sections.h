@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "core/spec/limits.h"
 #include "core/spec/problems.h"
 #include "proto/job_spec.pb.h"
 
@@ -24,6 +25,17 @@ inline constexpr std::array<std::string_view, 8> kAdapterTargetNames = {
 inline constexpr std::array<std::string_view, 7> kDefaultAdapterTargets = {
     "q_proj",    "k_proj",  "v_proj",   "o_proj",
     "gate_proj", "up_proj", "down_proj"};
+
+// A count in [min, max] (max from core/spec/limits.h): the two messages
+// "must be >= MIN, got V" and "must be <= MAX, got V". For the kinds' own
+// numeric fields, so that every one of them has a documented upper bound.
+void CheckCount(const std::string& path, int64_t value, int64_t min,
+                int64_t max, Problems& problems);
+
+// A real number in (0, max]: "must be > 0" / "must be <= MAX"; NaN and
+// infinities fail.
+void CheckPositiveAtMost(const std::string& path, double value, double max,
+                         Problems& problems);
 
 // Targets, lora rank and alpha where unset.
 void ApplyAdapterDefaults(proto::AdapterSpec* adapter);

@@ -13,7 +13,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/path_policy.h"
+#include "core/spec/limits.h"
 #include "core/spec/problems.h"
+#include "core/spec/sections.h"
 
 namespace sheaf {
 namespace {
@@ -37,9 +39,17 @@ void CheckData(const proto::DataSpec& data, Problems& problems) {
       data.format() == proto::DataSpec::FORMAT_UNSPECIFIED) {
     problems.Add("data.format", absl::StrCat("unknown value ", data.format()));
   }
-  problems.AtLeast("data.seq_len", data.seq_len(), 2);
+  CheckCount("data.seq_len", data.seq_len(), 2, spec_limits::kMaxSeqLen,
+             problems);
   problems.Fraction("data.val_fraction", data.val_fraction(),
                     /*one_allowed=*/false);
+  // No validation data would fail every attempt of the job at its first
+  // evaluation (a deterministic failure): refuse it here.
+  if (data.val().empty() && data.val_fraction() == 0) {
+    problems.Add("data.val_fraction",
+                 "must be > 0 when data.val is empty (the job would have no "
+                 "validation data)");
+  }
   if (!data.val().empty() && data.val_fraction() > 0) {
     problems.Add("data.val_fraction",
                  absl::StrCat("must be 0 when data.val is given, got ",
@@ -48,36 +58,56 @@ void CheckData(const proto::DataSpec& data, Problems& problems) {
 }
 
 void CheckOptimizer(const proto::OptimizerSpec& optimizer, Problems& problems) {
-  problems.Positive("optimizer.lr", optimizer.lr());
+  CheckPositiveAtMost("optimizer.lr", optimizer.lr(),
+                      spec_limits::kMaxLearningRate, problems);
   problems.Fraction("optimizer.beta1", optimizer.beta1(),
                     /*one_allowed=*/false);
   problems.Fraction("optimizer.beta2", optimizer.beta2(),
                     /*one_allowed=*/false);
-  problems.Positive("optimizer.eps", optimizer.eps());
+  CheckPositiveAtMost("optimizer.eps", optimizer.eps(), spec_limits::kMaxEps,
+                      problems);
   problems.NonNegative("optimizer.weight_decay", optimizer.weight_decay());
+  if (optimizer.weight_decay() >= 0) {
+    problems.FiniteAtMost("optimizer.weight_decay", optimizer.weight_decay(),
+                          spec_limits::kMaxWeightDecay);
+  }
 }
 
 void CheckTrainAndSchedule(const proto::TrainSpec& train,
                            const proto::ScheduleSpec& schedule,
                            Problems& problems) {
-  problems.AtLeast("train.batch_size", train.batch_size(), 1);
-  problems.AtLeast("train.grad_accum", train.grad_accum(), 1);
-  problems.AtLeast("train.max_steps", train.max_steps(), 0);
-  problems.AtLeast("train.epochs", train.epochs(), 0);
+  namespace lim = spec_limits;
+  CheckCount("train.batch_size", train.batch_size(), 1, lim::kMaxBatchSize,
+             problems);
+  CheckCount("train.grad_accum", train.grad_accum(), 1, lim::kMaxGradAccum,
+             problems);
+  CheckCount("train.max_steps", train.max_steps(), 0, lim::kMaxSteps,
+             problems);
+  CheckCount("train.epochs", train.epochs(), 0, lim::kMaxEpochs, problems);
   if (train.max_steps() == 0 && train.epochs() == 0) {
     problems.Add("train.max_steps",
                  "train.max_steps or train.epochs must be > 0 (training "
                  "would never stop)");
   }
   problems.NonNegative("train.grad_clip", train.grad_clip());
-  problems.AtLeast("train.eval_every", train.eval_every(), 0);
-  problems.AtLeast("train.eval_batches", train.eval_batches(), 0);
-  problems.AtLeast("train.checkpoint_every", train.checkpoint_every(), 0);
-  problems.AtLeast("train.keep_checkpoints", train.keep_checkpoints(), 0);
-  problems.AtLeast("train.threads", train.threads(), 0);
-  problems.AtLeast("train.log_every", train.log_every(), 1);
+  if (train.grad_clip() >= 0) {
+    problems.FiniteAtMost("train.grad_clip", train.grad_clip(),
+                          lim::kMaxGradClip);
+  }
+  CheckCount("train.eval_every", train.eval_every(), 0, lim::kMaxSteps,
+             problems);
+  CheckCount("train.eval_batches", train.eval_batches(), 0,
+             lim::kMaxEvalBatches, problems);
+  CheckCount("train.checkpoint_every", train.checkpoint_every(), 0,
+             lim::kMaxSteps, problems);
+  CheckCount("train.keep_checkpoints", train.keep_checkpoints(), 0,
+             lim::kMaxKeepCheckpoints, problems);
+  CheckCount("train.threads", train.threads(), 0, lim::kMaxThreads, problems);
+  CheckCount("train.log_every", train.log_every(), 1, lim::kMaxSteps,
+             problems);
 
-  problems.AtLeast("schedule.warmup_steps", schedule.warmup_steps(), 0);
+  CheckCount("schedule.warmup_steps", schedule.warmup_steps(), 0,
+             lim::kMaxSteps, problems);
   if (train.max_steps() > 0 && schedule.warmup_steps() > train.max_steps()) {
     problems.Add("schedule.warmup_steps",
                  absl::StrCat("must be <= train.max_steps (", train.max_steps(),

@@ -336,6 +336,121 @@ INSTANTIATE_TEST_SUITE_P(
                 {"pretrain.model.init_std=0"},
                 "pretrain.model.init_std: must be > 0, got 0"}));
 
+// Upper bounds (core/spec/limits.h): every numeric field has one, so that
+// no spec makes a world allocate without limit (issue 9, item 1: batch_size
+// 2000000000 aborted worlds with std::bad_alloc).
+INSTANTIATE_TEST_SUITE_P(
+    Bounds, ValidateErrorTest,
+    testing::Values(
+        BadCase{kLora,
+                {"train.batch_size=2000000000"},
+                "train.batch_size: must be <= 65536, got 2000000000"},
+        BadCase{kLora,
+                {"train.grad_accum=2000000000"},
+                "train.grad_accum: must be <= 65536, got 2000000000"},
+        BadCase{kLora,
+                {"train.threads=100000"},
+                "train.threads: must be <= 1024, got 100000"},
+        BadCase{kLora,
+                {"lora.adapter.rank=1000000"},
+                "lora.adapter.rank: must be <= 4096, got 1000000"},
+        BadCase{kLora,
+                {"lora.adapter.layers=[5000]"},
+                "lora.adapter.layers[0]: must be <= 4095, got 5000"},
+        BadCase{kLora,
+                {"lora.adapter.alpha=1e300"},
+                "lora.adapter.alpha: must be <= 1e+06, got 1e+300"},
+        BadCase{kLora,
+                {"data.seq_len=1000000"},
+                "data.seq_len: must be <= 131072, got 1000000"},
+        BadCase{kLora,
+                {"train.max_steps=10000000000"},
+                "train.max_steps: must be <= 1000000000, got 10000000000"},
+        BadCase{kLora,
+                {"train.epochs=2000000000"},
+                "train.epochs: must be <= 1000000, got 2000000000"},
+        BadCase{kLora,
+                {"train.eval_every=2000000000"},
+                "train.eval_every: must be <= 1000000000"},
+        BadCase{kLora,
+                {"train.eval_batches=2000000000"},
+                "train.eval_batches: must be <= 1000000"},
+        BadCase{kLora,
+                {"train.checkpoint_every=2000000000"},
+                "train.checkpoint_every: must be <= 1000000000"},
+        BadCase{kLora,
+                {"train.keep_checkpoints=2000000000"},
+                "train.keep_checkpoints: must be <= 10000"},
+        BadCase{kLora,
+                {"train.log_every=2000000000"},
+                "train.log_every: must be <= 1000000000"},
+        BadCase{kLora,
+                {"train.max_steps=2000000000", "schedule.warmup_steps=1500000000"},
+                "schedule.warmup_steps: must be <= 1000000000"},
+        BadCase{kLora,
+                {"train.grad_clip=1e300"},
+                "train.grad_clip: must be <= 1e+06"},
+        BadCase{kLora, {"optimizer.lr=100"}, "optimizer.lr: must be <= 10"},
+        BadCase{kLora, {"optimizer.eps=2"}, "optimizer.eps: must be <= 1"},
+        BadCase{kLora,
+                {"optimizer.weight_decay=1e9"},
+                "optimizer.weight_decay: must be <= 10"},
+        BadCase{kLora,
+                {"data.val_fraction=0"},
+                "data.val_fraction: must be > 0 when data.val is empty"},
+        BadCase{kPretrain,
+                {"pretrain.model.hidden_size=16777216"},
+                "pretrain.model.hidden_size: must be <= 65536, got 16777216"},
+        BadCase{kPretrain,
+                {"pretrain.model.intermediate_size=16777216"},
+                "pretrain.model.intermediate_size: must be <= 262144"},
+        BadCase{kPretrain,
+                {"pretrain.model.num_hidden_layers=4096"},
+                "pretrain.model.num_hidden_layers: must be <= 1024"},
+        BadCase{kPretrain,
+                {"pretrain.model.num_attention_heads=4096",
+                 "pretrain.model.hidden_size=8192"},
+                "pretrain.model.num_attention_heads: must be <= 1024"},
+        BadCase{kPretrain,
+                {"pretrain.model.vocab_size=16777216"},
+                "pretrain.model.vocab_size: must be <= 4194304"},
+        BadCase{kPretrain,
+                {"pretrain.model.head_dim=8192"},
+                "pretrain.model.head_dim: must be <= 4096"},
+        BadCase{kPretrain,
+                {"pretrain.model.max_position_embeddings=2000000000"},
+                "pretrain.model.max_position_embeddings: must be <= 1048576"},
+        BadCase{kPretrain,
+                {"pretrain.model.rope_theta=1e300"},
+                "pretrain.model.rope_theta: must be <= 1e+12"},
+        BadCase{kPretrain,
+                {"pretrain.model.init_std=5"},
+                "pretrain.model.init_std: must be <= 1"}));
+
+TEST(ValidateJobSpecTest, InfinityIsOutOfRange) {
+  proto::JobSpec spec = Parse(kLora);
+  spec.mutable_optimizer()->set_lr(INFINITY);
+  spec.mutable_lora()->mutable_adapter()->set_alpha(INFINITY);
+  const std::string message(ValidateJobSpec(spec).message());
+  EXPECT_THAT(message, HasSubstr("optimizer.lr: must be <= 10, got inf"));
+  EXPECT_THAT(message, HasSubstr("lora.adapter.alpha: must be <= 1e+06"));
+}
+
+TEST(ValidateJobSpecTest, ValFractionZeroIsFineWithValFiles) {
+  EXPECT_TRUE(
+      ValidateJobSpec(Parse(kLora, {"data.val=[v]", "data.val_fraction=0"}))
+          .ok());
+}
+
+TEST(ValidateJobSpecTest, BoundsThemselvesAreAccepted) {
+  EXPECT_TRUE(ValidateJobSpec(Parse(kLora, {"train.batch_size=65536",
+                                            "train.grad_accum=65536",
+                                            "train.threads=1024",
+                                            "lora.adapter.rank=4096",
+                                            "data.seq_len=131072"}))
+                  .ok());
+}
+
 TEST(ValidateJobSpecTest, NoKind) {
   proto::JobSpec spec = Parse(kLora);
   spec.clear_lora();

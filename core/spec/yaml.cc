@@ -1,5 +1,9 @@
 #include "core/spec/yaml.h"
 
+#include "absl/strings/match.h"
+#include "base/file.h"
+#include "base/utf8.h"
+
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -656,22 +660,23 @@ absl::StatusOr<proto::JobSpec> ParseJobSpecYaml(
 
 absl::StatusOr<proto::JobSpec> ParseJobSpecFile(
     const std::string& path, const std::vector<std::string>& overrides) {
-  std::FILE* file = std::fopen(path.c_str(), "rb");
-  if (file == nullptr) {
-    return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot open"));
+  // Regular files of at most kMaxSpecFileBytes only: /dev/zero or a FIFO
+  // must not hang or exhaust the reader (issue 9, item 10).
+  absl::StatusOr<std::string> contents = ReadFileToString(path, kMaxSpecFileBytes);
+  if (!contents.ok()) {
+    if (absl::IsInvalidArgument(contents.status()) &&
+        absl::StrContains(contents.status().message(), "larger than the limit")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": the spec is larger than the limit of 1 MiB (", kMaxSpecFileBytes,
+                       " bytes)"));
+    }
+    return contents.status();
   }
-  std::string contents;
-  char buffer[1 << 16];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof(buffer), file)) > 0) {
-    contents.append(buffer, n);
+  if (const size_t bad = FindInvalidUtf8(*contents); bad != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not valid UTF-8 (byte ", bad, "); a spec is UTF-8 text"));
   }
-  const int read_errno = std::ferror(file) ? errno : 0;
-  std::fclose(file);
-  if (read_errno != 0) {
-    return absl::ErrnoToStatus(read_errno, absl::StrCat(path, ": cannot read"));
-  }
-  return Parse(contents, overrides, path + ":");
+  return Parse(*contents, overrides, path + ":");
 }
 
 std::string JobSpecToYaml(const proto::JobSpec& spec) {

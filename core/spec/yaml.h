@@ -42,6 +42,9 @@ namespace sheaf {
 absl::StatusOr<proto::JobSpec> ParseJobSpecYaml(
     std::string_view yaml, const std::vector<std::string>& overrides = {});
 
+// A spec file larger than this is refused (kInvalidArgument naming it).
+inline constexpr size_t kMaxSpecFileBytes = size_t{1} << 20;
+
 // ParseJobSpecYaml on the contents of the file at `path`; errors in the file
 // read `path:line:column: key: reason`. Returns kNotFound (or the errno's
 // code) when the file cannot be read, else as ParseJobSpecYaml.

@@ -1,5 +1,9 @@
 #include "core/spec/yaml.h"
 
+#include <sys/stat.h>
+
+#include <fstream>
+
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -288,6 +292,32 @@ TEST(ParseJobSpecFileTest, MissingFile) {
   absl::StatusOr<proto::JobSpec> spec = ParseJobSpecFile(TempPath("none.yaml"));
   EXPECT_EQ(spec.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(spec.status().message(), HasSubstr("none.yaml"));
+}
+
+// Issue 9, item 10: the CLI read spec files without a limit (/dev/zero
+// aborted it at 4.2 GB) and passed invalid UTF-8 on to a library log line.
+TEST(ParseJobSpecFileTest, LargeFilesDevicesAndFifosAreRefused) {
+  const std::string big = TempPath("big.yaml");
+  std::ofstream(big) << "name: x\n# " << std::string(kMaxSpecFileBytes, 'x') << "\n";
+  absl::StatusOr<proto::JobSpec> spec = ParseJobSpecFile(big);
+  EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(spec.status().message(),
+              HasSubstr("big.yaml: the spec is larger than the limit of 1 MiB (1048576 bytes)"));
+  spec = ParseJobSpecFile("/dev/zero");
+  EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(spec.status().message(), HasSubstr("not a regular file"));
+  const std::string fifo = TempPath("fifo.yaml");
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  spec = ParseJobSpecFile(fifo);  // must not block
+  EXPECT_THAT(spec.status().message(), HasSubstr("not a regular file"));
+}
+
+TEST(ParseJobSpecFileTest, InvalidUtf8IsOneClearMessage) {
+  const std::string path = TempPath("latin1.yaml");
+  std::ofstream(path) << "name: caf\xe9\n";
+  absl::StatusOr<proto::JobSpec> spec = ParseJobSpecFile(path);
+  EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(spec.status().message(), HasSubstr("latin1.yaml: not valid UTF-8 (byte 9)"));
 }
 
 void ExpectRoundTrip(const proto::JobSpec& spec) {
