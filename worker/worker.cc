@@ -629,7 +629,7 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
   // The recipe owns output_dir/spec.yaml; the header names the job.
   topts.spec_origin = absl::StrCat("of job ", lease.job_id());
   const int64_t rank_memory =
-      options_.memory_bytes > 0 ? options_.memory_bytes : DetectMemoryBytes();
+      options_.memory_bytes > 0 ? options_.memory_bytes : AllocatedMemoryBytes(LocalRanks());
   absl::StatusOr<std::unique_ptr<jobs::Recipe>> recipe =
       GuardJobCall("setting up the job", [&]() -> absl::StatusOr<std::unique_ptr<jobs::Recipe>> {
         RETURN_IF_ERROR(CheckJobFitsRank(*spec, world_size_, rank_memory));
