@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "ops/cpu/attention.h"
 #include "ops/cpu/heads.h"
 #include "ops/cpu/lora_mix.h"
 #include "ops/cpu/ops.h"
@@ -145,19 +146,20 @@ class Cpu final : public Backend {
     ops::LoraMixBackward(dx, da, db, dgate, scratch, dy, x, xa, MixArgs(a));
   }
 
-  // Saved state: the softmax probabilities [B, NH, T, T] in fp32.
+  // Saved state: two floats per (batch, head, query row), the row's max
+  // score and reciprocal softmax sum (ops/cpu/attention.h): linear in T.
   int64_t AttentionSavedBytes(int B, int T, int NH, int KVH, int HD) const override {
-    return int64_t{B} * NH * T * T * static_cast<int64_t>(sizeof(float));
+    return ops::TiledAttentionSavedFloats(B, T, NH) * static_cast<int64_t>(sizeof(float));
   }
   void AttentionForward(float* out, void* saved, const float* q, const float* k, const float* v,
                         int B, int T, int NH, int KVH, int HD) override {
-    ops::AttentionForward(out, static_cast<float*>(saved), q, k, v, B, T, NH, KVH, HD);
+    ops::TiledAttentionForward(out, static_cast<float*>(saved), q, k, v, B, T, NH, KVH, HD);
   }
   void AttentionBackward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                          const float* k, const float* v, const void* saved, int B, int T, int NH,
                          int KVH, int HD) override {
-    ops::AttentionBackward(dq, dk, dv, dout, q, k, v, static_cast<const float*>(saved), B, T, NH,
-                           KVH, HD);
+    ops::TiledAttentionBackward(dq, dk, dv, dout, q, k, v, static_cast<const float*>(saved), B,
+                                T, NH, KVH, HD);
   }
 
   void RmsNormForward(float* out, float* rstd, const float* x, const float* w, int n, int C,
