@@ -33,6 +33,7 @@ Prints, for the combining script, exactly these machine-readable lines:
 
     torch_tokens_per_s <value> tok/s      (timed steps only, after warmup)
     torch_peak_rss_mb <value> MB          (peak RSS of this process)
+    torch_tokens_per_cpu_s <value> tok/cpu-s   (per CPU-second of the process)
 
 Other output lines start with '#'.
 """
@@ -267,15 +268,20 @@ def main(args):
         step()
     warm_s = time.perf_counter() - t_warm
     t0 = time.perf_counter()
+    c0 = time.process_time()
     for i in range(args.steps):
         loss = step()
     elapsed = time.perf_counter() - t0
+    cpu_s = time.process_time() - c0
 
     tokens_per_s = args.steps * B * T / elapsed
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
     print(f"# warmup {args.warmup} steps {warm_s:.1f} s; {args.steps} timed steps in {elapsed:.3f} s "
           f"({elapsed / args.steps * 1e3:.1f} ms/step), last loss {loss:.4f} (ln V = {math.log(VOCAB):.4f})")
     print(f"torch_tokens_per_s {tokens_per_s:.1f} tok/s")
+    # Per CPU-second of the process: not affected by descheduling on a shared
+    # machine (with several threads it also counts their spin-waiting).
+    print(f"torch_tokens_per_cpu_s {args.steps * B * T / cpu_s:.1f} tok/cpu-s")
     print(f"torch_peak_rss_mb {peak_rss_mb:.1f} MB")
     return 0
 

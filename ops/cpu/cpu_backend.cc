@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ops/cpu/attention.h"
+#include "ops/cpu/cpu_features.h"
 #include "ops/cpu/heads.h"
 #include "ops/cpu/lora_mix.h"
 #include "ops/cpu/ops.h"
@@ -76,6 +77,7 @@ const float* HeadWeight(const SelectedRowsArgs& a, const Tensor& w, float* scrat
 class Cpu final : public Backend {
  public:
   const char* name() const override { return "cpu"; }
+  std::string Describe() const override { return ops::DescribeKernels(); }
   Device device() const override { return Device::kDeviceCpu; }
   void* Alloc(int64_t bytes) override { return HostAllocator()->Alloc(bytes); }
   void Free(void* p) override { HostAllocator()->Free(p); }

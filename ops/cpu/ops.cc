@@ -39,6 +39,8 @@
 #include <vector>
 
 #include "base/rng.h"
+#include "ops/cpu/cpu_features.h"
+#include "ops/cpu/gemm_avx512.h"
 #include "ops/cpu/kernel_util.h"
 
 namespace sheaf::ops {
@@ -59,6 +61,18 @@ inline void Axpy(float alpha, const float* x, float* y, int n) {
 
 }  // namespace
 
+// The AVX-512 GEMM takes the shapes where its 12 x 32 tile is used well:
+// at least 16 columns and 2^15 multiply-adds (below that a call's packing
+// costs more than it saves; narrow LoRA products, N = r, stay on OpenBLAS).
+// The choice depends on the shape and the process's kernel ISA only, never
+// on the thread count, so results stay deterministic.
+namespace {
+bool UseAvx512Gemm(int M, int N, int K) {
+  static const bool avx512 = ActiveKernelIsa() == KernelIsa::kAvx512;
+  return avx512 && N >= 16 && int64_t{M} * N * K >= (int64_t{1} << 15);
+}
+}  // namespace
+
 // Guards the degenerate shapes that BLAS rejects as illegal leading
 // dimensions (ld must be >= 1) instead of treating as no-ops.
 void Gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
@@ -70,6 +84,10 @@ void Gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
       float* row = c + static_cast<int64_t>(i) * ldc;
       for (int j = 0; j < N; ++j) row[j] = beta == 0.0f ? 0.0f : beta * row[j];
     }
+    return;
+  }
+  if (UseAvx512Gemm(M, N, K)) {
+    GemmAvx512(trans_a, trans_b, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
@@ -102,6 +120,11 @@ void AddColumnSums(float* dst, int n, int C, ValueFn value) {
 }  // namespace
 
 void SetNumThreads(int n) {
+  static const bool reported = [] {
+    std::fprintf(stderr, "%s\n", DescribeKernels().c_str());
+    return true;
+  }();
+  (void)reported;
   if (n <= 0) n = omp_get_num_procs();
   omp_set_num_threads(n);
   openblas_set_num_threads(n);
