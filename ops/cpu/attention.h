@@ -11,14 +11,15 @@
 // causal mask) v. stats [2, B, NH, T]: stats[0] the row maxima, stats[1] the
 // reciprocal row sums.
 //
-// Tiling: query rows go in blocks of AttentionQueryBlock(T) rows; a block of
-// rows [r0, r1) needs keys [0, r1) only. Per thread the kernels hold one
-// block of scores (and in backward one of score gradients): rows x T floats,
-// a few hundred KiB, freed when the call returns. For T <= 1024 the blocks
-// are those of the reference kernel, and every GEMM and every float operation
-// is the same as there, so outputs and gradients are bitwise those of
-// ops::AttentionForward / ops::AttentionBackward; longer sequences use
-// shorter blocks so that a block of scores stays in the L2 cache.
+// Tiling: query rows go in blocks of AttentionQueryBlock(T) = 64 rows; a
+// block of rows [r0, r1) needs keys [0, r1) only. Per thread the kernels
+// hold one block of scores (and in backward one of score gradients): 64 x T
+// floats (1 MiB at T = 4096), freed when the call returns. The blocks are
+// those of the reference kernel, and every GEMM and every float operation is
+// the same as there, so outputs and gradients are bitwise those of
+// ops::AttentionForward / ops::AttentionBackward (backward recomputes the
+// scores with the forward's GEMM call and the probabilities with its float
+// operations).
 //
 // Deterministic and independent of the thread count: forward runs one task
 // per (batch, head), backward one per (batch, kv head) with the query heads
@@ -34,8 +35,7 @@ namespace sheaf::ops {
 // Floats of saved state: 2 · B · NH · T.
 int64_t TiledAttentionSavedFloats(int B, int T, int NH);
 
-// Rows per query block for a sequence of T: 64 up to T = 1024, then
-// 65536 / T rounded down to a multiple of 16 (at least 16).
+// Rows per query block for a sequence of T (64; see attention.cc).
 int AttentionQueryBlock(int T);
 
 void TiledAttentionForward(float* out, float* stats, const float* q, const float* k,
