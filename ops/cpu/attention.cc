@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "ops/cpu/kernel_util.h"
+#include "ops/cpu/vec_avx512.h"
 
 namespace sheaf::ops {
 
@@ -41,8 +42,10 @@ int AttentionQueryBlock(int T) {
 }
 
 void TiledAttentionForward(float* out, float* stats, const float* q, const float* k,
-                           const float* v, int B, int T, int NH, int KVH, int HD) {
+                           const float* v, int B, int T, int NH, int KVH, int HD,
+                           KernelIsa isa) {
   SHEAF_OPS_CHECK(KVH > 0 && NH % KVH == 0);
+  const bool vector_exp = isa == KernelIsa::kAvx512;
   if (B == 0 || T == 0 || NH == 0) return;
   const int group = NH / KVH;
   const int q_stride = NH * HD;
@@ -74,9 +77,13 @@ void TiledAttentionForward(float* out, float* stats, const float* q, const float
             float max_score = -std::numeric_limits<float>::infinity();
             for (int tk = 0; tk <= t; ++tk) max_score = std::max(max_score, row[tk]);
             float sum = 0.0f;
-            for (int tk = 0; tk <= t; ++tk) {
-              row[tk] = std::exp(row[tk] - max_score);
-              sum += row[tk];
+            if (vector_exp) {
+              sum = ExpShiftSumAvx512(row, row, t + 1, max_score);
+            } else {
+              for (int tk = 0; tk <= t; ++tk) {
+                row[tk] = std::exp(row[tk] - max_score);
+                sum += row[tk];
+              }
             }
             const float inv_sum = 1.0f / sum;
 #pragma omp simd
@@ -95,8 +102,9 @@ void TiledAttentionForward(float* out, float* stats, const float* q, const float
 
 void TiledAttentionBackward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                             const float* k, const float* v, const float* stats, int B, int T,
-                            int NH, int KVH, int HD) {
+                            int NH, int KVH, int HD, KernelIsa isa) {
   SHEAF_OPS_CHECK(KVH > 0 && NH % KVH == 0);
+  const bool vector_exp = isa == KernelIsa::kAvx512;
   if (B == 0 || T == 0 || NH == 0) return;
   const int group = NH / KVH;
   const int q_stride = NH * HD;
@@ -126,7 +134,11 @@ void TiledAttentionBackward(float* dq, float* dk, float* dv, const float* dout, 
             for (int t = r0; t < r1; ++t) {
               float* row = p.data() + int64_t{t - r0} * T;
               const float max_score = row_max[stat0 + t], inv_sum = row_inv[stat0 + t];
-              for (int tk = 0; tk <= t; ++tk) row[tk] = std::exp(row[tk] - max_score);
+              if (vector_exp) {
+                ExpShiftSumAvx512(row, row, t + 1, max_score);
+              } else {
+                for (int tk = 0; tk <= t; ++tk) row[tk] = std::exp(row[tk] - max_score);
+              }
 #pragma omp simd
               for (int tk = 0; tk <= t; ++tk) row[tk] *= inv_sum;
               std::fill(row + t + 1, row + r1, 0.0f);

@@ -16,7 +16,7 @@
 // hold one block of scores (and in backward one of score gradients): 64 x T
 // floats (1 MiB at T = 4096), freed when the call returns. The blocks are
 // those of the reference kernel, and every GEMM and every float operation is
-// the same as there, so outputs and gradients are bitwise those of
+// the same as there, so (with the portable exp) outputs and gradients are bitwise those of
 // ops::AttentionForward / ops::AttentionBackward (backward recomputes the
 // scores with the forward's GEMM call and the probabilities with its float
 // operations).
@@ -30,6 +30,8 @@
 
 #include <cstdint>
 
+#include "ops/cpu/cpu_features.h"
+
 namespace sheaf::ops {
 
 // Floats of saved state: 2 · B · NH · T.
@@ -38,11 +40,16 @@ int64_t TiledAttentionSavedFloats(int B, int T, int NH);
 // Rows per query block for a sequence of T (64; see attention.cc).
 int AttentionQueryBlock(int T);
 
+// isa: kPortable computes the softmax exponentials with std::exp (bitwise
+// the reference kernel); kAvx512 with ExpAvx512 (vec_avx512.h, within 4 ulp
+// per exponential), and must only be passed where CpuHasAvx512(). Forward
+// and backward of one pass must use the same isa.
 void TiledAttentionForward(float* out, float* stats, const float* q, const float* k,
-                           const float* v, int B, int T, int NH, int KVH, int HD);
+                           const float* v, int B, int T, int NH, int KVH, int HD,
+                           KernelIsa isa = ActiveKernelIsa());
 void TiledAttentionBackward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                             const float* k, const float* v, const float* stats, int B, int T,
-                            int NH, int KVH, int HD);
+                            int NH, int KVH, int HD, KernelIsa isa = ActiveKernelIsa());
 
 }  // namespace sheaf::ops
 

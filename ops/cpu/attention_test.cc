@@ -72,7 +72,7 @@ struct Outputs {
 // overwrite) is checked too.
 constexpr float kGradInit = 0.25f;
 
-Outputs RunTiled(const Shape& s, const Inputs& in) {
+Outputs RunTiled(const Shape& s, const Inputs& in, KernelIsa isa = KernelIsa::kPortable) {
   Outputs o;
   o.out.assign(in.q.size(), std::nanf(""));
   o.saved.assign(static_cast<size_t>(TiledAttentionSavedFloats(s.B, s.T, s.NH)), std::nanf(""));
@@ -80,9 +80,10 @@ Outputs RunTiled(const Shape& s, const Inputs& in) {
   o.dk.assign(in.k.size(), kGradInit);
   o.dv.assign(in.v.size(), kGradInit);
   TiledAttentionForward(o.out.data(), o.saved.data(), in.q.data(), in.k.data(), in.v.data(), s.B,
-                        s.T, s.NH, s.KVH, s.HD);
+                        s.T, s.NH, s.KVH, s.HD, isa);
   TiledAttentionBackward(o.dq.data(), o.dk.data(), o.dv.data(), in.dout.data(), in.q.data(),
-                         in.k.data(), in.v.data(), o.saved.data(), s.B, s.T, s.NH, s.KVH, s.HD);
+                         in.k.data(), in.v.data(), o.saved.data(), s.B, s.T, s.NH, s.KVH, s.HD,
+                         isa);
   return o;
 }
 
@@ -184,10 +185,28 @@ TEST_P(TiledAttentionTest, BitwiseEqualToTheReferenceKernel) {
 // = 6400 terms of O(1) values and an fp32 softmax give relative errors of a
 // few 1e-7 (sqrt(n) growth of the unit round-off ~6e-8); 1e-5 leaves a
 // margin of ~30 while a wrong index or a missing term is O(1).
+// The AVX-512 exponentials (within 4 ulp each, vec_avx512.h) move P by a
+// few 1e-7 relative, and the outputs and gradients by as much: bound 2e-6
+// normwise against the reference kernel (a wrong exp is off by >= 1e-4).
+TEST_P(TiledAttentionTest, VectorExpStaysCloseToTheReferenceKernel) {
+  if (!CpuHasAvx512()) GTEST_SKIP() << "no AVX-512 on this processor";
+  const Shape s = GetParam();
+  const Inputs in = MakeInputs(s, 7);
+  const Outputs tiled = RunTiled(s, in, KernelIsa::kAvx512), ref = RunReference(s, in);
+  auto d = [](const Vec& v) { return DVec(v.begin(), v.end()); };
+  EXPECT_LT(RelErr(tiled.out, d(ref.out)), 2e-6);
+  EXPECT_LT(RelErr(tiled.dq, d(ref.dq)), 2e-6);
+  EXPECT_LT(RelErr(tiled.dk, d(ref.dk)), 2e-6);
+  EXPECT_LT(RelErr(tiled.dv, d(ref.dv)), 2e-6);
+}
+
 TEST_P(TiledAttentionTest, MatchesNaiveDoubleForwardAndBackward) {
+  for (KernelIsa isa : {KernelIsa::kPortable, KernelIsa::kAvx512}) {
+  if (isa == KernelIsa::kAvx512 && !CpuHasAvx512()) continue;
+  SCOPED_TRACE(isa == KernelIsa::kAvx512 ? "avx512 exp" : "portable exp");
   const Shape s = GetParam();
   const Inputs in = MakeInputs(s, 8);
-  const Outputs tiled = RunTiled(s, in);
+  const Outputs tiled = RunTiled(s, in, isa);
   const Naive naive = RunNaive(s, in);
   EXPECT_LT(RelErr(tiled.out, naive.out), 1e-5);
   EXPECT_LT(RelErr(tiled.dq, naive.dq), 1e-5);
@@ -201,6 +220,7 @@ TEST_P(TiledAttentionTest, MatchesNaiveDoubleForwardAndBackward) {
   for (size_t i = 0; i < rows; ++i) {
     const double lse = double{tiled.saved[i]} - std::log(double{tiled.saved[rows + i]});
     ASSERT_NEAR(lse, naive.lse[i], 1e-5) << "row " << i;
+  }
   }
 }
 
@@ -282,9 +302,9 @@ TEST(TiledAttentionEdgeTest, ThreadCountDoesNotChangeBits) {
   const Inputs in = MakeInputs(s, 12);
   const int saved_threads = omp_get_max_threads();
   omp_set_num_threads(1);
-  const Outputs one = RunTiled(s, in);
+  const Outputs one = RunTiled(s, in, ActiveKernelIsa());
   omp_set_num_threads(3);
-  const Outputs three = RunTiled(s, in);
+  const Outputs three = RunTiled(s, in, ActiveKernelIsa());
   omp_set_num_threads(saved_threads);
   EXPECT_EQ(one.out, three.out);
   EXPECT_EQ(one.saved, three.saved);

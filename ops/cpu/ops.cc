@@ -42,6 +42,7 @@
 #include "ops/cpu/cpu_features.h"
 #include "ops/cpu/gemm_avx512.h"
 #include "ops/cpu/kernel_util.h"
+#include "ops/cpu/vec_avx512.h"
 
 namespace sheaf::ops {
 namespace {
@@ -579,7 +580,24 @@ void AttentionBackward(float* dq, float* dk, float* dv, const float* dout,
 // ----------------------------------------------------------------------------
 // SwiGLU: h = silu(gate) * up = gate * sigmoid(gate) * up
 
+namespace {
+// The AVX-512 elementwise kernels run on fixed chunks (each element is
+// independent, so any split gives the same bits).
+constexpr int64_t kVecChunk = 4096;
+bool UseAvx512Vec() {
+  static const bool avx512 = ActiveKernelIsa() == KernelIsa::kAvx512;
+  return avx512;
+}
+}  // namespace
+
 void SwiGluForward(float* h, const float* gate, const float* up, int64_t n) {
+  if (UseAvx512Vec()) {
+#pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
+    for (int64_t c = 0; c < n; c += kVecChunk) {
+      SwiGluForwardAvx512(h + c, gate + c, up + c, std::min(kVecChunk, n - c));
+    }
+    return;
+  }
 #pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
@@ -592,6 +610,14 @@ void SwiGluForward(float* h, const float* gate, const float* up, int64_t n) {
 //   dgate += dh * up * s * (1 + g * (1 - s));  dup += dh * g * s.
 void SwiGluBackward(float* dgate, float* dup, const float* dh,
                     const float* gate, const float* up, int64_t n) {
+  if (UseAvx512Vec()) {
+#pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
+    for (int64_t c = 0; c < n; c += kVecChunk) {
+      SwiGluBackwardAvx512(dgate + c, dup + c, dh + c, gate + c, up + c,
+                           std::min(kVecChunk, n - c));
+    }
+    return;
+  }
 #pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
