@@ -70,6 +70,11 @@ if __name__ == "__main__":
     ARGS = parse_args()
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ARGS.threads)
+    # Waiting OpenMP threads sleep instead of spinning, as sheaf's do (ops.h
+    # UsePassiveOmpWaitPolicy): on a shared machine spinning threads stall
+    # their descheduled peers, which would make the 2-thread figure a
+    # measure of the load rather than of PyTorch.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 else:
     ARGS = None
 

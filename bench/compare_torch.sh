@@ -78,17 +78,20 @@ done
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-16s %7s %12s %16s %12s\n' contender threads tokens_per_s tokens_per_cpu_s peak_rss_mb
 for th in $threads_list; do
-  best=0 best_rss=0 best_name=""
+  best=0 best_rss=0 best_name="" best_cpu=0 best_cpu_name=""
   for n in "${names[@]}"; do
     mt=$(tr ' ' '\n' <<<"${tok[$n,$th]}" | grep . | median)
     mr=$(tr ' ' '\n' <<<"${rss[$n,$th]}" | grep . | median)
     mc=$(tr ' ' '\n' <<<"${cpu[$n,$th]}" | grep . | median)
     printf '%-16s %7s %12s %16s %12s\n' "$n" "$th" "$mt" "$mc" "$mr"
-    if [[ $n == sheaf ]]; then st=$mt sr=$mr; continue; fi
+    if [[ $n == sheaf ]]; then st=$mt sr=$mr sc=$mc; continue; fi
+    if awk -v a="$mc" -v b="$best_cpu" 'BEGIN { exit !(a > b) }'; then best_cpu=$mc best_cpu_name=$n; fi
     if awk -v a="$mt" -v b="$best" 'BEGIN { exit !(a > b) }'; then best=$mt best_rss=$mr best_name=$n; fi
   done
   awk -v a="$st" -v b="$best" -v n="$best_name" -v t="$th" \
     'BEGIN {printf "ratio_tokens_per_s_threads_%s %.3f x (sheaf / %s)\n", t, a / b, n}'
+  awk -v a="$sc" -v b="$best_cpu" -v n="$best_cpu_name" -v t="$th" \
+    'BEGIN {printf "ratio_tokens_per_cpu_s_threads_%s %.3f x (sheaf / %s)\n", t, a / b, n}'
   awk -v a="$sr" -v b="$best_rss" -v n="$best_name" -v t="$th" \
     'BEGIN {printf "ratio_peak_rss_threads_%s %.3f x (sheaf / %s)\n", t, a / b, n}'
 done
