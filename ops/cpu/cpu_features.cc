@@ -79,9 +79,9 @@ std::string DescribeKernels() {
   std::string s = "cpu backend: kernels ";
   if (ActiveKernelIsa() == KernelIsa::kAvx512) {
     s += "avx512 (GEMM: own AVX-512 12x32 where M*N*K >= 2^15 and N >= 16, OpenBLAS "
-         "otherwise";
+         "otherwise; exp in softmax and SwiGLU: AVX-512";
   } else {
-    s += "portable (GEMM: OpenBLAS";
+    s += "portable (GEMM: OpenBLAS; exp: libm";
   }
   s += "; attention: tiled with per-row softmax statistics); cpu:";
   s += Cpu().avx512 ? " avx512f/bw/vl" : " no-avx512";

@@ -22,8 +22,9 @@ enum class KernelIsa { kPortable, kAvx512 };
 // The choice for this process (fixed at the first call).
 KernelIsa ActiveKernelIsa();
 // One line naming the choice, e.g.
-// "cpu backend: kernels avx512 (GEMM: own AVX-512 12x32 for M*N*K >= 2^15, N >= 16,
-//  OpenBLAS otherwise; attention: tiled, row stats), cpu avx512f/bw/vl avx512_bf16".
+// "cpu backend: kernels avx512 (GEMM: own AVX-512 12x32 where M*N*K >= 2^15 and N >= 16,
+//  OpenBLAS otherwise; exp in softmax and SwiGLU: AVX-512; attention: tiled with per-row
+//  softmax statistics); cpu: avx512f/bw/vl avx512_bf16".
 std::string DescribeKernels();
 
 }  // namespace sheaf::ops
