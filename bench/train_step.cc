@@ -14,7 +14,9 @@
 //   sheaf_comm_wait_ms_per_step, sheaf_bytes_{frozen_gather,adapter_grad,control}_per_step
 // Usage: train_step [--prepare] [--threads N] [--steps S] [--warmup W] [--ranks N]
 //                   [--hidden C] [--layers L] [--intermediate I] [--batch B] [--seq T]
-// --seq sets the sequence length (default 256) and the model's context.
+// --seq sets the sequence length (default 256) and the model's context;
+// --losses 1 prints every step's loss (sheaf_loss_step_N), e.g. to compare
+// kernel choices (SHEAF_CPU_KERNELS=portable|avx512).
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -53,6 +55,7 @@ int main(int argc, char** argv) {
   int threads = 0, steps = 10, warmup = 2, ranks = 0, hidden = 256, layers = 4, inter = 688, B = 8,
       T = 256;
   bool prepare = false;  // only write the random model file for sharded runs
+  bool print_losses = false;  // --losses 1: each step's (rank 0) mean loss
   for (int i = 1; i < argc && !std::strcmp(argv[i], "--prepare"); ++i) prepare = true;
   for (int i = 1 + (prepare ? 1 : 0); i + 1 < argc; i += 2) {
     const int v = std::atoi(argv[i + 1]);
@@ -65,6 +68,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--intermediate")) inter = v;
     else if (!std::strcmp(argv[i], "--batch")) B = v;
     else if (!std::strcmp(argv[i], "--seq")) T = v;
+    else if (!std::strcmp(argv[i], "--losses")) print_losses = v != 0;
     else { std::fprintf(stderr, "unknown flag %s\n", argv[i]); return 2; }
   }
   Backend* backend = DefaultBackend();  // "cpu", registered by //ops/cpu:ops
@@ -177,6 +181,7 @@ int main(int argc, char** argv) {
     auto loss = (*model)->Forward(tokens.data() + me * b * T, targets.data() + me * b * T, b, T,
                                   adapter->get(), true);
     if (!loss.ok()) return Die(loss.status());
+    if (print_losses && me == 0) std::printf("sheaf_loss_step_%d %.9g nats\n", s, loss->mean());
     if (absl::Status st = (*model)->Backward(1.0f / (B * T)); !st.ok()) return Die(st);
     if (reducer) {
       if (absl::Status st = reducer->Finish(); !st.ok()) return Die(st);
