@@ -13,11 +13,15 @@
 //   sheaf_tokens_per_s, sheaf_step_ms, sheaf_peak_rss_mb (max over ranks),
 //   sheaf_comm_wait_ms_per_step, sheaf_bytes_{frozen_gather,adapter_grad,control}_per_step
 // Usage: train_step [--prepare] [--threads N] [--steps S] [--warmup W] [--ranks N]
-//                   [--hidden C] [--layers L] [--intermediate I] [--batch B]
+//                   [--hidden C] [--layers L] [--intermediate I] [--batch B] [--seq T]
+// --seq sets the sequence length (default 256) and the model's context;
+// --losses 1 prints every step's loss (sheaf_loss_step_N), e.g. to compare
+// kernel choices (SHEAF_CPU_KERNELS=portable|avx512).
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -48,8 +52,10 @@ int Die(const absl::Status& s) {
 int main(int argc, char** argv) {
   using namespace sheaf;
   ops::UsePassiveOmpWaitPolicy(argv);
-  int threads = 0, steps = 10, warmup = 2, ranks = 0, hidden = 256, layers = 4, inter = 688, B = 8;
+  int threads = 0, steps = 10, warmup = 2, ranks = 0, hidden = 256, layers = 4, inter = 688, B = 8,
+      T = 256;
   bool prepare = false;  // only write the random model file for sharded runs
+  bool print_losses = false;  // --losses 1: each step's (rank 0) mean loss
   for (int i = 1; i < argc && !std::strcmp(argv[i], "--prepare"); ++i) prepare = true;
   for (int i = 1 + (prepare ? 1 : 0); i + 1 < argc; i += 2) {
     const int v = std::atoi(argv[i + 1]);
@@ -61,6 +67,8 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--layers")) layers = v;
     else if (!std::strcmp(argv[i], "--intermediate")) inter = v;
     else if (!std::strcmp(argv[i], "--batch")) B = v;
+    else if (!std::strcmp(argv[i], "--seq")) T = v;
+    else if (!std::strcmp(argv[i], "--losses")) print_losses = v != 0;
     else { std::fprintf(stderr, "unknown flag %s\n", argv[i]); return 2; }
   }
   Backend* backend = DefaultBackend();  // "cpu", registered by //ops/cpu:ops
@@ -71,6 +79,10 @@ int main(int argc, char** argv) {
   const int n = rank_info->world_size, me = rank_info->world_rank;
   if (ranks > 0 && ranks != n) {
     std::fprintf(stderr, "train_step: --ranks %d but the launcher started %d (use mpirun -np %d)\n", ranks, n, ranks);
+    return 2;
+  }
+  if (T < 1 || B < 1) {
+    std::fprintf(stderr, "train_step: --seq and --batch must be >= 1\n");
     return 2;
   }
   if (B % n != 0) {
@@ -89,9 +101,8 @@ int main(int argc, char** argv) {
   c.num_layers = layers;
   c.head_dim = 32;
   c.vocab_size = 258;
-  c.max_position_embeddings = 256;
+  c.max_position_embeddings = T;
   c.layers.assign(static_cast<size_t>(layers), LayerShape{hidden / 32, hidden / 64 > 0 ? hidden / 64 : 1, inter});
-  constexpr int T = 256;
   const int b = B / n;
 
   // Sharded runs read the frozen weights from a file: rank 0 writes a random
@@ -152,7 +163,12 @@ int main(int argc, char** argv) {
     tokens[i] = static_cast<int32_t>(rng() % 258);
     targets[i] = static_cast<int32_t>(rng() % 258);
   }
-  double total_s = 0;
+  double total_s = 0, total_cpu_s = 0;
+  auto cpu_seconds = [] {
+    timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+  };
   int64_t bytes0[dist::kNumPurposes] = {0, 0, 0}, wait0 = 0;
   for (int s = 0; s < warmup + steps; ++s) {
     if (s == warmup && comm) {
@@ -160,10 +176,12 @@ int main(int argc, char** argv) {
       wait0 = comm->stats().wait_ns.load();
     }
     const auto t0 = std::chrono::steady_clock::now();
+    const double c0 = cpu_seconds();
     (*adapter)->grads().Zero();
     auto loss = (*model)->Forward(tokens.data() + me * b * T, targets.data() + me * b * T, b, T,
                                   adapter->get(), true);
     if (!loss.ok()) return Die(loss.status());
+    if (print_losses && me == 0) std::printf("sheaf_loss_step_%d %.9g nats\n", s, loss->mean());
     if (absl::Status st = (*model)->Backward(1.0f / (B * T)); !st.ok()) return Die(st);
     if (reducer) {
       if (absl::Status st = reducer->Finish(); !st.ok()) return Die(st);
@@ -171,6 +189,7 @@ int main(int argc, char** argv) {
     opt->Step();
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (s >= warmup) total_s += dt;
+    if (s >= warmup) total_cpu_s += cpu_seconds() - c0;
   }
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
@@ -188,9 +207,15 @@ int main(int argc, char** argv) {
   if (me != 0) return 0;
   std::printf("sheaf_ranks %d ranks\n", n);
   std::printf("sheaf_threads %d threads\n", backend->NumThreads());
+  std::printf("sheaf_batch %d sequences\n", B);
+  std::printf("sheaf_seq %d tokens\n", T);
   std::printf("sheaf_frozen_params %lld params\n", static_cast<long long>(c.NumParams()));
   std::printf("sheaf_tokens_per_s %.1f tok/s\n", static_cast<double>(B) * T * steps / agg[1]);
   std::printf("sheaf_step_ms %.2f ms\n", 1000.0 * agg[1] / steps);
+  // Tokens per CPU-second of this process (rank 0): unaffected by the time
+  // a shared machine deschedules us; with several threads it also counts
+  // their waiting (passive OpenMP waits keep that small).
+  std::printf("sheaf_tokens_per_cpu_s %.1f tok/cpu-s\n", static_cast<double>(b) * T * steps / total_cpu_s);
   std::printf("sheaf_peak_rss_mb %.1f MB\n", agg[0]);
   if (sharded) {
     std::printf("sheaf_frozen_shard_mb %.1f MB\n", sharded->shard_bytes() / 1e6);

@@ -31,6 +31,7 @@
 #include <initializer_list>
 #include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -126,6 +127,11 @@ class Backend : public BufferAllocator {
   virtual const char* name() const = 0;
   // device() and Alloc/Free (64-byte aligned, zero-filled) come from
   // BufferAllocator: Arenas take their memory from a backend.
+
+  // One line saying which kernels (and instruction sets) this backend chose
+  // on this machine; the CPU backend also prints it to stderr once per
+  // process, the first time its thread count is set.
+  virtual std::string Describe() const { return name(); }
 
   // Whether `op` runs with operands of these dtypes (order: see BackendOp).
   virtual bool Supports(BackendOp op, std::initializer_list<DType> dtypes) const = 0;

@@ -6,6 +6,8 @@
 #include <memory>
 #include <vector>
 
+#include "ops/cpu/attention.h"
+#include "ops/cpu/cpu_features.h"
 #include "ops/cpu/heads.h"
 #include "ops/cpu/lora_mix.h"
 #include "ops/cpu/nf4_ops.h"
@@ -77,6 +79,7 @@ const float* HeadWeight(const SelectedRowsArgs& a, const Tensor& w, float* scrat
 class Cpu final : public Backend {
  public:
   const char* name() const override { return "cpu"; }
+  std::string Describe() const override { return ops::DescribeKernels(); }
   Device device() const override { return Device::kDeviceCpu; }
   void* Alloc(int64_t bytes) override { return HostAllocator()->Alloc(bytes); }
   void Free(void* p) override { HostAllocator()->Free(p); }
@@ -154,19 +157,20 @@ class Cpu final : public Backend {
     ops::LoraMixBackward(dx, da, db, dgate, scratch, dy, x, xa, MixArgs(a));
   }
 
-  // Saved state: the softmax probabilities [B, NH, T, T] in fp32.
+  // Saved state: two floats per (batch, head, query row), the row's max
+  // score and reciprocal softmax sum (ops/cpu/attention.h): linear in T.
   int64_t AttentionSavedBytes(int B, int T, int NH, int KVH, int HD) const override {
-    return int64_t{B} * NH * T * T * static_cast<int64_t>(sizeof(float));
+    return ops::TiledAttentionSavedFloats(B, T, NH) * static_cast<int64_t>(sizeof(float));
   }
   void AttentionForward(float* out, void* saved, const float* q, const float* k, const float* v,
                         int B, int T, int NH, int KVH, int HD) override {
-    ops::AttentionForward(out, static_cast<float*>(saved), q, k, v, B, T, NH, KVH, HD);
+    ops::TiledAttentionForward(out, static_cast<float*>(saved), q, k, v, B, T, NH, KVH, HD);
   }
   void AttentionBackward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                          const float* k, const float* v, const void* saved, int B, int T, int NH,
                          int KVH, int HD) override {
-    ops::AttentionBackward(dq, dk, dv, dout, q, k, v, static_cast<const float*>(saved), B, T, NH,
-                           KVH, HD);
+    ops::TiledAttentionBackward(dq, dk, dv, dout, q, k, v, static_cast<const float*>(saved), B,
+                                T, NH, KVH, HD);
   }
 
   void RmsNormForward(float* out, float* rstd, const float* x, const float* w, int n, int C,

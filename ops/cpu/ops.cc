@@ -40,7 +40,10 @@
 
 #include "base/allocation.h"
 #include "base/rng.h"
+#include "ops/cpu/cpu_features.h"
+#include "ops/cpu/gemm_avx512.h"
 #include "ops/cpu/kernel_util.h"
+#include "ops/cpu/vec_avx512.h"
 
 namespace sheaf::ops {
 namespace {
@@ -60,6 +63,18 @@ inline void Axpy(float alpha, const float* x, float* y, int n) {
 
 }  // namespace
 
+// The AVX-512 GEMM takes the shapes where its 12 x 32 tile is used well:
+// at least 16 columns and 2^15 multiply-adds (below that a call's packing
+// costs more than it saves; narrow LoRA products, N = r, stay on OpenBLAS).
+// The choice depends on the shape and the process's kernel ISA only, never
+// on the thread count, so results stay deterministic.
+namespace {
+bool UseAvx512Gemm(int M, int N, int K) {
+  static const bool avx512 = ActiveKernelIsa() == KernelIsa::kAvx512;
+  return avx512 && N >= 16 && int64_t{M} * N * K >= (int64_t{1} << 15);
+}
+}  // namespace
+
 // Guards the degenerate shapes that BLAS rejects as illegal leading
 // dimensions (ld must be >= 1) instead of treating as no-ops.
 void Gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
@@ -71,6 +86,10 @@ void Gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
       float* row = c + static_cast<int64_t>(i) * ldc;
       for (int j = 0; j < N; ++j) row[j] = beta == 0.0f ? 0.0f : beta * row[j];
     }
+    return;
+  }
+  if (UseAvx512Gemm(M, N, K)) {
+    GemmAvx512(trans_a, trans_b, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
@@ -103,6 +122,11 @@ void AddColumnSums(float* dst, int n, int C, ValueFn value) {
 }  // namespace
 
 void SetNumThreads(int n) {
+  static const bool reported = [] {
+    std::fprintf(stderr, "%s\n", DescribeKernels().c_str());
+    return true;
+  }();
+  (void)reported;
   // 0: what the launcher granted (OMP_NUM_THREADS, Slurm, the cgroup's CPU
   // quota), not every CPU of the node.
   if (n <= 0) n = AllocatedCpus();
@@ -559,7 +583,24 @@ void AttentionBackward(float* dq, float* dk, float* dv, const float* dout,
 // ----------------------------------------------------------------------------
 // SwiGLU: h = silu(gate) * up = gate * sigmoid(gate) * up
 
+namespace {
+// The AVX-512 elementwise kernels run on fixed chunks (each element is
+// independent, so any split gives the same bits).
+constexpr int64_t kVecChunk = 4096;
+bool UseAvx512Vec() {
+  static const bool avx512 = ActiveKernelIsa() == KernelIsa::kAvx512;
+  return avx512;
+}
+}  // namespace
+
 void SwiGluForward(float* h, const float* gate, const float* up, int64_t n) {
+  if (UseAvx512Vec()) {
+#pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
+    for (int64_t c = 0; c < n; c += kVecChunk) {
+      SwiGluForwardAvx512(h + c, gate + c, up + c, std::min(kVecChunk, n - c));
+    }
+    return;
+  }
 #pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
@@ -572,6 +613,14 @@ void SwiGluForward(float* h, const float* gate, const float* up, int64_t n) {
 //   dgate += dh * up * s * (1 + g * (1 - s));  dup += dh * g * s.
 void SwiGluBackward(float* dgate, float* dup, const float* dh,
                     const float* gate, const float* up, int64_t n) {
+  if (UseAvx512Vec()) {
+#pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
+    for (int64_t c = 0; c < n; c += kVecChunk) {
+      SwiGluBackwardAvx512(dgate + c, dup + c, dh + c, gate + c, up + c,
+                           std::min(kVecChunk, n - c));
+    }
+    return;
+  }
 #pragma omp parallel for schedule(static) if (n >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];

@@ -23,6 +23,7 @@
 namespace sheaf::ops {
 
 // Threads used by OpenBLAS and by our OpenMP loops. n <= 0 means "all cores".
+// The first call prints the kernel choice (cpu_features.h) to stderr.
 void SetNumThreads(int n);
 int NumThreads();
 

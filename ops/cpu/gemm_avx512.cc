@@ -1,0 +1,209 @@
+// AVX-512 fp32 GEMM (see gemm_avx512.h). Compiled with -mavx512f -mavx512bw
+// -mavx512vl -mfma (ops/cpu/BUILD :gemm_avx512).
+//
+// This translation unit deliberately includes no C++ standard header that
+// defines inline functions or templates (std::min, std::vector, ...): such
+// functions are emitted as COMDAT copies, and the linker may keep this
+// file's AVX-512 copy for the whole program, which would then fault on a
+// processor without AVX-512. Only intrinsics, C library calls and functions
+// local to this file are used.
+#include "ops/cpu/gemm_avx512.h"
+
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+namespace sheaf::ops {
+namespace {
+
+constexpr int kMr = 12;   // rows of the register tile
+constexpr int kNr = 32;   // columns: two zmm vectors
+constexpr int kKc = 256;  // K block: a B panel (kKc x kNr) is 32 KiB, in L1
+constexpr int kMc = 144;  // M block: 12 panels, 144 KiB of packed A, in L2
+constexpr int kNc = 3072; // N block: packed B up to 3 MiB (L3)
+
+inline int Min(int a, int b) { return a < b ? a : b; }
+
+// A per-thread buffer of at least `floats` floats, 64-byte aligned, grown
+// on demand and kept for the thread's lifetime (no allocation per call).
+float* ThreadBuffer(float** buf, int64_t* cap, int64_t floats) {
+  if (*cap < floats) {
+    free(*buf);
+    *buf = static_cast<float*>(aligned_alloc(64, static_cast<size_t>((floats * 4 + 63) / 64 * 64)));
+    if (*buf == nullptr) abort();
+    *cap = floats;
+  }
+  return *buf;
+}
+thread_local float* tls_a = nullptr;
+thread_local int64_t tls_a_cap = 0;
+thread_local float* tls_b = nullptr;
+thread_local int64_t tls_b_cap = 0;
+
+// Packs op(B)[p0 : p0+kc, j0 : j0+nc] into panels of kNr columns:
+// dst[panel][p][j], zero beyond nc.
+void PackB(float* dst, const float* b, int ldb, bool trans_b, int p0, int kc, int j0, int nc,
+           int panel_begin, int panel_end) {
+  for (int panel = panel_begin; panel < panel_end; ++panel) {
+    const int jj = panel * kNr;
+    const int w = Min(kNr, nc - jj);
+    float* out = dst + static_cast<int64_t>(panel) * kc * kNr;
+    if (!trans_b) {
+      const __mmask16 m0 = static_cast<__mmask16>(w >= 16 ? 0xFFFF : (1u << w) - 1u);
+      const __mmask16 m1 = static_cast<__mmask16>(w >= 32 ? 0xFFFF : w <= 16 ? 0 : (1u << (w - 16)) - 1u);
+      for (int p = 0; p < kc; ++p) {
+        const float* src = b + static_cast<int64_t>(p0 + p) * ldb + j0 + jj;
+        _mm512_store_ps(out + p * kNr, _mm512_maskz_loadu_ps(m0, src));
+        _mm512_store_ps(out + p * kNr + 16, _mm512_maskz_loadu_ps(m1, src + 16));
+      }
+    } else {
+      // B stored [N, K]: column j of op(B) is row j of b, contiguous in p.
+      for (int p = 0; p < kc; ++p) {
+        for (int j = 0; j < kNr; ++j) out[p * kNr + j] = 0.0f;
+      }
+      for (int j = 0; j < w; ++j) {
+        const float* src = b + static_cast<int64_t>(j0 + jj + j) * ldb + p0;
+        for (int p = 0; p < kc; ++p) out[p * kNr + j] = src[p];
+      }
+    }
+  }
+}
+
+// Packs op(A)[i0 : i0+mc, p0 : p0+kc] into panels of kMr rows:
+// dst[panel][p][i], zero beyond mc.
+void PackA(float* dst, const float* a, int lda, bool trans_a, int i0, int mc, int p0, int kc) {
+  const int panels = (mc + kMr - 1) / kMr;
+  for (int panel = 0; panel < panels; ++panel) {
+    const int ii = panel * kMr;
+    const int h = Min(kMr, mc - ii);
+    float* out = dst + static_cast<int64_t>(panel) * kc * kMr;
+    if (trans_a) {
+      // A stored [K, M]: row p of a holds op(A)[., p], contiguous in i.
+      for (int p = 0; p < kc; ++p) {
+        const float* src = a + static_cast<int64_t>(p0 + p) * lda + i0 + ii;
+        int i = 0;
+        for (; i < h; ++i) out[p * kMr + i] = src[i];
+        for (; i < kMr; ++i) out[p * kMr + i] = 0.0f;
+      }
+    } else {
+      for (int i = 0; i < kMr; ++i) {
+        if (i < h) {
+          const float* src = a + static_cast<int64_t>(i0 + ii + i) * lda + p0;
+          for (int p = 0; p < kc; ++p) out[p * kMr + i] = src[p];
+        } else {
+          for (int p = 0; p < kc; ++p) out[p * kMr + i] = 0.0f;
+        }
+      }
+    }
+  }
+}
+
+// The 12 x 32 tile: acc = Σ_p ap[p][i] · bp[p][j] over kc, then
+//   first K block: C = alpha·acc + beta·C (beta == 0: C not read);
+//   later blocks:  C += alpha·acc.
+// Rows >= h and columns >= w are not written.
+void Kernel(int kc, const float* ap, const float* bp, float* c, int ldc, int h, int w,
+            float alpha, float beta, bool first) {
+  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
+  __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
+  __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
+  __m512 c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
+  __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps();
+  __m512 c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
+  __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();
+  __m512 c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
+  __m512 c80 = _mm512_setzero_ps(), c81 = _mm512_setzero_ps();
+  __m512 c90 = _mm512_setzero_ps(), c91 = _mm512_setzero_ps();
+  __m512 ca0 = _mm512_setzero_ps(), ca1 = _mm512_setzero_ps();
+  __m512 cb0 = _mm512_setzero_ps(), cb1 = _mm512_setzero_ps();
+  for (int p = 0; p < kc; ++p) {
+    const __m512 b0 = _mm512_load_ps(bp);
+    const __m512 b1 = _mm512_load_ps(bp + 16);
+    __m512 x;
+#define SHEAF_ROW(i, r0, r1)            \
+  x = _mm512_set1_ps(ap[i]);            \
+  r0 = _mm512_fmadd_ps(x, b0, r0);      \
+  r1 = _mm512_fmadd_ps(x, b1, r1);
+    SHEAF_ROW(0, c00, c01)
+    SHEAF_ROW(1, c10, c11)
+    SHEAF_ROW(2, c20, c21)
+    SHEAF_ROW(3, c30, c31)
+    SHEAF_ROW(4, c40, c41)
+    SHEAF_ROW(5, c50, c51)
+    SHEAF_ROW(6, c60, c61)
+    SHEAF_ROW(7, c70, c71)
+    SHEAF_ROW(8, c80, c81)
+    SHEAF_ROW(9, c90, c91)
+    SHEAF_ROW(10, ca0, ca1)
+    SHEAF_ROW(11, cb0, cb1)
+#undef SHEAF_ROW
+    ap += kMr;
+    bp += kNr;
+  }
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  const __mmask16 m0 = static_cast<__mmask16>(w >= 16 ? 0xFFFF : (1u << w) - 1u);
+  const __mmask16 m1 = static_cast<__mmask16>(w >= 32 ? 0xFFFF : w <= 16 ? 0 : (1u << (w - 16)) - 1u);
+  const __m512 acc[kMr][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31},
+                              {c40, c41}, {c50, c51}, {c60, c61}, {c70, c71},
+                              {c80, c81}, {c90, c91}, {ca0, ca1}, {cb0, cb1}};
+  for (int i = 0; i < h; ++i) {
+    float* row = c + static_cast<int64_t>(i) * ldc;
+    for (int half = 0; half < 2; ++half) {
+      const __mmask16 m = half == 0 ? m0 : m1;
+      if (m == 0) continue;
+      float* dst = row + 16 * half;
+      __m512 v = _mm512_mul_ps(va, acc[i][half]);
+      if (!first) {
+        v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, dst), v);
+      } else if (beta != 0.0f) {
+        v = _mm512_add_ps(v, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m, dst)));
+      }
+      _mm512_mask_storeu_ps(dst, m, v);
+    }
+  }
+}
+
+}  // namespace
+
+void GemmAvx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* a,
+                int lda, const float* b, int ldb, float beta, float* c, int ldc) {
+  const bool nested = omp_in_parallel() != 0;
+  for (int j0 = 0; j0 < N; j0 += kNc) {
+    const int nc = Min(kNc, N - j0);
+    const int panels_b = (nc + kNr - 1) / kNr;
+    for (int p0 = 0; p0 < K; p0 += kKc) {
+      const int kc = Min(kKc, K - p0);
+      const bool first = p0 == 0;
+      float* bpack = ThreadBuffer(&tls_b, &tls_b_cap, static_cast<int64_t>(panels_b) * kc * kNr);
+      const int m_blocks = (M + kMc - 1) / kMc;
+      const int64_t work = static_cast<int64_t>(M) * nc * kc;
+#pragma omp parallel if (!nested && work >= (int64_t{1} << 20))
+      {
+#pragma omp for schedule(static)
+        for (int panel = 0; panel < panels_b; ++panel) {
+          PackB(bpack, b, ldb, trans_b, p0, kc, j0, nc, panel, panel + 1);
+        }
+#pragma omp for schedule(static)
+        for (int blk = 0; blk < m_blocks; ++blk) {
+          const int i0 = blk * kMc;
+          const int mc = Min(kMc, M - i0);
+          float* apack = ThreadBuffer(&tls_a, &tls_a_cap, static_cast<int64_t>(kMc) * kKc);
+          PackA(apack, a, lda, trans_a, i0, mc, p0, kc);
+          for (int panel = 0; panel < panels_b; ++panel) {
+            const int jj = panel * kNr;
+            const int w = Min(kNr, nc - jj);
+            const float* bp = bpack + static_cast<int64_t>(panel) * kc * kNr;
+            for (int ii = 0; ii < mc; ii += kMr) {
+              Kernel(kc, apack + static_cast<int64_t>(ii / kMr) * kc * kMr, bp,
+                     c + static_cast<int64_t>(i0 + ii) * ldc + j0 + jj, ldc, Min(kMr, mc - ii), w,
+                     alpha, beta, first);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace sheaf::ops

@@ -1,0 +1,30 @@
+// An fp32 GEMM for AVX-512F processors, compiled with AVX-512 flags in its
+// own library (:gemm_avx512) and called only after a runtime CPU check, so
+// that the default build stays portable (x86-64-v2).
+//
+// C[M,N] = alpha · op(A) op(B) + beta · C, row-major, op as in ops.h Gemm
+// (trans_a: a stored [K,M]; trans_b: b stored [N,K]); M, N, K >= 1.
+// beta == 0 does not read C (NaNs in it are ignored).
+//
+// Scheme (GotoBLAS / BLIS): B is packed in panels of 32 columns by blocks of
+// kKc rows of K, A in panels of 12 rows; a 12 x 32 register tile (24 zmm
+// accumulators) runs over one K block. Tails in M and N are zero-padded in
+// the packed panels and written back with masked stores.
+//
+// Deterministic and independent of the thread count: each element of C is
+// produced by one thread, which adds its K products in a fixed order (K
+// blocks in order, each block's products in order, alpha applied per block).
+// Threads split the blocks of M rows; inside an OpenMP parallel region it
+// runs on the calling thread.
+#ifndef SHEAF_OPS_CPU_GEMM_AVX512_H_
+#define SHEAF_OPS_CPU_GEMM_AVX512_H_
+
+namespace sheaf::ops {
+
+// Call only when CpuHasAvx512() (cpu_features.h).
+void GemmAvx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* a,
+                int lda, const float* b, int ldb, float beta, float* c, int ldc);
+
+}  // namespace sheaf::ops
+
+#endif  // SHEAF_OPS_CPU_GEMM_AVX512_H_
