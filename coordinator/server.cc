@@ -1,5 +1,6 @@
 #include "coordinator/server.h"
 
+#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/support/server_interceptor.h>
 
@@ -82,6 +83,10 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
 
   std::unique_ptr<CoordinatorServer> server(new CoordinatorServer(
       service, std::make_unique<GrpcCoordinatorService>(service, auth)));
+  // grpc.health.v1.Health (the default implementation), for Kubernetes'
+  // `grpc:` probes and load balancers: SERVING while the service is up,
+  // NOT_SERVING from Shutdown on. It needs no token and says nothing else.
+  grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, credentials, &server->port_);
   builder.RegisterService(server->grpc_service_.get());
@@ -106,6 +111,9 @@ void CoordinatorServer::Shutdown(absl::Duration grace) {
   shut_down_ = true;
   // Long polls and watch streams return once the service shuts down, so
   // the server can drain.
+  if (server_ != nullptr && server_->GetHealthCheckService() != nullptr) {
+    server_->GetHealthCheckService()->SetServingStatus(false);
+  }
   service_->Shutdown();
   if (server_ != nullptr) {
     server_->Shutdown(std::chrono::system_clock::now() +

@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "base/file.h"
 #include "base/status.h"
 #include "coordinator/http_server.h"
@@ -1074,6 +1075,40 @@ TEST_F(ServiceTest, SubmitChecksTheMemoryEstimate) {
   ASSERT_TRUE(Submit(*stub_, kAlice, GoodSpec(), &id).ok());
   ASSERT_TRUE(GetJob(*stub_, kAlice, id, &job).ok());
   EXPECT_FALSE(job.has_memory_estimate());
+}
+
+// The gRPC health checking protocol, spoken with a generic stub so that the
+// test does not depend on the server's own health proto: an empty
+// HealthCheckRequest (service "") is answered SERVING (field 1 = 1: bytes
+// 08 01) without any token.
+TEST(HealthServiceTest, ServesTheGrpcHealthProtocolWithoutAToken) {
+  LocalCoordinatorOptions options;
+  auto local = LocalCoordinator::Start(options);
+  ASSERT_TRUE(local.ok()) << local.status();
+  auto channel = grpc::CreateChannel((*local)->target(), grpc::InsecureChannelCredentials());
+  grpc::GenericStub generic(channel);
+  grpc::ByteBuffer request;  // empty: service ""
+  {
+    grpc::Slice empty;
+    request = grpc::ByteBuffer(&empty, 1);
+  }
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::ByteBuffer response;
+  absl::Notification done;
+  grpc::Status status;
+  generic.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
+                    &response, [&](grpc::Status s) {
+                      status = std::move(s);
+                      done.Notify();
+                    });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(15)));
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(response.Dump(&slices).ok());
+  std::string bytes;
+  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  EXPECT_EQ(bytes, std::string("\x08\x01", 2)) << "want status SERVING";
 }
 
 }  // namespace
