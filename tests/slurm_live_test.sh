@@ -108,7 +108,8 @@ scancel --batch --signal=USR1 "$j2"
 wait_until 120 sheaf_state_is "$id2" PENDING || { cat "$work/world-$j2.log"; fail "job 2 was not given back"; }
 handback_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 held=$(step_of "$id2")
-wait_until 60 test "$(slurm_field "$j2" Restarts)" = 1 || { cat "$work/world-$j2.log"; fail "the world did not requeue itself"; }
+restarted() { [[ $(slurm_field "$j2" Restarts) == 1 ]]; }
+wait_until 60 restarted || { cat "$work/world-$j2.log"; fail "the world did not requeue itself"; }
 requeue_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 grep -q "requeueing Slurm job $j2" "$work/world-$j2.log" || fail "the script did not say it requeued"
 # Slurm holds a requeued job for a fixed ~120 s (EligibleTime); skip that
