@@ -156,8 +156,8 @@ eval_ppl() {  # model_dir data_dir [adapter_dir]
   "$sheaf" "${args[@]}" | awk '{print $4}'
 }
 echo "== evaluating on English"
-en_base=$(eval_ppl models/tiny-en data/manpages/en)
-en_lora=$(eval_ppl models/tiny-en data/manpages/en "$out/adapter")
+en_base=$(printf "%.3f" "$(eval_ppl models/tiny-en data/manpages/en)")
+en_lora=$(printf "%.3f" "$(eval_ppl models/tiny-en data/manpages/en "$out/adapter")")
 
 echo
 echo "perplexity (bytes)    base (tiny-en)   + German LoRA"
