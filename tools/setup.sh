@@ -15,6 +15,7 @@ PKGS=(
   python3-torch python3-numpy python3-yaml openssl
   manpages manpages-de manpages-fr manpages-nl manpages-pl manpages-ru
   libsentencepiece-dev libpcre2-dev libdnnl-dev valgrind python3-venv python3-pip
+  docker.io debootstrap slurm-wlm munge
   man-db groff-base bsdextrautils
 )
 
