@@ -168,6 +168,11 @@ TEST(Reclora, BadSpecsNameTheField) {
   EXPECT_NE(bad("  mixing: sum\n").find("reclora.mixing"), std::string::npos);
   EXPECT_NE(bad("  gate_input: user\n").find("reclora.gate_input"), std::string::npos);
   EXPECT_NE(bad("  num_experts: 0\n").find("reclora.num_experts"), std::string::npos);
+  // The test spec gives num_experts; with plain_lora it would be ignored.
+  const std::string plain = bad("  plain_lora: true\n");
+  EXPECT_NE(plain.find("reclora.num_experts: has no effect with reclora.plain_lora"),
+            std::string::npos)
+      << plain;
 }
 
 // With the user_reps gate the mixture is one adapter per user: materialised

@@ -25,9 +25,16 @@ crm long --history 60
 crm short --history 10
 crm random --untrained
 
+# Plain-LoRA rows: the example without its bank and gate fields (a spec that
+# gives them together with plain_lora is refused: they would do nothing).
+sed -E '/^ *(num_experts|temperature|mixing|gate_input|gate_hidden|gate_dropout):/d' \
+  examples/reclora_ml100k.yaml > "$OUT/plain_lora.yaml"
+SPEC=examples/reclora_ml100k.yaml
 run() {  # name, subset, extra --set ...
   local name=$1 subset=$2; shift 2
-  "$SHEAF" train examples/reclora_ml100k.yaml --quiet \
+  local spec=$SPEC
+  [[ " $* " == *" reclora.plain_lora=true "* ]] && spec="$OUT/plain_lora.yaml"
+  "$SHEAF" train "$spec" --quiet \
     --set output_dir="$OUT/$name-$subset" --set train.threads="$THREADS" \
     --set train.max_steps=0 --set train.epochs=1 --set reclora.train_subset="$subset" \
     --set reclora.eval_samples="$EVAL" "$@" > "$OUT/$name-$subset.log" 2>&1
