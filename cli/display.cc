@@ -61,6 +61,7 @@ std::string FormatDuration(double seconds) {
 
 std::string FormatProgressLine(const proto::Progress& p) {
   std::string line = absl::StrFormat("step %s loss %.4f", Steps(p), p.loss());
+  if (!p.phase().empty() && p.phase() != "train") line = absl::StrCat(p.phase(), ": ", line);
   if (p.has_val_loss()) absl::StrAppendFormat(&line, " val_loss %.4f", p.val_loss());
   absl::StrAppendFormat(&line, " tokens/s %.0f", p.tokens_per_s());
   if (p.eta_s() > 0) absl::StrAppend(&line, " eta ", FormatDuration(p.eta_s()));

@@ -30,6 +30,11 @@ TEST(DisplayTest, ProgressLineAndBar) {
             "step 120/150 loss 1.2346 val_loss 1.5000 tokens/s 2345 eta 1m12s");
   EXPECT_EQ(FormatProgressLine(Progress(3, false)),
             "step 3/150 loss 1.2346 tokens/s 2345 eta 1m12s");
+  proto::Progress setup = Progress(0, false);
+  setup.set_phase("setup");
+  EXPECT_EQ(FormatProgressLine(setup), "setup: step 0/150 loss 1.2346 tokens/s 2345 eta 1m12s");
+  setup.set_phase("train");  // the usual phase is not shown
+  EXPECT_EQ(FormatProgressLine(setup), "step 0/150 loss 1.2346 tokens/s 2345 eta 1m12s");
   EXPECT_EQ(FormatProgressBar(Progress(120, true), 10),
             "[########> ] 120/150  80%  loss 1.2346  val 1.5000  2345 tok/s  ETA 1m12s");
   proto::Progress done = Progress(150, false);

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -46,6 +47,13 @@ constexpr const char* kUsage = R"(usage: sheaf-coordinator --db FILE --tokens FI
   --lease-ttl DURATION    a lease expires this long after its last heartbeat
                           (default 30s)
   --max-attempts N        leases a job may use before a failure is final (3)
+  --stall-floor DURATION  a world that heartbeats but whose progress has not
+                          moved for max(this, --stall-factor x its longest
+                          gap between progress so far) loses its lease: the
+                          job goes to another world (default 5m; 0: off)
+  --stall-factor X        (default 5)
+  --setup-timeout DURATION  the same, from the lease until progress first
+                          moves (set-up: loading, pruning; default 30m; 0: off)
   --metrics-port N        Prometheus text on http://ADDRESS:N/metrics
                           (default 9464; 0 turns it off)
   --metrics-address IP    address of the metrics endpoint (default 127.0.0.1:
@@ -73,6 +81,7 @@ int Main(int argc, char** argv) {
       {"model-root", ""},         {"data-root", ""},    {"output-root", ""},
       {"lease-ttl", "30s"},       {"max-attempts", "3"}, {"metrics-port", "9464"},
       {"metrics-address", "127.0.0.1"},
+      {"stall-floor", "5m"},      {"stall-factor", "5"}, {"setup-timeout", "30m"},
   };
   ParsedFlags parsed;
   if (absl::Status st = ParseLongFlags(argc, argv, &flags, {}, &parsed); !st.ok()) {
@@ -103,6 +112,28 @@ int Main(int argc, char** argv) {
   if (!absl::SimpleAtoi(flags["max-attempts"], &options.scheduler.max_attempts) ||
       options.scheduler.max_attempts < 1) {
     return Usage("--max-attempts: must be an integer >= 1");
+  }
+  for (const auto& [flag, field] :
+       {std::pair<const char*, absl::Duration*>{"stall-floor", &options.scheduler.stall_floor},
+        {"setup-timeout", &options.scheduler.setup_timeout}}) {
+    if (flags[flag] == "0") {
+      *field = absl::ZeroDuration();
+    } else if (!absl::ParseDuration(flags[flag], field) || *field <= absl::ZeroDuration() ||
+               *field > absl::Hours(24 * 7)) {
+      return Usage(absl::StrCat("--", flag, ": a duration in (0, 168h] (e.g. 5m) or 0 (off), got ",
+                                flags[flag]));
+    }
+  }
+  if (!absl::SimpleAtod(flags["stall-factor"], &options.scheduler.stall_factor) ||
+      !(options.scheduler.stall_factor >= 1 && options.scheduler.stall_factor <= 1000)) {
+    return Usage("--stall-factor: a number in [1, 1000], got " + flags["stall-factor"]);
+  }
+  if (options.scheduler.stall_floor > absl::ZeroDuration() &&
+      options.scheduler.stall_floor < 2 * options.scheduler.lease_ttl / 3) {
+    return Usage(absl::StrCat("--stall-floor: must be at least two heartbeat intervals (2 x "
+                              "--lease-ttl / 3 = ",
+                              absl::FormatDuration(2 * options.scheduler.lease_ttl / 3),
+                              "), or 0 (off)"));
   }
   int metrics_port = 0;
   if (!absl::SimpleAtoi(flags["metrics-port"], &metrics_port) ||

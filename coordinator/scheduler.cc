@@ -55,6 +55,23 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(
   if (options.sweep_interval <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("sweep_interval must be > 0");
   }
+  if (options.stall_floor < absl::ZeroDuration() || options.setup_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("stall_floor and setup_timeout must be >= 0 (0: off)");
+  }
+  if (!(options.stall_factor >= 1 && options.stall_factor <= 1000)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stall_factor must be in [1, 1000], got ", options.stall_factor));
+  }
+  // A stall limit below a few heartbeats would judge a world by one
+  // heartbeat: keep it above two of them.
+  if (options.stall_floor > absl::ZeroDuration() &&
+      options.stall_floor < 2 * (options.heartbeat_interval > absl::ZeroDuration()
+                                     ? options.heartbeat_interval
+                                     : options.lease_ttl / 3)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "stall_floor (", absl::FormatDuration(options.stall_floor),
+        ") must be at least two heartbeat intervals, or 0 (off)"));
+  }
   if (options.heartbeat_interval <= absl::ZeroDuration()) {
     options.heartbeat_interval = options.lease_ttl / 3;
   }
@@ -177,6 +194,63 @@ void Scheduler::SetDeadline(const std::string& lease_id) {
 void Scheduler::ForgetDeadline(const std::string& lease_id) {
   absl::MutexLock lock(&deadlines_mu_);
   deadlines_.erase(lease_id);
+  stalls_.erase(lease_id);
+}
+
+std::string Scheduler::CheckStall(const LeaseRecord& lease, const proto::Progress& progress) {
+  const absl::Duration now = clock_->Monotonic();
+  std::string serialized;
+  progress.SerializeToString(&serialized);
+  absl::MutexLock lock(&deadlines_mu_);
+  auto [it, inserted] = stalls_.try_emplace(lease.lease_id);
+  StallState& st = it->second;
+  if (inserted) {
+    st.last = std::move(serialized);
+    st.since = now;
+    return "";
+  }
+  if (serialized != st.last && progress.phase() == "setup") {
+    // Still setting up (a worker's first heartbeats): set-up has not ended.
+    st.last = std::move(serialized);
+    return "";
+  }
+  if (serialized != st.last) {
+    if (st.moved) st.longest_gap = std::max(st.longest_gap, now - st.since);
+    st.moved = true;
+    st.last = std::move(serialized);
+    st.since = now;
+    return "";
+  }
+  const absl::Duration still = now - st.since;
+  if (!st.moved) {
+    if (options_.setup_timeout <= absl::ZeroDuration() || still <= options_.setup_timeout) {
+      return "";
+    }
+    return absl::StrCat("lease expired: world ", lease.world_id, " kept heartbeating but made no "
+                        "progress for ", absl::FormatDuration(absl::Trunc(still, absl::Milliseconds(1))),
+                        " after it was leased the job (set-up limit ",
+                        absl::FormatDuration(options_.setup_timeout),
+                        ", --setup-timeout); a rank may be stuck in set-up");
+  }
+  if (options_.stall_floor <= absl::ZeroDuration()) return "";
+  const absl::Duration limit =
+      std::max(options_.stall_floor, options_.stall_factor * st.longest_gap);
+  if (still <= limit) return "";
+  return absl::StrCat(
+      "lease expired: world ", lease.world_id, " kept heartbeating but made no progress for ",
+      absl::FormatDuration(absl::Trunc(still, absl::Milliseconds(1))), " at step ",
+      progress.step(), "/", progress.total_steps(),
+      progress.phase().empty() || progress.phase() == "train"
+          ? ""
+          : absl::StrCat(" in phase ", progress.phase()),
+      " (stall limit ",
+      absl::FormatDuration(absl::Trunc(limit, absl::Milliseconds(1))), " = max(--stall-floor ",
+      absl::FormatDuration(options_.stall_floor), ", ", options_.stall_factor,
+      " x the longest gap between progress so far, ",
+      st.longest_gap == absl::ZeroDuration()
+          ? std::string("none seen yet")
+          : absl::FormatDuration(absl::Trunc(st.longest_gap, absl::Milliseconds(1))),
+      ")); a rank may be stuck");
 }
 
 absl::StatusOr<proto::Job> Scheduler::Submit(proto::Job job) {
@@ -406,7 +480,8 @@ absl::StatusOr<std::optional<proto::Lease>> Scheduler::Acquire(
 absl::Status Scheduler::ExpireLeaseInTxn(StoreTxn& txn,
                                          const LeaseRecord& lease,
                                          absl::Time now,
-                                         std::vector<Transition>* transitions) {
+                                         std::vector<Transition>* transitions,
+                                         absl::string_view why) {
   RETURN_IF_ERROR(txn.DeleteLease(lease.lease_id));
   ForgetDeadline(lease.lease_id);
   ASSIGN_OR_RETURN(proto::Job job, txn.GetJob(lease.job_id));
@@ -418,9 +493,10 @@ absl::Status Scheduler::ExpireLeaseInTxn(StoreTxn& txn,
     job.set_state(proto::JOB_STATE_CANCELLED);
     reason = "cancelled by tenant (the world was lost before it stopped)";
   } else {
-    job.set_last_error(absl::StrCat(
-        "attempt ", lease.attempt, ": lease expired (world ", lease.world_id,
-        " stopped heartbeating)"));
+    job.set_last_error(
+        why.empty() ? absl::StrCat("attempt ", lease.attempt, ": lease expired (world ",
+                                   lease.world_id, " stopped heartbeating)")
+                    : absl::StrCat("attempt ", lease.attempt, ": ", why));
     if (job.attempts() >= options_.max_attempts) {
       job.set_state(proto::JOB_STATE_FAILED);
       reason = absl::StrCat(job.last_error(), "; no attempts left (",
@@ -485,6 +561,10 @@ absl::StatusOr<Scheduler::HeartbeatResult> Scheduler::Heartbeat(
     if (Expired(*lease)) {
       // Expired but not swept yet: it is lost all the same.
       return ExpireLeaseInTxn(txn, *lease, now, &transitions);
+    }
+    if (std::string stalled = CheckStall(*lease, progress); !stalled.empty()) {
+      // Alive but stuck: the job goes elsewhere (issue 15).
+      return ExpireLeaseInTxn(txn, *lease, now, &transitions, stalled);
     }
     ASSIGN_OR_RETURN(proto::Job job, txn.GetJob(lease->job_id));
     const proto::JobState from = job.state();
@@ -554,6 +634,7 @@ absl::StatusOr<proto::JobState> Scheduler::Complete(
     const absl::Duration in_from = Since(job, now);
     std::string reason;
     if (request.has_progress()) *job.mutable_progress() = request.progress();
+    for (const auto& [name, value] : request.metrics()) (*job.mutable_metrics())[name] = value;
     if (!request.artifact_dir().empty()) {
       job.set_artifact_dir(request.artifact_dir());
     }

@@ -70,6 +70,21 @@ struct SchedulerOptions {
   absl::Duration sweep_interval = absl::Seconds(1);
   // Run the sweeper thread (tests that drive expiry by hand turn it off).
   bool run_sweeper = true;
+  // Stuck worlds (issue 15): a world whose heartbeats keep coming while its
+  // progress does not move (a rank hangs in a collective, the trainer is
+  // wedged) loses its lease, found at its next heartbeat. Progress "moves"
+  // when the heartbeat's Progress differs from the previous one in any
+  // field (step, total_steps, loss, val_loss, ...), except into phase
+  // "setup". Until it first moves (set-up: loading, pruning, calibration)
+  // the limit is setup_timeout;
+  // afterwards max(stall_floor, stall_factor x the longest gap between two
+  // moves seen on this lease), so a job whose evaluations or checkpoints
+  // take long has shown those gaps before they count. Zero turns the
+  // respective rule off. The state is in memory: after a coordinator
+  // restart every lease starts afresh (more time, never less).
+  absl::Duration stall_floor = absl::Minutes(5);
+  double stall_factor = 5;
+  absl::Duration setup_timeout = absl::Minutes(30);
 };
 
 // Receives every committed change; for logs, metrics and watchers.
@@ -177,9 +192,14 @@ class Scheduler {
   // At startup: every lease expires no sooner than one TTL from now.
   absl::Status ExtendLeasesAfterRestart();
   // Inside a write transaction: ends `lease` (whose job is `job`) as lost.
+  // `why`: the reason in last_error (default: it stopped heartbeating).
   absl::Status ExpireLeaseInTxn(StoreTxn& txn, const LeaseRecord& lease,
                                 absl::Time now,
-                                std::vector<Transition>* transitions);
+                                std::vector<Transition>* transitions,
+                                absl::string_view why = "");
+  // Records `progress` for the stall rule (SchedulerOptions::stall_floor);
+  // the reason when the lease has stalled, empty otherwise.
+  std::string CheckStall(const LeaseRecord& lease, const proto::Progress& progress);
   absl::Status RecoverOrphans();
   // Lease expiry on the monotonic clock (issue 9, item 4): each lease's
   // deadline lives here, set when it is granted or renewed; the store's
@@ -209,6 +229,13 @@ class Scheduler {
   absl::Mutex deadlines_mu_;
   absl::flat_hash_map<std::string, absl::Duration> deadlines_
       ABSL_GUARDED_BY(deadlines_mu_);
+  struct StallState {
+    std::string last;             // the last Progress, serialized
+    absl::Duration since;         // monotonic: when it last moved (or was first seen)
+    absl::Duration longest_gap;   // between two moves
+    bool moved = false;           // set-up is over
+  };
+  absl::flat_hash_map<std::string, StallState> stalls_ ABSL_GUARDED_BY(deadlines_mu_);
 
   std::thread sweeper_;
 };

@@ -97,6 +97,9 @@ class SchedulerTest : public ::testing::Test {
     options.max_attempts = max_attempts_;
     options.run_sweeper = false;
     options.sweep_interval = absl::Milliseconds(20);
+    options.stall_floor = stall_floor_;
+    options.stall_factor = stall_factor_;
+    options.setup_timeout = setup_timeout_;
     auto scheduler = Scheduler::Create(store_.get(), &clock_, options, &recorder_);
     ASSERT_TRUE(scheduler.ok()) << scheduler.status();
     scheduler_ = *std::move(scheduler);
@@ -158,6 +161,9 @@ class SchedulerTest : public ::testing::Test {
   }
 
   int max_attempts_ = 3;
+  absl::Duration stall_floor_ = absl::Minutes(5);
+  double stall_factor_ = 5;
+  absl::Duration setup_timeout_ = absl::Minutes(30);
   std::string path_;
   FakeClock clock_;
   Recorder recorder_;
@@ -762,6 +768,155 @@ TEST(FakeClockTest, SetStepsOnlyTheWallClock) {
   clock.Advance(absl::Seconds(3));
   EXPECT_EQ(clock.Monotonic(), mono + absl::Seconds(3));
   EXPECT_GE(Clock::Real()->Monotonic(), absl::ZeroDuration());
+}
+
+}  // namespace
+}  // namespace sheaf::coordinator
+
+namespace sheaf::coordinator {
+namespace {
+
+// Stuck worlds (issue 15): heartbeats that keep coming with progress that
+// does not move lose the lease. Heartbeats every 10 s keep the 30 s TTL
+// alive throughout, so only the stall rule can expire these leases.
+class StallTest : public SchedulerTest {
+ protected:
+  void SetUp() override {
+    stall_floor_ = absl::Seconds(60);
+    stall_factor_ = 5;
+    setup_timeout_ = absl::Seconds(120);
+    SchedulerTest::SetUp();
+  }
+  // Heartbeats every 10 s for `span` with an unchanged `step`; returns the
+  // first answer that is not KEEP_GOING (or KEEP_GOING).
+  proto::HeartbeatAction HoldStep(const std::string& lease_id, int64_t step, absl::Duration span) {
+    for (absl::Duration t = absl::ZeroDuration(); t < span; t += absl::Seconds(10)) {
+      clock_.Advance(absl::Seconds(10));
+      const proto::HeartbeatAction action = Beat(lease_id, step);
+      if (action != proto::HEARTBEAT_ACTION_KEEP_GOING) return action;
+    }
+    return proto::HEARTBEAT_ACTION_KEEP_GOING;
+  }
+};
+
+TEST_F(StallTest, ProgressThatStopsMovingLosesTheLeaseAfterTheFloor) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const std::string lease_id = AcquireNow(Register(2))->lease_id();
+  EXPECT_EQ(Beat(lease_id, 0), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  for (int step = 1; step <= 5; ++step) {  // a step every 10 s
+    clock_.Advance(absl::Seconds(10));
+    EXPECT_EQ(Beat(lease_id, step), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  }
+  // Longest gap 10 s: limit max(60 s, 5 x 10 s) = 60 s. At 60 s still kept.
+  EXPECT_EQ(HoldStep(lease_id, 5, absl::Seconds(60)), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  EXPECT_EQ(Get("job-1").state(), proto::JOB_STATE_RUNNING);
+  clock_.Advance(absl::Seconds(10));
+  EXPECT_EQ(Beat(lease_id, 5), proto::HEARTBEAT_ACTION_LEASE_LOST);
+  const proto::Job job = Get("job-1");
+  EXPECT_EQ(job.state(), proto::JOB_STATE_PENDING);
+  EXPECT_EQ(job.attempts(), 1);
+  EXPECT_NE(job.last_error().find("kept heartbeating but made no progress for 1m10s at step 5/0"),
+            std::string::npos)
+      << job.last_error();
+  EXPECT_NE(job.last_error().find("stall limit 1m"), std::string::npos) << job.last_error();
+  // The lease is gone: the world's late report is refused, a new world
+  // gets the job.
+  EXPECT_TRUE(absl::IsFailedPrecondition(Complete(lease_id, true).status()));
+  std::optional<proto::Lease> again = AcquireNow(Register(2));
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->attempt(), 2);
+}
+
+TEST_F(StallTest, LongGapsSeenBeforeRaiseTheLimit) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const std::string lease_id = AcquireNow(Register(1))->lease_id();
+  EXPECT_EQ(Beat(lease_id, 0), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  clock_.Advance(absl::Seconds(10));
+  EXPECT_EQ(Beat(lease_id, 1), proto::HEARTBEAT_ACTION_KEEP_GOING);  // set-up over
+  // A 50 s step (within the 60 s floor), then a 250 s one (an evaluation,
+  // say), which 5 x 50 s allows; each gap raises the limit to 5 x the
+  // longest gap seen, so the next stall may last 1250 s.
+  EXPECT_EQ(HoldStep(lease_id, 1, absl::Seconds(50)), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  EXPECT_EQ(Beat(lease_id, 2), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  EXPECT_EQ(HoldStep(lease_id, 2, absl::Seconds(250)), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  EXPECT_EQ(Beat(lease_id, 3), proto::HEARTBEAT_ACTION_KEEP_GOING);  // 250 s gap: limit 1250 s
+  EXPECT_EQ(HoldStep(lease_id, 3, absl::Seconds(1250)), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  clock_.Advance(absl::Seconds(10));
+  EXPECT_EQ(Beat(lease_id, 3), proto::HEARTBEAT_ACTION_LEASE_LOST);
+  EXPECT_NE(Get("job-1").last_error().find("longest gap between progress so far, 4m10s"),
+            std::string::npos)
+      << Get("job-1").last_error();
+}
+
+TEST_F(StallTest, SetUpHasItsOwnLimit) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const std::string lease_id = AcquireNow(Register(1))->lease_id();
+  EXPECT_EQ(Beat(lease_id, 0), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  // Loading for 120 s (the set-up limit) is fine; the floor (60 s) does
+  // not apply before progress first moves.
+  EXPECT_EQ(HoldStep(lease_id, 0, absl::Seconds(120)), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  clock_.Advance(absl::Seconds(10));
+  EXPECT_EQ(Beat(lease_id, 0), proto::HEARTBEAT_ACTION_LEASE_LOST);
+  EXPECT_NE(Get("job-1").last_error().find("a rank may be stuck in set-up"), std::string::npos)
+      << Get("job-1").last_error();
+}
+
+TEST_F(StallTest, HeartbeatsInPhaseSetupDoNotEndSetUp) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const std::string lease_id = AcquireNow(Register(1))->lease_id();
+  google::protobuf::Map<std::string, double> none;
+  proto::Progress setup;
+  setup.set_phase("setup");
+  ASSERT_EQ(scheduler_->Heartbeat(lease_id, proto::Progress(), none)->action,
+            proto::HEARTBEAT_ACTION_KEEP_GOING);
+  for (int i = 0; i < 12; ++i) {  // 120 s of set-up: within its limit, beyond the floor
+    clock_.Advance(absl::Seconds(10));
+    ASSERT_EQ(scheduler_->Heartbeat(lease_id, setup, none)->action,
+              proto::HEARTBEAT_ACTION_KEEP_GOING)
+        << i;
+  }
+  clock_.Advance(absl::Seconds(10));
+  EXPECT_EQ(scheduler_->Heartbeat(lease_id, setup, none)->action,
+            proto::HEARTBEAT_ACTION_LEASE_LOST);
+  EXPECT_NE(Get("job-1").last_error().find("stuck in set-up"), std::string::npos);
+}
+
+TEST_F(StallTest, ZeroTurnsBothRulesOff) {
+  stall_floor_ = absl::ZeroDuration();
+  setup_timeout_ = absl::ZeroDuration();
+  Restart();
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const std::string lease_id = AcquireNow(Register(1))->lease_id();
+  EXPECT_EQ(HoldStep(lease_id, 0, absl::Hours(2)), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  EXPECT_EQ(Beat(lease_id, 1), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  EXPECT_EQ(HoldStep(lease_id, 1, absl::Hours(2)), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  EXPECT_EQ(Get("job-1").state(), proto::JOB_STATE_RUNNING);
+}
+
+TEST_F(StallTest, BadStallOptionsAreRefused) {
+  SchedulerOptions options;
+  options.stall_factor = 0.5;
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      Scheduler::Create(store_.get(), &clock_, options, nullptr).status()));
+  options = SchedulerOptions();
+  options.stall_floor = absl::Seconds(5);  // below two heartbeats (10 s each)
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      Scheduler::Create(store_.get(), &clock_, options, nullptr).status()));
+}
+
+TEST_F(SchedulerTest, CompletionKeepsTheLastMetrics) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const std::string lease_id = AcquireNow(Register(1))->lease_id();
+  EXPECT_EQ(Beat(lease_id), proto::HEARTBEAT_ACTION_KEEP_GOING);  // auc 0.75
+  proto::CompleteJobRequest request;
+  request.set_lease_id(lease_id);
+  request.set_success(true);
+  (*request.mutable_metrics())["val_loss/nl"] = 1.25;
+  (*request.mutable_metrics())["auc"] = 0.8;
+  ASSERT_EQ(*scheduler_->Complete(request), proto::JOB_STATE_SUCCEEDED);
+  const proto::Job job = Get("job-1");
+  EXPECT_EQ(job.metrics().at("val_loss/nl"), 1.25);
+  EXPECT_EQ(job.metrics().at("auc"), 0.8);
 }
 
 }  // namespace

@@ -689,16 +689,14 @@ absl::StatusOr<proto::AcquireJobResponse> CoordinatorService::AcquireJob(
   return response;
 }
 
-absl::StatusOr<proto::HeartbeatResponse> CoordinatorService::Heartbeat(
-    const Caller& caller, const proto::HeartbeatRequest& request) {
-  RETURN_IF_ERROR(RequireWorker(caller, "Heartbeat"));
-  RETURN_IF_ERROR(CheckId("lease_id", request.lease_id()));
-  if (static_cast<int>(request.metrics().size()) > options_.limits.max_metrics) {
+absl::Status CoordinatorService::CheckMetrics(
+    const google::protobuf::Map<std::string, double>& metrics) const {
+  if (static_cast<int>(metrics.size()) > options_.limits.max_metrics) {
     return absl::InvalidArgumentError(
-        absl::StrCat("metrics: ", request.metrics().size(),
+        absl::StrCat("metrics: ", metrics.size(),
                      " entries, at most ", options_.limits.max_metrics));
   }
-  for (const auto& [name, value] : request.metrics()) {
+  for (const auto& [name, value] : metrics) {
     if (name.empty() || name.size() > options_.limits.max_metric_name_bytes ||
         !std::all_of(name.begin(), name.end(), IsMetricNameChar)) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -707,6 +705,14 @@ absl::StatusOr<proto::HeartbeatResponse> CoordinatorService::Heartbeat(
           " of [A-Za-z0-9_.:/-])"));
     }
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<proto::HeartbeatResponse> CoordinatorService::Heartbeat(
+    const Caller& caller, const proto::HeartbeatRequest& request) {
+  RETURN_IF_ERROR(RequireWorker(caller, "Heartbeat"));
+  RETURN_IF_ERROR(CheckId("lease_id", request.lease_id()));
+  RETURN_IF_ERROR(CheckMetrics(request.metrics()));
   ASSIGN_OR_RETURN(Scheduler::HeartbeatResult result,
                    scheduler_->Heartbeat(request.lease_id(), request.progress(),
                                          request.metrics()));
@@ -720,6 +726,7 @@ absl::StatusOr<proto::CompleteJobResponse> CoordinatorService::CompleteJob(
     const Caller& caller, const proto::CompleteJobRequest& request) {
   RETURN_IF_ERROR(RequireWorker(caller, "CompleteJob"));
   RETURN_IF_ERROR(CheckId("lease_id", request.lease_id()));
+  RETURN_IF_ERROR(CheckMetrics(request.metrics()));
   proto::CompleteJobRequest checked = request;
   checked.set_error(TruncateUtf8(request.error(), kMaxErrorBytes));
   if (!request.artifact_dir().empty()) {

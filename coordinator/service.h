@@ -126,6 +126,9 @@ class CoordinatorService {
   const PathPolicy& path_policy() const { return *paths_; }
 
  private:
+  // Heartbeat and CompleteJob metrics: at most limits.max_metrics, names of
+  // [A-Za-z0-9_.:/-]; kInvalidArgument naming the bad one.
+  absl::Status CheckMetrics(const google::protobuf::Map<std::string, double>& metrics) const;
   class Observer;
 
   CoordinatorService(ServiceOptions options, std::unique_ptr<JobStore> store,

@@ -14,9 +14,17 @@
 //     control and data, agreeing with the launcher; a data all-reduce and a
 //     control broadcast and barrier over it. Exit 0 when all pass.
 //
+//   mpi_collectives_check --mode=late_rank --dead_rank=R --watchdog_ms=L
+//                         --timeout_ms=T [--status_dir=DIR]
+//     Rank R starts L ms late; the others' set-up is bounded by T
+//     (Options::init_timeout) and logs each second what it waits for.
+//
 //   mpi_collectives_check --mode=dead_rank --dead_rank=R --timeout_ms=T
-//                         [--watchdog_ms=W] [--status_dir=DIR]
-//     Rank R calls _exit(1) before a collective; every other rank waits on
+//                         [--watchdog_ms=W] [--peer_timeout_ms=P]
+//                         [--dead_how=exit|stop] [--status_dir=DIR]
+//     Rank R calls _exit(1) (or, with --dead_how=stop, writes its pid to
+//     DIR/pid and stops itself with SIGSTOP: a hung rank, which a launcher
+//     does not notice) before a collective; every other rank waits on
 //     an all-reduce with timeout T and expects DeadlineExceeded (from Wait,
 //     or from the watchdog, Options::timeout = W, when W < T; Unavailable
 //     had MPI reported an error), then expects the next call to fail with
@@ -24,10 +32,15 @@
 //     kDeadPeerExitCode (42). The status file is how the test learns the
 //     code: mpirun's exit status does not carry it (with
 //     orte_abort_on_non_zero_status=0, OpenMPI 4.1.4's mpirun exits 0
-//     although its ranks exited 1 and 42).
+//     although its ranks exited 1 and 42). Liveness (Options::peer_timeout
+//     = P, default 120 s) may find the dead rank first: Unavailable naming
+//     it. With --dead_how=stop, rank 0 SIGCONTs the stopped rank (which
+//     then _exits) after its verdict, so that mpirun can end.
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <thread>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -329,9 +342,11 @@ int RunCollectives() {
 }
 
 int RunDeadRank(int dead_rank, std::chrono::milliseconds timeout,
-                std::chrono::milliseconds watchdog, const std::string& status_dir) {
+                std::chrono::milliseconds watchdog, std::chrono::milliseconds peer_timeout,
+                bool stop_instead, const std::string& status_dir) {
   MpiCommunicator::Options options;
   options.timeout = watchdog;
+  options.peer_timeout = peer_timeout;
   absl::StatusOr<std::unique_ptr<MpiCommunicator>> created = MpiCommunicator::Create(options);
   if (!created.ok()) {
     std::fprintf(stderr, "MpiCommunicator::Create: %s\n", created.status().ToString().c_str());
@@ -348,6 +363,13 @@ int RunDeadRank(int dead_rank, std::chrono::milliseconds timeout,
   if (!status.ok()) {
     std::fprintf(stderr, "rank %d: warm-up failed: %s\n", me, status.ToString().c_str());
     return 1;
+  }
+  if (me == dead_rank && stop_instead) {
+    std::ofstream(absl::StrCat(status_dir, "/pid")) << getpid() << "\n";
+    std::fprintf(stderr, "rank %d: stopping itself (SIGSTOP) before the collective\n", me);
+    std::fflush(stderr);
+    raise(SIGSTOP);
+    _exit(1);  // only if someone sends SIGCONT
   }
   if (me == dead_rank) {
     std::fprintf(stderr, "rank %d: dying before the collective\n", me);
@@ -380,10 +402,53 @@ int RunDeadRank(int dead_rank, std::chrono::milliseconds timeout,
   if (!status_dir.empty()) {
     std::ofstream(absl::StrCat(status_dir, "/rank", me)) << code << "\n";
   }
+  if (stop_instead && me == 0) {
+    // Let the other survivors reach their own verdict first (they hear of
+    // the break through rank 0's pings stopping), then free mpirun.
+    const int n = comm->world_size();
+    for (int waited_ms = 0; waited_ms < 15000; waited_ms += 50) {
+      bool all = true;
+      for (int r = 1; r < n; ++r) {
+        if (r != dead_rank && !std::ifstream(absl::StrCat(status_dir, "/rank", r))) all = false;
+      }
+      if (all) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    std::ifstream pid_file(absl::StrCat(status_dir, "/pid"));
+    pid_t pid = 0;
+    // SIGCONT: it resumes and _exits. (A SIGKILL of the stopped process
+    // leaves OpenMPI 4.1's mpirun waiting for ever.)
+    if (pid_file >> pid && pid > 0) kill(pid, SIGCONT);
+  }
   // Destroying a broken communicator must not hang (it skips MPI_Finalize).
   comm.reset();
   std::printf("rank %d: exiting with %d\n", me, code);
   std::fflush(stdout);
+  return code;
+}
+
+// Set-up bounded (Options::init_timeout = `timeout`): rank `late_rank`
+// starts `late` after the others. Every other rank must either finish
+// set-up once it arrives (late < timeout) or fail with DeadlineExceeded
+// naming what it waited for; each prints its outcome and writes 0 (set up)
+// or 43 (timed out) to DIR/rank<r>.
+int RunLateRank(int late_rank, std::chrono::milliseconds late, std::chrono::milliseconds timeout,
+                const std::string& status_dir) {
+  const char* env_rank = std::getenv("OMPI_COMM_WORLD_RANK");
+  const int me = env_rank != nullptr ? std::atoi(env_rank) : 0;
+  if (me == late_rank) std::this_thread::sleep_for(late);
+  MpiCommunicator::Options options;
+  options.init_timeout = timeout;
+  options.init_log_interval = std::chrono::seconds(1);
+  const Clock::time_point start = Clock::now();
+  absl::StatusOr<std::unique_ptr<MpiCommunicator>> created = MpiCommunicator::Create(options);
+  const double took = std::chrono::duration<double>(Clock::now() - start).count();
+  const int code = created.ok() ? 0 : 43;
+  std::printf("rank %d: set-up after %.2fs: %s\n", me, took,
+              created.ok() ? "OK" : created.status().ToString().c_str());
+  std::fflush(stdout);
+  if (!status_dir.empty()) std::ofstream(absl::StrCat(status_dir, "/rank", me)) << code << "\n";
+  if (!created.ok()) std::_Exit(code);  // MPI may be stuck in another thread
   return code;
 }
 
@@ -437,6 +502,8 @@ int main(int argc, char** argv) {
   int dead_rank = -1;
   int timeout_ms = 5000;
   int watchdog_ms = 120'000;
+  int peer_timeout_ms = 120'000;
+  std::string dead_how = "exit";
   for (int i = 1; i < argc; ++i) {
     const absl::string_view arg = argv[i];
     auto value = [&](absl::string_view flag) -> const char* {
@@ -444,6 +511,8 @@ int main(int argc, char** argv) {
     };
     if (const char* v = value("--mode=")) {
       mode = v;
+    } else if (const char* v = value("--dead_how=")) {
+      dead_how = v;
     } else if (const char* v = value("--status_dir=")) {
       status_dir = v;
     } else if (const char* v = value("--dead_rank=");
@@ -452,6 +521,8 @@ int main(int argc, char** argv) {
                v != nullptr && absl::SimpleAtoi(absl::string_view(v), &timeout_ms)) {
     } else if (const char* v = value("--watchdog_ms=");
                v != nullptr && absl::SimpleAtoi(absl::string_view(v), &watchdog_ms)) {
+    } else if (const char* v = value("--peer_timeout_ms=");
+               v != nullptr && absl::SimpleAtoi(absl::string_view(v), &peer_timeout_ms)) {
     } else {
       std::fprintf(stderr, "unknown or malformed argument: %s\n", argv[i]);
       return 2;
@@ -459,9 +530,15 @@ int main(int argc, char** argv) {
   }
   if (mode == "collectives") return sheaf::dist::RunCollectives();
   if (mode == "world") return sheaf::dist::RunWorld();
+  if (mode == "late_rank") {
+    return sheaf::dist::RunLateRank(dead_rank, std::chrono::milliseconds(watchdog_ms),
+                                    std::chrono::milliseconds(timeout_ms), status_dir);
+  }
   if (mode == "dead_rank") {
     return sheaf::dist::RunDeadRank(dead_rank, std::chrono::milliseconds(timeout_ms),
-                                    std::chrono::milliseconds(watchdog_ms), status_dir);
+                                    std::chrono::milliseconds(watchdog_ms),
+                                    std::chrono::milliseconds(peer_timeout_ms),
+                                    dead_how == "stop", status_dir);
   }
   std::fprintf(stderr, "unknown --mode=%s\n", mode.c_str());
   return 2;

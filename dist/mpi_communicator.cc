@@ -1,8 +1,12 @@
 #include "dist/mpi_communicator.h"
 
 #include <algorithm>
+#include <array>
+#include <unistd.h>
+
 #include <climits>
 #include <cstdio>
+#include <functional>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -68,6 +72,51 @@ absl::Status PollRequest(MPI_Request* request, std::chrono::milliseconds timeout
     std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
 }
+
+constexpr int kHelloTag = 0x5eaf;  // set-up, on MPI_COMM_WORLD
+constexpr int kPingTag = 0x5eb0;   // liveness, on the communicator's duplicate
+constexpr int kHostBytes = 64;
+
+// Polls every request in `requests` until all complete or `deadline`
+// passes; `on_wait` is called about every `log_every` with the indices
+// still pending (for the set-up stage line).
+absl::Status PollAll(std::vector<MPI_Request>& requests, Clock::time_point deadline,
+                     std::chrono::milliseconds log_every, const char* what,
+                     const std::function<std::string(const std::vector<int>&)>& describe,
+                     const std::function<void(const std::string&)>& on_wait) {
+  Clock::time_point next_log = Clock::now();
+  for (;;) {
+    std::vector<int> pending;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      if (requests[i] == MPI_REQUEST_NULL) continue;
+      int flag = 0;
+      const int rc = MPI_Test(&requests[i], &flag, MPI_STATUS_IGNORE);
+      if (rc != MPI_SUCCESS) return MpiError(what, rc);
+      if (!flag) pending.push_back(static_cast<int>(i));
+    }
+    if (pending.empty()) return absl::OkStatus();
+    const Clock::time_point now = Clock::now();
+    if (now >= next_log) {
+      on_wait(describe(pending));
+      next_log = now + log_every;
+    }
+    if (now > deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(what, ": ", describe(pending)));
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
+
+std::string RankList(const std::vector<int>& ranks) {
+  std::string out;
+  for (size_t i = 0; i < ranks.size() && i < 16; ++i) absl::StrAppend(&out, i ? ", " : "", ranks[i]);
+  if (ranks.size() > 16) absl::StrAppend(&out, " and ", ranks.size() - 16, " more");
+  return out;
+}
+
+constexpr const char* kNetworkHint =
+    "if the ranks sit on hosts with several networks, name the one they share with "
+    "SHEAF_NET_IF (or OMPI_MCA_btl_tcp_if_include)";
 
 bool Overlap(const void* a, int64_t a_bytes, const void* b, int64_t b_bytes) {
   const char* pa = static_cast<const char*>(a);
@@ -163,6 +212,8 @@ struct MpiCommunicator::Shared {
   CommStats* stats ABSL_GUARDED_BY(mu) = nullptr;  // null once the communicator is gone
   bool init_done ABSL_GUARDED_BY(mu) = false;
   absl::Status init_status ABSL_GUARDED_BY(mu);
+  // What set-up is doing now, for Create's progress lines.
+  std::string init_stage ABSL_GUARDED_BY(mu) = "MPI_Init_thread";
 
   // Held by the progress thread across every MPI call that may touch user
   // buffers. A Wait that gives up takes it once after breaking the
@@ -261,14 +312,49 @@ absl::StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(
   if (options.timeout <= std::chrono::milliseconds(0)) {
     return absl::InvalidArgumentError("MpiCommunicator: timeout must be positive");
   }
+  if (options.init_timeout <= std::chrono::milliseconds(0) ||
+      options.init_log_interval <= std::chrono::milliseconds(0) ||
+      options.peer_timeout < std::chrono::milliseconds(0) ||
+      options.ping_interval < std::chrono::milliseconds(0)) {
+    return absl::InvalidArgumentError(
+        "MpiCommunicator: init_timeout and init_log_interval must be positive, peer_timeout and "
+        "ping_interval >= 0");
+  }
   std::unique_ptr<MpiCommunicator> comm(new MpiCommunicator(options));
   comm->progress_ = std::thread([c = comm.get()] { c->ProgressMain(); });
   absl::Status init_status;
+  bool stuck = false;
   {
     Shared& shared = *comm->shared_;
+    const Clock::time_point start = Clock::now();
+    // The progress thread bounds each of its own waits by init_timeout;
+    // this bound (with a grace for it to report) catches MPI_Init_thread,
+    // which cannot be interrupted.
+    const Clock::time_point give_up = start + options.init_timeout + std::chrono::seconds(5);
     absl::MutexLock lock(&shared.mu);
-    shared.mu.Await(absl::Condition(&shared.init_done));
-    init_status = shared.init_status;
+    while (!shared.mu.AwaitWithTimeout(absl::Condition(&shared.init_done),
+                                       absl::FromChrono(options.init_log_interval))) {
+      const double waited = std::chrono::duration<double>(Clock::now() - start).count();
+      if (Clock::now() >= give_up) {
+        init_status = absl::DeadlineExceededError(absl::StrCat(
+            "MPI set-up did not finish within ",
+            absl::FormatDuration(absl::FromChrono(options.init_timeout)), " (stuck in ",
+            shared.init_stage, "): the launcher did not start every rank, or they cannot reach "
+            "each other; ", kNetworkHint));
+        stuck = true;
+        break;
+      }
+      std::fprintf(stderr, "sheaf::dist::MpiCommunicator: set-up has waited %.0fs: %s\n", waited,
+                   shared.init_stage.c_str());
+    }
+    if (!stuck) init_status = shared.init_status;
+  }
+  if (stuck) {
+    // The thread is inside MPI and may never return: leave it (and the
+    // object it uses) alone; the caller must exit the process.
+    comm->progress_.detach();
+    comm.release();
+    return init_status;
   }
   if (!init_status.ok()) {
     // ProgressMain returns at once after a failed set-up; nothing to shut
@@ -293,6 +379,70 @@ MpiCommunicator::~MpiCommunicator() {
 absl::Status MpiCommunicator::health() const {
   absl::MutexLock lock(&shared_->mu);
   return shared_->broken;
+}
+
+void MpiCommunicator::SetInitStage(std::string stage) {
+  absl::MutexLock lock(&shared_->mu);
+  shared_->init_stage = std::move(stage);
+}
+
+absl::Status MpiCommunicator::Hello() {
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (size == 1) return absl::OkStatus();
+  const Clock::time_point deadline = Clock::now() + options_.init_timeout;
+  auto on_wait = [this](const std::string& stage) { SetInitStage(stage); };
+  char host[kHostBytes] = {};
+  gethostname(host, sizeof(host) - 1);
+  if (rank == 0) {
+    std::vector<std::array<char, kHostBytes>> hosts(static_cast<size_t>(size));
+    std::vector<MPI_Request> recvs(static_cast<size_t>(size), MPI_REQUEST_NULL);
+    for (int r = 1; r < size; ++r) {
+      const int rc = MPI_Irecv(hosts[r].data(), kHostBytes, MPI_CHAR, r, kHelloTag,
+                               MPI_COMM_WORLD, &recvs[r]);
+      if (rc != MPI_SUCCESS) return MpiError("MPI_Irecv (hello)", rc);
+    }
+    if (absl::Status s = PollAll(
+            recvs, deadline, options_.init_log_interval, "the hello exchange",
+            [size](const std::vector<int>& pending) {
+              return absl::StrCat("rank 0 has not heard from rank(s) ", RankList(pending), " of ",
+                                  size, " over MPI_COMM_WORLD; ", kNetworkHint);
+            },
+            on_wait);
+        !s.ok()) {
+      return s;
+    }
+    std::vector<MPI_Request> acks(static_cast<size_t>(size), MPI_REQUEST_NULL);
+    for (int r = 1; r < size; ++r) {
+      const int rc = MPI_Isend(host, kHostBytes, MPI_CHAR, r, kHelloTag, MPI_COMM_WORLD, &acks[r]);
+      if (rc != MPI_SUCCESS) return MpiError("MPI_Isend (hello)", rc);
+    }
+    return PollAll(
+        acks, deadline, options_.init_log_interval, "the hello exchange",
+        [&hosts](const std::vector<int>& pending) {
+          std::string names;
+          for (size_t i = 0; i < pending.size() && i < 8; ++i) {
+            absl::StrAppend(&names, i ? ", " : "", pending[i], " (", hosts[pending[i]].data(), ")");
+          }
+          return absl::StrCat("rank 0 cannot deliver its answer to rank(s) ", names, "; ",
+                              kNetworkHint);
+        },
+        on_wait);
+  }
+  char root_host[kHostBytes] = {};
+  std::vector<MPI_Request> requests(2, MPI_REQUEST_NULL);
+  int rc = MPI_Isend(host, kHostBytes, MPI_CHAR, 0, kHelloTag, MPI_COMM_WORLD, &requests[0]);
+  if (rc != MPI_SUCCESS) return MpiError("MPI_Isend (hello)", rc);
+  rc = MPI_Irecv(root_host, kHostBytes, MPI_CHAR, 0, kHelloTag, MPI_COMM_WORLD, &requests[1]);
+  if (rc != MPI_SUCCESS) return MpiError("MPI_Irecv (hello)", rc);
+  return PollAll(
+      requests, deadline, options_.init_log_interval, "the hello exchange",
+      [rank, size, &host](const std::vector<int>&) {
+        return absl::StrCat("rank ", rank, " of ", size, " (", host,
+                            ") waits for rank 0's answer over MPI_COMM_WORLD; ", kNetworkHint);
+      },
+      on_wait);
 }
 
 void MpiCommunicator::ProgressMain() {
@@ -348,10 +498,17 @@ absl::Status MpiCommunicator::InitMpi() {
   }
   // Our own communicator: our collectives cannot match anyone else's, and
   // the error handler below does not change MPI_COMM_WORLD for others.
+  SetInitStage("the hello exchange");
+  if (absl::Status s = Hello(); !s.ok()) {
+    absl::MutexLock lock(&shared_->mu);
+    shared_->BreakLocked(s);
+    return s;
+  }
+  SetInitStage("MPI_Comm_idup (duplicating MPI_COMM_WORLD)");
   MPI_Request request = MPI_REQUEST_NULL;
   int rc = MPI_Comm_idup(MPI_COMM_WORLD, &comm_, &request);
   if (rc != MPI_SUCCESS) return MpiError("MPI_Comm_idup", rc);
-  if (absl::Status s = PollRequest(&request, options_.timeout, "MPI_Comm_idup"); !s.ok()) {
+  if (absl::Status s = PollRequest(&request, options_.init_timeout, "MPI_Comm_idup"); !s.ok()) {
     absl::MutexLock lock(&shared_->mu);
     shared_->BreakLocked(s);
     return s;
@@ -362,7 +519,85 @@ absl::Status MpiCommunicator::InitMpi() {
   if (rc != MPI_SUCCESS) return MpiError("MPI_Op_create (bf16 sum)", rc);
   MPI_Comm_rank(comm_, &world_rank_);
   MPI_Comm_size(comm_, &world_size_);
+  // Liveness: rank 0 pings everyone, everyone pings rank 0.
+  if (options_.peer_timeout > std::chrono::milliseconds(0) && world_size_ > 1) {
+    ping_interval_ = options_.ping_interval > std::chrono::milliseconds(0)
+                         ? options_.ping_interval
+                         : std::clamp(options_.peer_timeout / 8,
+                                      std::chrono::milliseconds(10),
+                                      std::chrono::milliseconds(1000));
+    const Clock::time_point now = Clock::now();
+    for (int r = 0; r < world_size_; ++r) {
+      if (r == world_rank_ || (world_rank_ != 0 && r != 0)) continue;
+      Peer peer;
+      peer.rank = r;
+      peer.last_heard = now;
+      peers_.push_back(peer);
+    }
+    for (Peer& peer : peers_) {
+      rc = MPI_Irecv(&peer.in, 1, MPI_INT32_T, peer.rank, kPingTag, comm_, &peer.recv);
+      if (rc != MPI_SUCCESS) return MpiError("MPI_Irecv (liveness)", rc);
+    }
+    next_ping_ = now;
+    next_liveness_ = now;
+  }
   return absl::OkStatus();
+}
+
+absl::Status MpiCommunicator::Liveness(bool force) {
+  if (peers_.empty()) return absl::OkStatus();
+  const Clock::time_point now = Clock::now();
+  // Cheap when not due: the busy loop calls this on every turn.
+  if (!force && now < next_liveness_) return absl::OkStatus();
+  next_liveness_ = now + std::max(ping_interval_ / 4, std::chrono::milliseconds(5));
+  const bool ping = now >= next_ping_;
+  if (ping) {
+    next_ping_ = now + ping_interval_;
+    ++pings_sent_;
+  }
+  for (Peer& peer : peers_) {
+    for (;;) {  // several pings may have arrived
+      int flag = 0;
+      int rc = MPI_Test(&peer.recv, &flag, MPI_STATUS_IGNORE);
+      if (rc != MPI_SUCCESS) return MpiError("MPI_Test (liveness)", rc);
+      if (!flag) break;
+      peer.last_heard = now;
+      rc = MPI_Irecv(&peer.in, 1, MPI_INT32_T, peer.rank, kPingTag, comm_, &peer.recv);
+      if (rc != MPI_SUCCESS) return MpiError("MPI_Irecv (liveness)", rc);
+    }
+    if (ping) {
+      int done = 1;
+      if (peer.send != MPI_REQUEST_NULL) {
+        const int rc = MPI_Test(&peer.send, &done, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS) return MpiError("MPI_Test (liveness)", rc);
+      }
+      if (done) {  // else the last ping is still on its way: no pile-up
+        peer.out = pings_sent_;
+        const int rc =
+            MPI_Isend(&peer.out, 1, MPI_INT32_T, peer.rank, kPingTag, comm_, &peer.send);
+        if (rc != MPI_SUCCESS) return MpiError("MPI_Isend (liveness)", rc);
+      }
+    }
+    if (now - peer.last_heard > options_.peer_timeout) {
+      return absl::UnavailableError(absl::StrCat(
+          "rank ", peer.rank, " has not answered liveness pings for ",
+          absl::FormatDuration(absl::FromChrono(
+              std::chrono::duration_cast<std::chrono::milliseconds>(now - peer.last_heard))),
+          " (peer_timeout ", absl::FormatDuration(absl::FromChrono(options_.peer_timeout)),
+          "): it died or hangs"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void MpiCommunicator::StopLiveness() {
+  // Pings still being sent complete locally (4 bytes go eagerly); bounded
+  // all the same.
+  for (Peer& peer : peers_) {
+    if (peer.send != MPI_REQUEST_NULL) {
+      PollRequest(&peer.send, std::chrono::seconds(5), "a liveness ping").IgnoreError();
+    }
+  }
 }
 
 void MpiCommunicator::ProgressLoop() {
@@ -375,8 +610,15 @@ void MpiCommunicator::ProgressLoop() {
       absl::MutexLock lock(&shared_->mu);
       // Sleep on the mutex when idle (or broken); poll while MPI has work.
       if (active.empty() || !shared_->broken.ok()) {
-        shared_->mu.Await(absl::Condition(
-            +[](Shared* sh) { return !sh->queue.empty() || sh->stop; }, shared_.get()));
+        const absl::Condition work(
+            +[](Shared* sh) { return !sh->queue.empty() || sh->stop; }, shared_.get());
+        if (peers_.empty() || !shared_->broken.ok()) {
+          shared_->mu.Await(work);
+        } else {
+          // Idle, but pings go on.
+          shared_->mu.AwaitWithTimeout(work, absl::FromChrono(std::max(
+                                                 ping_interval_ / 4, std::chrono::milliseconds(5))));
+        }
       }
       unstarted.insert(unstarted.end(), shared_->queue.begin(), shared_->queue.end());
       shared_->queue.clear();
@@ -404,7 +646,17 @@ void MpiCommunicator::ProgressLoop() {
         absl::MutexLock lock(&shared_->mu);
         if (!shared_->broken.ok()) continue;
       }
-      absl::Status failure;
+      absl::Status failure = Liveness(/*force=*/false);
+      if (!failure.ok()) {
+        absl::MutexLock lock(&shared_->mu);
+        shared_->BreakLocked(failure);
+        for (auto& op : active) {
+          Shared::CompleteLocked(*op, absl::UnavailableError(absl::StrCat(
+                                          op->Describe(), " failed: ", failure.message())));
+        }
+        active.clear();
+        continue;  // the top of the loop fails the rest
+      }
       size_t started = 0;
       for (; started < unstarted.size(); ++started) {
         Op& op = *unstarted[started];
@@ -521,6 +773,7 @@ void MpiCommunicator::Shutdown() {
     absl::MutexLock lock(&shared_->mu);
     health = shared_->broken;
   }
+  if (health.ok()) StopLiveness();
   if (health.ok()) {
     // Finalising synchronises with every peer; prove they are all here
     // first, within a bound, rather than hang in MPI_Finalize.
@@ -536,6 +789,25 @@ void MpiCommunicator::Shutdown() {
                  "wait for every peer): %s\n",
                  world_rank_, std::string(health.message()).c_str());
     return;
+  }
+  // Every peer has stopped pinging (they passed the barrier): take in the
+  // pings still on their way, then cancel the receives left posted.
+  for (Peer& peer : peers_) {
+    for (;;) {
+      int flag = 0;
+      MPI_Iprobe(peer.rank, kPingTag, comm_, &flag, MPI_STATUS_IGNORE);
+      if (!flag) break;
+      int32_t sink = 0;
+      MPI_Recv(&sink, 1, MPI_INT32_T, peer.rank, kPingTag, comm_, MPI_STATUS_IGNORE);
+    }
+    if (peer.recv != MPI_REQUEST_NULL) {
+      int flag = 0;
+      MPI_Test(&peer.recv, &flag, MPI_STATUS_IGNORE);
+      if (!flag) {
+        MPI_Cancel(&peer.recv);
+        MPI_Wait(&peer.recv, MPI_STATUS_IGNORE);
+      }
+    }
   }
   if (bf16_sum_ != MPI_OP_NULL) MPI_Op_free(&bf16_sum_);
   MPI_Comm_free(&comm_);

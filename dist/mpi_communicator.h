@@ -32,6 +32,35 @@
 // The communicator uses MPI_ERRORS_RETURN on its own duplicate of
 // MPI_COMM_WORLD, so MPI reports errors instead of aborting the job.
 //
+// Liveness. OpenMPI's tcp BTL reports nothing when a peer process dies
+// (mpi_dead_rank_test.sh), and a rank that hangs (a stopped process, a
+// wedged node) looks the same, so without help a survivor blocked in a
+// collective waits for the watchdog (30 minutes) while the rest of its
+// process (the worker's lease keeper) looks healthy. So the progress thread
+// also pings, on this communicator with a point-to-point tag of its own
+// (collectives never match point-to-point messages): every rank sends a
+// 4-byte ping to rank 0, and rank 0 to every rank, each ping_interval, and
+// keeps a receive posted from each peer it pings. A peer not heard from for
+// peer_timeout breaks the communicator: in-flight and later collectives
+// fail with Unavailable "rank R has not answered liveness pings for 20s: it
+// died or hangs". Pings are answered by the peer's progress thread, not its
+// compute threads, so a rank that is busy (a long step, a checkpoint
+// write) is not taken for dead; a process that is stopped or gone is. Rank
+// 0 finds any dead peer within peer_timeout; other ranks find a dead rank 0
+// within peer_timeout, and a dead other rank through rank 0 leaving (its
+// pings stop). Cost: 2(N-1) tiny messages per interval on the whole world.
+//
+// Set-up. After MPI_Init_thread, every rank sends its host name to rank 0
+// and waits for rank 0's answer (the "hello exchange"), then the ranks
+// duplicate MPI_COMM_WORLD. On a cluster whose nodes have several networks,
+// this is where a world whose transport picked an unroutable interface
+// hangs; the set-up log then says which ranks rank 0 waits for, and hints
+// at SHEAF_NET_IF / OMPI_MCA_btl_tcp_if_include. Each step is bounded by
+// Options::init_timeout (DeadlineExceeded). MPI_Init_thread itself cannot
+// be interrupted: if it has not returned by init_timeout, Create returns
+// DeadlineExceeded and leaks the communicator, whose thread is still inside
+// MPI; the process must then exit (std::_Exit), not carry on.
+//
 // Lifecycle. Create() initialises MPI (unless the host program already did,
 // with MPI_THREAD_MULTIPLE) and duplicates MPI_COMM_WORLD. The destructor
 // lets queued collectives finish (bounded by the watchdog), then, when the
@@ -57,6 +86,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -69,10 +99,25 @@ class MpiCommunicator final : public Communicator {
   struct Options {
     // The watchdog: a collective still incomplete this long after it was
     // issued fails with DeadlineExceeded and breaks the communicator. Also
-    // bounds Create's communicator duplication and the shutdown barrier.
-    // 30 minutes, as c10d's default: a peer may legitimately be busy (a
-    // checkpoint write) before it reaches the collective.
+    // bounds the shutdown barrier. 30 minutes, as c10d's default: a peer may
+    // legitimately be busy (a checkpoint write) before it reaches the
+    // collective. A peer that died or hangs is found sooner, by liveness
+    // (peer_timeout).
     std::chrono::milliseconds timeout = std::chrono::minutes(30);
+    // Bounds Create's set-up on this rank: MPI_Init_thread, the hello
+    // exchange (every rank reaches rank 0 over MPI_COMM_WORLD) and the
+    // duplication of MPI_COMM_WORLD. While it waits, Create writes one line
+    // to stderr every init_log_interval naming what it waits for (the ranks
+    // rank 0 has not heard from). See "Set-up" above.
+    std::chrono::milliseconds init_timeout = std::chrono::minutes(2);
+    std::chrono::milliseconds init_log_interval = std::chrono::seconds(10);
+    // Liveness (see "Liveness" above): a peer this rank has not heard from
+    // for peer_timeout breaks the communicator with Unavailable naming it.
+    // Zero turns liveness off (then only the watchdog finds a dead peer).
+    std::chrono::milliseconds peer_timeout = std::chrono::seconds(20);
+    // How often pings go out; zero: peer_timeout / 8, clamped to
+    // [10 ms, 1 s].
+    std::chrono::milliseconds ping_interval = std::chrono::milliseconds(0);
     // Call MPI_Finalize at destruction (if this communicator initialised MPI
     // and is healthy). Off when the host program finalises MPI itself.
     bool finalize = true;
@@ -81,7 +126,9 @@ class MpiCommunicator final : public Communicator {
   // Initialises MPI as needed and builds the communicator.
   // FailedPrecondition: MPI was already finalised in this process, or was
   //   initialised by someone else below MPI_THREAD_MULTIPLE.
-  // DeadlineExceeded: duplicating MPI_COMM_WORLD did not finish in time.
+  // DeadlineExceeded: set-up (MPI_Init_thread, the hello exchange, the
+  //   duplication of MPI_COMM_WORLD) did not finish within init_timeout;
+  //   the message names the step and, on rank 0, the ranks not heard from.
   // Unavailable: an MPI call failed.
   static absl::StatusOr<std::unique_ptr<MpiCommunicator>> Create(const Options& options);
   static absl::StatusOr<std::unique_ptr<MpiCommunicator>> Create() { return Create(Options{}); }
@@ -141,6 +188,15 @@ class MpiCommunicator final : public Communicator {
   absl::Status InitMpi();  // progress thread
   void ProgressLoop();     // progress thread
   void Shutdown();         // progress thread
+  // Progress thread: the hello exchange of set-up.
+  absl::Status Hello();
+  // Progress thread, inside the loop under mpi_mu: receive and send pings,
+  // and the failure when a peer has been silent for peer_timeout.
+  absl::Status Liveness(bool force);
+  // Progress thread, at shutdown: no more pings; pending sends completed,
+  // receives cancelled.
+  void StopLiveness();
+  void SetInitStage(std::string stage);
   // Validates, counts and enqueues.
   std::unique_ptr<Work> Issue(std::shared_ptr<Op> op, int64_t bytes_sent);
 
@@ -155,6 +211,21 @@ class MpiCommunicator final : public Communicator {
   bool owns_mpi_ = false;  // this communicator called MPI_Init_thread
   MPI_Op bf16_sum_ = MPI_OP_NULL;  // created by InitMpi, freed by Shutdown
   int64_t next_seq_ = 0;   // issuing thread only
+
+  // Liveness state (progress thread only).
+  struct Peer {
+    int rank = 0;
+    MPI_Request recv = MPI_REQUEST_NULL;
+    MPI_Request send = MPI_REQUEST_NULL;
+    int32_t in = 0;
+    int32_t out = 0;
+    std::chrono::steady_clock::time_point last_heard;
+  };
+  std::vector<Peer> peers_;
+  std::chrono::milliseconds ping_interval_{0};
+  std::chrono::steady_clock::time_point next_ping_;
+  std::chrono::steady_clock::time_point next_liveness_;
+  int32_t pings_sent_ = 0;
 };
 
 }  // namespace sheaf::dist

@@ -106,4 +106,65 @@ expect_detected no_abort "did not complete within 5s: a peer rank may have died"
 check_args=(--timeout_ms=60000 --watchdog_ms=3000)
 run_case watchdog --mca orte_abort_on_non_zero_status 0
 expect_detected watchdog "did not complete within 3s: a peer rank may have died"
+
+# Cases 4 and 5, liveness (Options::peer_timeout = 2 s; Wait and watchdog at
+# 60 s, so only liveness can end them in time): rank 2 dies (case 4) or
+# stops itself with SIGSTOP, a hung rank that no launcher notices (case 5).
+# Rank 0 stops hearing rank 2's pings and breaks within ~2 s ("rank 2 has
+# not answered liveness pings"); rank 1 hears of it when rank 0's pings stop
+# ("rank 0 has not answered"). Each must end within 20 s, not 60.
+liveness_case() {  # liveness_case NAME DEAD_HOW
+  check_args=(--timeout_ms=60000 --watchdog_ms=60000 --peer_timeout_ms=2000 "--dead_how=$2")
+  run_case "$1" --mca orte_abort_on_non_zero_status 0
+  expect_detected "$1" "failed: rank [02] has not answered liveness pings for [0-9.]+m?s \\(peer_timeout 2s\\): it died or hangs"
+  if ! grep -qE "rank 0: all_reduce after [0-9]\.[0-9]+s: UNAVAILABLE: .*rank 2 has not answered" <<<"$out"; then
+    echo "FAIL: $1: rank 0 did not name rank 2 within 10 s" >&2
+    exit 1
+  fi
+  if ((elapsed >= 40)); then
+    echo "FAIL: $1: took ${elapsed}s; liveness should end it in a few seconds" >&2
+    exit 1
+  fi
+}
+liveness_case liveness_dead exit
+liveness_case liveness_stopped stop
+
+# Case 6, bounded set-up: rank 1 of 3 starts 30 s late; the others give up
+# after 3 s (Options::init_timeout) with DeadlineExceeded, having logged each
+# second what they wait for (in MPI_Init_thread, OpenMPI's start-up
+# exchange, or in our hello exchange, which names rank 1).
+late_case() {
+  local dir="$TMP/late"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  local start=$SECONDS
+  set +e
+  out=$(timeout --kill-after=10 120 "${MPIRUN[@]}" -np 3 "$CHECK" --mode=late_rank --dead_rank=1 \
+          --watchdog_ms=30000 --timeout_ms=3000 --status_dir="$dir" 2>&1)
+  rc=$?
+  set -e
+  elapsed=$((SECONDS - start))
+  echo "=== late: mpirun exit $rc after ${elapsed}s"
+  echo "$out"
+  for r in 0 2; do
+    s=$(status_of "$dir" "$r")
+    if [[ "$s" != 43 ]]; then
+      echo "FAIL: late: rank $r status '$s', want 43 (set-up timed out)" >&2
+      exit 1
+    fi
+  done
+  if ! grep -qE "rank 0: set-up after [0-9]\.[0-9]+s: DEADLINE_EXCEEDED: .*(did not finish within 3s|has not heard from rank\(s\) 1 of 3)" <<<"$out"; then
+    echo "FAIL: late: rank 0 did not time out within 10 s naming what it waited for" >&2
+    exit 1
+  fi
+  if ! grep -q "set-up has waited 1s: " <<<"$out"; then
+    echo "FAIL: late: no progress line while waiting" >&2
+    exit 1
+  fi
+  if ((elapsed >= 28)); then
+    echo "FAIL: late: took ${elapsed}s; the 3 s bound should end it before rank 1 arrives" >&2
+    exit 1
+  fi
+}
+late_case
 echo "PASS"

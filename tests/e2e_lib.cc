@@ -305,14 +305,17 @@ std::unique_ptr<proto::Coordinator::Stub> E2eCluster::Stub() {
       grpc::CreateChannel(target(), grpc::InsecureChannelCredentials()));
 }
 
-absl::Status E2eCluster::StartCoordinator(const std::string& lease_ttl) {
+absl::Status E2eCluster::StartCoordinator(const std::string& lease_ttl,
+                                          const std::vector<std::string>& extra) {
   ++coordinators_started_;
-  absl::StatusOr<std::unique_ptr<Process>> p = Process::Start(
-      {Runfile("coordinator/sheaf-coordinator"), "--listen", target(), "--db", dir_ + "/jobs.db",
-       "--tokens", dir_ + "/tokens", "--model-root", dir_ + "/models", "--data-root",
-       dir_ + "/data", "--output-root", dir_ + "/out", "--lease-ttl", lease_ttl,
-       "--metrics-port", "0"},
-      absl::StrCat(dir_, "/coordinator.", coordinators_started_, ".log"));
+  std::vector<std::string> argv = {
+      Runfile("coordinator/sheaf-coordinator"), "--listen", target(), "--db", dir_ + "/jobs.db",
+      "--tokens", dir_ + "/tokens", "--model-root", dir_ + "/models", "--data-root",
+      dir_ + "/data", "--output-root", dir_ + "/out", "--lease-ttl", lease_ttl,
+      "--metrics-port", "0"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  absl::StatusOr<std::unique_ptr<Process>> p =
+      Process::Start(argv, absl::StrCat(dir_, "/coordinator.", coordinators_started_, ".log"));
   if (!p.ok()) return p.status();
   coordinator_ = std::move(*p);
   const absl::Time deadline = absl::Now() + absl::Seconds(30);

@@ -80,8 +80,10 @@ class E2eCluster {
   ~E2eCluster();
 
   // Starts sheaf-coordinator on the cluster's port and database and waits
-  // until it answers. `lease_ttl` as for --lease-ttl ("2s").
-  absl::Status StartCoordinator(const std::string& lease_ttl);
+  // until it answers. `lease_ttl` as for --lease-ttl ("2s"); `extra`
+  // flags are appended ({"--stall-floor", "4s"}).
+  absl::Status StartCoordinator(const std::string& lease_ttl,
+                                const std::vector<std::string>& extra = {});
   Process* coordinator() { return coordinator_.get(); }
   // SIGKILL; the database stays.
   void KillCoordinator();

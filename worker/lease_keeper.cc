@@ -58,6 +58,11 @@ void LeaseKeeper::SetProgress(const proto::Progress& progress,
   metrics_ = metrics;
 }
 
+std::map<std::string, double> LeaseKeeper::metrics() const {
+  absl::MutexLock lock(&mu_);
+  return metrics_;
+}
+
 proto::Progress LeaseKeeper::progress() const {
   absl::MutexLock lock(&mu_);
   return progress_;

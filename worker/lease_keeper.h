@@ -65,6 +65,7 @@ class LeaseKeeper {
   void SetProgress(const proto::Progress& progress,
                    const std::map<std::string, double>& metrics);
   proto::Progress progress() const;
+  std::map<std::string, double> metrics() const;
 
   LeaseVerdict verdict() const;
   // When the lease expires unless renewed (local estimate).

@@ -55,6 +55,15 @@ constexpr const char* kUsage = R"(usage: sheaf-worker [flags]      (one process 
   --handback-exit-code N   exit N (1-125) instead of 0 when the world gave a
                            job back (stopped by a signal mid-job); default 0.
                            deploy/slurm's script uses 75 to requeue itself
+  --peer-timeout-s N       a rank not heard from for N seconds (dead, or
+                           stopped) breaks the world: the job is completed as
+                           a retryable failure at once and the world exits 1
+                           (default 20; 0: only the 30-minute collective
+                           watchdog)
+  --mpi-init-timeout-s N   MPI set-up (MPI_Init, every rank reaching rank 0,
+                           the communicator) must finish within N seconds,
+                           else exit 1 naming what it waited for; a line
+                           every 10 s while it waits (default 120)
 
 Rank 0 registers the world, long-polls for jobs, heartbeats and completes
 them; every rank trains. SIGTERM, SIGINT or SIGUSR1 (which mpirun forwards
@@ -128,6 +137,8 @@ int Main(int argc, char** argv) {
       {"idle-exit-s", "0"},
       {"acquire-wait-s", "20"},
       {"handback-exit-code", "0"},
+      {"peer-timeout-s", "20"},
+      {"mpi-init-timeout-s", "120"},
   };
   ParsedFlags parsed;
   if (absl::Status st = ParseLongFlags(argc, argv, &flags, {"once"}, &parsed); !st.ok()) {
@@ -181,6 +192,15 @@ int Main(int argc, char** argv) {
       handback_exit_code < 0 || handback_exit_code > 125) {
     return Usage("--handback-exit-code: must be an integer in [0, 125]");
   }
+  int64_t peer_timeout_s = 0, init_timeout_s = 0;
+  if (!absl::SimpleAtoi(flags["peer-timeout-s"], &peer_timeout_s) || peer_timeout_s < 0 ||
+      peer_timeout_s > 3600) {
+    return Usage("--peer-timeout-s: must be an integer in [0, 3600]");
+  }
+  if (!absl::SimpleAtoi(flags["mpi-init-timeout-s"], &init_timeout_s) || init_timeout_s < 1 ||
+      init_timeout_s > 3600) {
+    return Usage("--mpi-init-timeout-s: must be an integer in [1, 3600]");
+  }
   options.idle_exit = absl::Seconds(idle_s);
   options.acquire_wait = absl::Seconds(wait_s);
 
@@ -192,11 +212,16 @@ int Main(int argc, char** argv) {
   }
   std::unique_ptr<dist::MpiCommunicator> comm;
   if (rank->world_size > 1) {
-    absl::StatusOr<std::unique_ptr<dist::MpiCommunicator>> c = dist::MpiCommunicator::Create();
+    dist::MpiCommunicator::Options mpi;
+    mpi.peer_timeout = std::chrono::seconds(peer_timeout_s);
+    mpi.init_timeout = std::chrono::seconds(init_timeout_s);
+    absl::StatusOr<std::unique_ptr<dist::MpiCommunicator>> c = dist::MpiCommunicator::Create(mpi);
     if (!c.ok()) {
       std::fprintf(stderr, "sheaf-worker[rank %d]: MPI: %s\n", rank->world_rank,
                    c.status().ToString().c_str());
-      return 1;
+      std::fflush(stderr);
+      // MPI may still be inside MPI_Init on another thread: no destructors.
+      std::_Exit(1);
     }
     comm = std::move(*c);
   }

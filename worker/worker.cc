@@ -56,6 +56,7 @@ proto::Progress ToProto(const TrainProgress& p) {
   if (p.val_loss >= 0) out.set_val_loss(p.val_loss);
   out.set_tokens_per_s(p.tokens_per_s);
   out.set_eta_s(p.eta_s);
+  out.set_phase("train");
   return out;
 }
 
@@ -598,6 +599,9 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
     };
     ko.log = [this](absl::string_view line) { Log(line); };
     keeper = LeaseKeeper::Start(client_.get(), lease.lease_id(), received, std::move(ko));
+    proto::Progress setup;
+    setup.set_phase("setup");
+    keeper->SetProgress(setup, {});
   }
   // On a broken world: give the job back (retryable) when the lease is
   // still ours, and fail.
@@ -646,6 +650,7 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
   if (recipe.ok() && is_root()) {
     proto::Progress p;
     p.set_total_steps((*recipe)->total_steps());
+    p.set_phase("train");
     k->SetProgress(p, {});
   }
   jobs::Vote setup_failed(!recipe.ok()), stopped_before_run(stop_before_run);
@@ -691,6 +696,7 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
   }
   proto::CompleteJobRequest request;
   *request.mutable_progress() = keeper->progress();
+  for (const auto& [name, value] : keeper->metrics()) (*request.mutable_metrics())[name] = value;
   enum { kSucceeded, kFailed, kCancelled, kGivenBack } kind = kFailed;
   if (setup_failed.any()) {
     const absl::Status s = recipe.ok() ? absl::InternalError("another rank could not set up the job "
