@@ -36,6 +36,8 @@
 // Worlds: align and train run on the world like any pretrain/lora job;
 // prune, recover and the report are rank 0's (the others wait), and every
 // rank evaluates its slice of each set on unsharded copies of the models.
+#include <malloc.h>
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -395,6 +397,7 @@ class LoramRecipe : public Recipe {
       absl::Status st = absl::OkStatus();
       if (world_->is_root() && !fs::exists(Nf4Path())) st = WriteNf4Artifact();
       RETURN_IF_ERROR(world_->AgreeOnStatus(st, "writing the NF4 file"));
+      malloc_trim(0);  // the writer's buffers go back to the system first
       ResetPeakRss();  // the phase's peak is the training's, not the file writer's
     }
     TrainResult r;
