@@ -29,7 +29,7 @@ lora_rss, loram_proc_rss = rss(os.path.join(work, "mem_lora.rss")), rss(os.path.
 w("## Memory: LoRA on the full model vs LoRAM-Stru and QLoRAM-Stru (p = 0.65)\n")
 w("A randomly initialised Llama (hidden 1024, 12 layers, 16 heads / 8 KV groups, MLP 2816,")
 w(f"vocab 258, untied head: {full_p:,} parameters, f32) made by `loram_random_model.py`;")
-w("pruned with `sheaf prune --ratio 0.65 --method stru` (layers [1, 11) pruned). Both runs: LoRA")
+w("pruned with `sheaf prune --ratio 0.65 --method stru` (layers [1, 11) pruned). All three runs: LoRA")
 w("r 8 on q,k,v,o,gate,up,down, batch 2 x 64 tokens, 2 steps; frozen weights f32, except the")
 w("QLoRAM row (`loram.quantize: nf4`): the pruned model's projection matrices in NF4 (blocks of 64,")
 w("double-quantised scales; 36 bytes per 64 weights in memory), embeddings, lm_head and norms f32.\n")
