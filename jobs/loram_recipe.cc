@@ -335,7 +335,11 @@ class LoramRecipe : public Recipe {
     o.resume = HasCheckpoints(out + "/checkpoints");
     o.spec_origin = absl::StrCat("(a phase of the loram job in ", spec_.output_dir(), ")");
     ASSIGN_OR_RETURN(std::unique_ptr<Trainer> t, Trainer::Create(sub, o));
-    stats.frozen_bytes = t->model().frozen_arena().bytes();
+    // Frozen bytes resident on this rank: the model's frozen arena, or in a
+    // sharded world this rank's shard plus its gather buffers.
+    stats.frozen_bytes = t->sharded() != nullptr
+                             ? t->sharded()->shard_bytes() + t->sharded()->gather_buffer_bytes()
+                             : t->model().frozen_arena().bytes();
     stats.trainable_params = t->adapter() ? t->adapter()->num_params()
                                           : t->model().params_arena().size();
     {
