@@ -8,9 +8,13 @@
 #include <random>
 #include <set>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/backend.h"
+#include "core/quant/nf4.h"
 #include "core/safetensors.h"
 #include "core/status.h"
 
@@ -151,13 +155,11 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(
         "//ops/cpu:ops)");
   }
   const DType fdt = options.frozen_dtype;
-  if (fdt == DType::kDTypeNF4) {
-    return absl::UnimplementedError(
-        "frozen_dtype nf4 is not supported yet (its blocks-of-64 layout is in core/dtype.h; "
-        "the kernels come with the loram issue)");
-  }
+  const bool nf4 = fdt == DType::kDTypeNF4;
+  // NF4 covers the layers' projections only; embeddings and lm_head stay f32.
+  const DType edge_dt = nf4 ? DType::kDTypeF32 : fdt;
   if (!backend->Supports(BackendOp::kBackendOpLinear, {DType::kDTypeF32, fdt}) ||
-      !backend->Supports(BackendOp::kBackendOpEmbedding, {fdt})) {
+      !backend->Supports(BackendOp::kBackendOpEmbedding, {edge_dt})) {
     return absl::InvalidArgumentError(absl::StrCat("frozen_dtype ", DTypeName(fdt),
                                                    " is not supported by backend ",
                                                    backend->name(), " (use f32 or bf16)"));
@@ -185,8 +187,12 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(
   auto plan = [&](Param* p, std::string name, std::vector<int64_t> shape) {
     p->name = name;
     const bool t = trainable(name);
-    // Frozen matrices take the frozen dtype; norms and biases stay f32.
-    const DType dtype = shape.size() == 2 ? fdt : DType::kDTypeF32;
+    // Frozen matrices take the frozen dtype; norms and biases stay f32. NF4
+    // is for the layers' projection matrices only (q,k,v,o,gate,up,down):
+    // the embedding is a row gather and lm_head is small next to the layers
+    // (and LoRAM keeps both full precision), so they stay f32.
+    const bool layer_matrix = shape.size() == 2 && name.starts_with("model.layers.");
+    const DType dtype = shape.size() != 2 ? DType::kDTypeF32 : layer_matrix ? fdt : edge_dt;
     int slot = t ? m->params_.Add(name, shape) : m->frozen_.Add(name, shape, dtype);
     if (t) m->grads_.Add(name, shape);
     planned.push_back({p, t, slot});
@@ -280,14 +286,43 @@ absl::Status Model::GradsReady(int group) {
   return grad_listener_ ? grad_listener_->OnGradsReady(group) : absl::OkStatus();
 }
 
+namespace {
+
+// The file pages a read touched stay in the process's RSS as long as the
+// file is mapped; the arena holds its own copy, so they are given back after
+// each tensor (peak RSS then measures the arenas, not the file twice over).
+void DropMappedPages(const SafetensorsModel& st, const std::string& name) {
+  const SafetensorsFile* f = st.FileFor(name);
+  const TensorInfo* info = st.Find(name);
+  if (f == nullptr || info == nullptr) return;
+  std::span<const std::byte> bytes = f->Bytes(*info);
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(bytes.data()) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(bytes.data() + bytes.size());
+  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+}  // namespace
+
 absl::Status Model::LoadWeights(const std::string& dir) {
   if (frozen_.data() == nullptr && frozen_.num_slots() > 0) {
     return absl::FailedPreconditionError("frozen weights are external (sharded): load them through the FrozenWeightSource");
   }
   RETURN_IF_ERROR(CheckWeightsMatchConfig(config_, dir));
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsModel> st, SafetensorsModel::Open(dir));
+  std::vector<float> widened;  // one NF4 tensor's floats at a time
   for (Param* p : weights_.all()) {
-    RETURN_IF_ERROR(st->Read(p->name, p->value.shape, p->value.dtype, p->value.raw()));
+    if (p->value.dtype == DType::kDTypeNF4) {
+      // Quantised on load, one tensor at a time, with double-quantised
+      // scales (what the NF4 file of these weights holds).
+      widened.resize(static_cast<size_t>(p->value.numel()));
+      RETURN_IF_ERROR(st->Read(p->name, p->value.shape, DType::kDTypeF32, widened.data()));
+      quant::QuantizeNf4DoubleQuant(widened.data(), p->value.numel(),
+                                    static_cast<uint8_t*>(p->value.raw()));
+    } else {
+      RETURN_IF_ERROR(st->Read(p->name, p->value.shape, p->value.dtype, p->value.raw()));
+    }
+    DropMappedPages(*st, p->name);
   }
   return absl::OkStatus();
 }
@@ -299,14 +334,22 @@ void Model::InitRandom(uint64_t seed, float std) {
     const bool is_norm = p->name.find("norm") != std::string::npos;
     const bool is_bias = p->name.size() > 5 && p->name.ends_with(".bias");
     const bool bf16 = p->value.dtype == DType::kDTypeBF16;
+    const bool nf4 = p->value.dtype == DType::kDTypeNF4;
     uint16_t* bits = static_cast<uint16_t*>(p->value.raw());
+    std::vector<float> drawn(nf4 ? static_cast<size_t>(p->value.numel()) : 0);
     for (int64_t i = 0; i < p->value.numel(); ++i) {
       const float x = is_norm ? 1.0f : is_bias ? 0.0f : normal(rng);
-      if (bf16) {
+      if (nf4) {
+        drawn[static_cast<size_t>(i)] = x;
+      } else if (bf16) {
         bits[i] = F32ToBf16(x);
       } else {
         p->value.data[i] = x;
       }
+    }
+    if (nf4) {
+      quant::QuantizeNf4DoubleQuant(drawn.data(), p->value.numel(),
+                                    static_cast<uint8_t*>(p->value.raw()));
     }
   }
 }
@@ -370,7 +413,15 @@ absl::Status Model::SaveImpl(const std::string& dir, std::optional<SafetensorsDt
   SafetensorsWriter writer;
   std::vector<std::vector<float>> widened;  // bf16 tensors, written back as BF16 (exact)
   for (Param* p : const_cast<ModelWeights&>(weights_).all()) {
-    if (p->value.dtype == DType::kDTypeBF16) {
+    if (p->value.dtype == DType::kDTypeNF4) {
+      // NF4 has no safetensors dtype: the dequantised values, as F32 (exact:
+      // code · scale in fp32), or in `all`.
+      widened.emplace_back(static_cast<size_t>(p->value.numel()));
+      quant::DequantizeNf4(static_cast<const uint8_t*>(p->value.raw()), 0, p->value.numel(),
+                           widened.back().data());
+      writer.Add(p->name, p->value.shape, widened.back().data(),
+                 all ? *all : SafetensorsDtype::kDtypeF32);
+    } else if (p->value.dtype == DType::kDTypeBF16) {
       widened.emplace_back(static_cast<size_t>(p->value.numel()));
       const uint16_t* bits = static_cast<const uint16_t*>(p->value.raw());
       for (size_t i = 0; i < widened.back().size(); ++i) widened.back()[i] = Bf16ToF32(bits[i]);

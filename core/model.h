@@ -1,5 +1,5 @@
 // The Llama-family decoder with hand-written forward and backward (fp32
-// activations; frozen weights f32 or bf16), computed by a Backend
+// activations; frozen weights f32, bf16 or NF4), computed by a Backend
 // (core/backend.h; the CPU one lives in ops/cpu).
 //
 //   x0 = embed[tokens]
@@ -164,7 +164,12 @@ struct ModelOptions {
   // Storage of the frozen matrices (projections, embedding, untied head):
   // f32, or bf16 (half the memory; a bf16 file is then read without
   // widening, and the backend computes in fp32 tile by tile). Norms and
-  // biases stay f32. NF4 is refused until its kernels exist.
+  // biases stay f32. nf4 (QLoRAM): the layers' projection matrices (q, k, v,
+  // o, gate, up, down) in NF4 blocks of 64 with double-quantised scales
+  // (core/quant/nf4.h; 36 bytes per 64 weights in memory, ~1/7 of f32),
+  // quantised on load from an f32/bf16/f16 file; the backend dequantises
+  // tile by tile in forward and dX. Embedding, lm_head, norms and biases
+  // stay f32. Save() writes the dequantised values as F32.
   DType frozen_dtype = DType::kDTypeF32;
 };
 inline bool NothingTrainable(const std::string&) { return false; }
@@ -189,7 +194,8 @@ class Model {
   // Normal(0, std) for matrices, ones for norms, zeros for biases.
   void InitRandom(uint64_t seed, float std);
   // Writes config.json + model.safetensors into dir (created if missing).
-  // Matrices keep their storage dtype (bf16 frozen weights stay BF16),
+  // Matrices keep their storage dtype (bf16 frozen weights stay BF16; NF4
+  // ones are written dequantised, as F32),
   // norms and biases are F32. Also writes generation_config.json when the
   // config knows BOS or EOS.
   absl::Status Save(const std::string& dir) const;

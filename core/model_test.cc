@@ -487,10 +487,9 @@ TEST(Model, Bf16SelectedRowsHeadMatchesTheWidenedWeights) {
 
 TEST(Model, FrozenDtypeErrorsAreClear) {
   const ModelConfig c = Bf16Config();
-  ModelOptions nf4;
+  ModelOptions nf4;  // NF4 is accepted (core/model_nf4_test.cc)
   nf4.frozen_dtype = DType::kDTypeNF4;
-  EXPECT_EQ(Model::Create(c, NothingTrainable, nf4).status().code(),
-            absl::StatusCode::kUnimplemented);
+  EXPECT_TRUE(Model::Create(c, NothingTrainable, nf4).ok());
   ModelOptions f16;
   f16.frozen_dtype = DType::kDTypeF16;
   auto bad = Model::Create(c, NothingTrainable, f16);

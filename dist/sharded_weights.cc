@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "core/quant/nf4.h"
 #include "core/safetensors.h"
 #include "core/status.h"
 
@@ -19,9 +20,10 @@ absl::StatusOr<std::unique_ptr<ShardedWeights>> ShardedWeights::Create(Model* mo
     Group& grp = s->groups_[static_cast<size_t>(g)];
     for (Param* p : model->GroupParams(g)) {
       if (p->trainable()) continue;  // trainable tensors are replicated
-      if (p->value.dtype != DType::kDTypeF32 && p->value.dtype != DType::kDTypeBF16) {
+      if (p->value.dtype != DType::kDTypeF32 && p->value.dtype != DType::kDTypeBF16 &&
+          p->value.dtype != DType::kDTypeNF4) {
         return absl::UnimplementedError(absl::StrCat("sharded weights: tensor ", p->name, " has dtype ",
-                                                     DTypeName(p->value.dtype), " (f32 or bf16)"));
+                                                     DTypeName(p->value.dtype), " (f32, bf16 or nf4)"));
       }
       grp.params.push_back(p);
       grp.offsets.push_back(grp.size);
@@ -52,6 +54,17 @@ absl::StatusOr<std::unique_ptr<ShardedWeights>> ShardedWeights::Create(Model* mo
         return absl::InvalidArgumentError(absl::StrCat(model_dir, ": tensor ", grp.params[i]->name,
                                                        " has shape ", ShapeToString(info->shape),
                                                        ", expected ", v.ShapeString()));
+      }
+      if (v.dtype == DType::kDTypeNF4) {
+        // The tensor is quantised whole (its double-quantised scales depend
+        // on every block: the bytes equal an unsharded model's), and this
+        // rank keeps its byte range of it, which may cut a 36-byte block.
+        std::vector<float> x(static_cast<size_t>(v.numel()));
+        RETURN_IF_ERROR(st->ReadF32Range(grp.params[i]->name, 0, v.numel(), x.data()));
+        std::vector<uint8_t> q(static_cast<size_t>(v.nbytes()));
+        quant::QuantizeNf4DoubleQuant(x.data(), v.numel(), q.data());
+        std::memcpy(dst + (lo - begin), q.data() + (lo - t0), static_cast<size_t>(hi - lo));
+        continue;
       }
       // Offsets and shard bounds are multiples of 4 bytes, so [lo, hi) holds
       // whole f32 or bf16 elements.

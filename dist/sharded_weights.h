@@ -8,10 +8,12 @@
 // multiple of N 4-byte words, and rank r stores only words [r*S, (r+1)*S) of
 // it, read straight from its own byte ranges of the safetensors file(s).
 // Gathers move those words untouched (a bf16 pair travels as one 32-bit
-// word until collectives take a dtype). NF4 fits the same layout: its
-// storage bytes are the file's bytes, so a shard boundary may fall inside a
-// 36-byte block; only the read of a partial block needs a byte-range reader
-// (Unimplemented today, refused at Model::Create). Before a
+// word until collectives take a dtype). NF4 fits the same layout: each
+// tensor is quantised whole at load (core/quant/nf4.h, double-quantised
+// scales) and each rank keeps its byte range of the NF4 bytes, so a shard
+// boundary may fall inside a 36-byte block; gathers move NF4 bytes, never
+// dequantised floats, and the gathered bytes equal an unsharded NF4
+// model's. Before a
 // group is used it is all-gathered into a gather buffer; Prefetch issues the
 // gather of the next group so it overlaps the current computation.
 //

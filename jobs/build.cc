@@ -207,6 +207,7 @@ absl::StatusOr<ModelParts> BuildModel(const proto::JobSpec& spec, const ModelCon
   const bool all_weights = spec.has_pretrain();
   ModelOptions mopt;
   mopt.external_frozen = !all_weights && world_size > 1;
+  mopt.frozen_dtype = options.frozen_dtype;
   // The file's headers against the config before anything is allocated
   // (a vocab_size of 2^24 in a bad config.json must not allocate first).
   if (!spec.base_model().empty()) RETURN_IF_ERROR(CheckWeightsMatchConfig(config, spec.base_model()));

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/dtype.h"
 #include "core/data/dataset.h"
 #include "core/data/token_corpus.h"
 #include "core/data/tokenizer.h"
@@ -73,6 +74,7 @@ struct ModelParts {
 struct ModelBuildOptions {
   dist::Communicator* comm = nullptr;  // world; null = one rank
   int64_t gather_budget_bytes = 0;     // ShardedWeights::Options
+  DType frozen_dtype = DType::kDTypeF32;  // ModelOptions::frozen_dtype
 };
 // The model of `spec` (all weights trainable for pretrain, frozen for lora;
 // frozen weights sharded over a world of more than one rank), its weights

@@ -7,12 +7,20 @@
 //   align    continued pre-training of the pruned model (the pretrain
 //            recipe) → output_dir/align/model/; skipped when align.steps = 0
 //   train    LoRA on the pruned (aligned) frozen model (the lora recipe)
-//            → output_dir/train/adapter/ (the pruned adapter)
+//            → output_dir/train/adapter/ (the pruned adapter). With
+//            loram.quantize: nf4 (QLoRAM) the phase first writes the NF4
+//            file of the small model's projections (output_dir/nf4/
+//            model.nf4.safetensors, core/quant/nf4_file.h) and trains on
+//            frozen_dtype nf4: the projections quantised on load, which
+//            are the same bytes the file reads back (core/model_nf4_test);
+//            embeddings, lm_head and norms stay f32
 //   recover  the adapter expanded to the full shapes → output_dir/adapter/
 //            (PEFT, for base_model)
 //   eval     full model + recovered adapter, the base alone and the pruned
 //            model + pruned adapter ("infer small") on the job's validation
 //            split and loram.eval's sets → output_dir/loram_report.json
+//            (with nf4, "infer small" runs on the NF4 small model it was
+//            trained on; the full model is always the original f32 one)
 //
 // Composition, not copies: align and train are the existing Trainer recipe
 // run on a derived spec in their own subdirectory, so they checkpoint and
@@ -28,6 +36,8 @@
 // Worlds: align and train run on the world like any pretrain/lora job;
 // prune, recover and the report are rank 0's (the others wait), and every
 // rank evaluates its slice of each set on unsharded copies of the models.
+#include <malloc.h>
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -45,6 +55,8 @@
 #include "core/model.h"
 #include "core/prune/pruning_map.h"
 #include "core/prune/recover.h"
+#include "core/quant/nf4_file.h"
+#include "core/safetensors.h"
 #include "core/spec/validate.h"
 #include "core/spec/yaml.h"
 #include "core/status.h"
@@ -258,6 +270,30 @@ class LoramRecipe : public Recipe {
     return Aligning() ? spec_.output_dir() + "/align/model" : PrunedDir();
   }
   std::string MapPath() const { return PrunedDir() + "/" + prune::kPruningMapFile; }
+  bool Quantizing() const { return spec_.loram().quantize() == "nf4"; }
+  std::string Nf4Path() const { return spec_.output_dir() + "/nf4/model.nf4.safetensors"; }
+  DType SmallDtype() const { return Quantizing() ? DType::kDTypeNF4 : DType::kDTypeF32; }
+
+  // The NF4 file of the small model's projection matrices (the tensors a
+  // frozen_dtype nf4 model quantises), one tensor read at a time.
+  absl::Status WriteNf4Artifact() {
+    ASSIGN_OR_RETURN(ModelConfig c, LoadModelConfig(SmallDir()));
+    ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsModel> st, SafetensorsModel::Open(SmallDir()));
+    std::vector<quant::Nf4Tensor> tensors;
+    std::vector<float> x;
+    for (const ExpectedTensor& e : ExpectedTensors(c)) {
+      if (e.shape.size() != 2 || e.name.rfind("model.layers.", 0) != 0) continue;
+      int64_t n = 1;
+      for (int64_t d : e.shape) n *= d;
+      x.resize(static_cast<size_t>(n));
+      RETURN_IF_ERROR(st->ReadF32(e.name, e.shape, x.data()));
+      tensors.push_back(quant::QuantizeTensor(e.name, e.shape, x.data()));
+    }
+    std::error_code ec;
+    fs::create_directories(fs::path(Nf4Path()).parent_path(), ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot create ", Nf4Path(), ": ", ec.message()));
+    return quant::WriteNf4File(Nf4Path(), tensors);
+  }
 
   absl::Status RunPrune(PhaseStats& stats) {
     if (!spec_.loram().pruned_model().empty()) return absl::OkStatus();
@@ -293,12 +329,17 @@ class LoramRecipe : public Recipe {
 
   // Runs a sub-recipe to its end (true) or to a stop request (false).
   absl::StatusOr<bool> RunSub(const proto::JobSpec& sub, const std::string& out, PhaseStats& stats,
-                              TrainResult* into) {
+                              TrainResult* into, DType frozen = DType::kDTypeF32) {
     TrainerOptions o = options_;
+    o.frozen_dtype = frozen;
     o.resume = HasCheckpoints(out + "/checkpoints");
     o.spec_origin = absl::StrCat("(a phase of the loram job in ", spec_.output_dir(), ")");
     ASSIGN_OR_RETURN(std::unique_ptr<Trainer> t, Trainer::Create(sub, o));
-    stats.frozen_bytes = t->model().frozen_arena().bytes();
+    // Frozen bytes resident on this rank: the model's frozen arena, or in a
+    // sharded world this rank's shard plus its gather buffers.
+    stats.frozen_bytes = t->sharded() != nullptr
+                             ? t->sharded()->shard_bytes() + t->sharded()->gather_buffer_bytes()
+                             : t->model().frozen_arena().bytes();
     stats.trainable_params = t->adapter() ? t->adapter()->num_params()
                                           : t->model().params_arena().size();
     {
@@ -356,8 +397,15 @@ class LoramRecipe : public Recipe {
     sub.set_base_model(SmallDir());
     sub.set_output_dir(spec_.output_dir() + "/train");
     *sub.mutable_lora()->mutable_adapter() = spec_.loram().adapter();
+    if (Quantizing()) {
+      absl::Status st = absl::OkStatus();
+      if (world_->is_root() && !fs::exists(Nf4Path())) st = WriteNf4Artifact();
+      RETURN_IF_ERROR(world_->AgreeOnStatus(st, "writing the NF4 file"));
+      malloc_trim(0);  // the writer's buffers go back to the system first
+      ResetPeakRss();  // the phase's peak is the training's, not the file writer's
+    }
     TrainResult r;
-    ASSIGN_OR_RETURN(bool done, RunSub(sub, sub.output_dir(), stats, &r));
+    ASSIGN_OR_RETURN(bool done, RunSub(sub, sub.output_dir(), stats, &r, SmallDtype()));
     result->step_losses = r.step_losses;
     result->final_train_loss = r.final_train_loss;
     return done;
@@ -399,10 +447,12 @@ class LoramRecipe : public Recipe {
     EvalOptions eo;
     eo.batch_size = spec_.train().batch_size();
     if (spec_.loram().eval().max_sequences() > 0) eo.max_sequences = spec_.loram().eval().max_sequences();
-    auto eval = [&](const std::string& model_dir,
-                    const std::string& adapter_dir) -> absl::StatusOr<std::map<std::string, double>> {
+    auto eval = [&](const std::string& model_dir, const std::string& adapter_dir,
+                    DType frozen = DType::kDTypeF32) -> absl::StatusOr<std::map<std::string, double>> {
       ASSIGN_OR_RETURN(ModelConfig c, LoadModelConfig(model_dir));
-      ASSIGN_OR_RETURN(std::unique_ptr<Model> m, Model::Create(c, NothingTrainable));
+      ModelOptions mo;
+      mo.frozen_dtype = frozen;
+      ASSIGN_OR_RETURN(std::unique_ptr<Model> m, Model::Create(c, NothingTrainable, mo));
       RETURN_IF_ERROR(m->LoadWeights(model_dir));
       stats.frozen_bytes = std::max(stats.frozen_bytes, m->frozen_arena().bytes());
       std::unique_ptr<LoraAdapter> a;
@@ -413,8 +463,8 @@ class LoramRecipe : public Recipe {
     };
     ASSIGN_OR_RETURN(auto full, eval(spec_.base_model(), out + "/adapter"));
     ASSIGN_OR_RETURN(auto base, eval(spec_.base_model(), ""));
-    ASSIGN_OR_RETURN(auto small, eval(SmallDir(), out + "/train/adapter"));
-    ASSIGN_OR_RETURN(auto small_base, eval(SmallDir(), ""));
+    ASSIGN_OR_RETURN(auto small, eval(SmallDir(), out + "/train/adapter", SmallDtype()));
+    ASSIGN_OR_RETURN(auto small_base, eval(SmallDir(), "", SmallDtype()));
     result->first_val_loss = base.at("val");
     result->final_val_loss = full.at("val");
     report_base_loss_ = base.at("val");
@@ -439,6 +489,12 @@ class LoramRecipe : public Recipe {
       j.Set("method", spec_.loram().prune().method());
     }
     j.Set("aligned", Aligning());
+    j.Set("quantize", spec_.loram().quantize());
+    if (Quantizing()) {
+      std::error_code ec;
+      j.Set("nf4_file", Nf4Path());
+      j.Set("nf4_file_bytes", static_cast<int64_t>(fs::file_size(Nf4Path(), ec)));
+    }
     j.Set("recover", spec_.loram().recover());
     Json losses = Json::Object();
     for (const auto& [name, set] : std::vector<std::pair<std::string, std::map<std::string, double>*>>{

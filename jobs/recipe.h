@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/dtype.h"
 #include "core/optimizer.h"
 #include "dist/communicator.h"
 #include "proto/job_spec.pb.h"
@@ -71,6 +72,9 @@ struct TrainerOptions {
   // Tests: called with the step's reduced gradients before clipping (fault
   // injection, e.g. a non-finite gradient).
   std::function<void(int64_t step, const std::vector<ParamRef>& params)> inspect_gradients;
+  // Storage of the frozen base weights (ModelOptions::frozen_dtype): f32
+  // for every job kind; loram with quantize: nf4 trains on nf4.
+  DType frozen_dtype = DType::kDTypeF32;
 };
 
 struct TrainResult {

@@ -103,6 +103,7 @@ absl::Status Trainer::Setup(const proto::JobSpec& spec_in) {
   jobs::ModelBuildOptions mbo;
   mbo.comm = options_.comm;
   mbo.gather_budget_bytes = options_.gather_budget_bytes;
+  mbo.frozen_dtype = options_.frozen_dtype;
   ASSIGN_OR_RETURN(parts_, jobs::BuildModel(spec, config, mbo));
   trainable_params_ = parts_.adapter ? &parts_.adapter->params() : &parts_.model->params_arena();
   AdamWOptions aopt;

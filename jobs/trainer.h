@@ -79,6 +79,8 @@ class Trainer : public jobs::Recipe {
 
   Model& model() { return *parts_.model; }
   LoraAdapter* adapter() { return parts_.adapter.get(); }
+  // The frozen weights' shards in a world of more than one rank; else null.
+  dist::ShardedWeights* sharded() { return parts_.sharded.get(); }
 
  private:
   std::vector<ParamRef> TrainableParams();

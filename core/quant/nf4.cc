@@ -105,4 +105,9 @@ void SetNf4Absmax(uint8_t* nf4, int64_t n, const std::vector<float>& absmax) {
   }
 }
 
+void QuantizeNf4DoubleQuant(const float* x, int64_t n, uint8_t* out) {
+  QuantizeNf4(x, n, out);
+  SetNf4Absmax(out, n, DoubleDequantize(DoubleQuantize(Nf4Absmax(out, n))));
+}
+
 }  // namespace sheaf::quant

@@ -59,6 +59,12 @@ std::vector<float> DoubleDequantize(const Nf4DoubleQuant& dq);
 std::vector<float> Nf4Absmax(const uint8_t* nf4, int64_t n);
 void SetNf4Absmax(uint8_t* nf4, int64_t n, const std::vector<float>& absmax);
 
+// QuantizeNf4, then the block scales replaced by their double-quantised
+// values (DoubleDequantize(DoubleQuantize(absmax))): the bytes an NF4 file
+// written from QuantizeNf4(x) reads back as (ReadNf4File). What a model with
+// frozen_dtype nf4 holds, so training sees exactly the stored artifact.
+void QuantizeNf4DoubleQuant(const float* x, int64_t n, uint8_t* out);
+
 }  // namespace sheaf::quant
 
 #endif  // SHEAF_CORE_QUANT_NF4_H_

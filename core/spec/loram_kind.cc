@@ -41,12 +41,10 @@ void ValidateLoram(const proto::JobSpec& spec, const proto::JobSpec& given, Prob
                  "must be set for a loram job (the full model the recovered adapter is for)");
   }
   CheckAdapter(l.adapter(), "loram.adapter", problems);
+  // nf4 (QLoRAM): the train phase's frozen projections are NF4
+  // (jobs/loram_recipe.cc), on one rank or sharded over a world.
   if (l.quantize() != "none" && l.quantize() != "nf4") {
     problems.Add("loram.quantize", absl::StrCat("\"", l.quantize(), "\" is not none or nf4"));
-  } else if (l.quantize() == "nf4") {
-    problems.Add("loram.quantize",
-                 "nf4 (QLoRAM) is not wired into training yet; the NF4 format and kernels "
-                 "exist (core/quant) — use none");
   }
   if (l.recover() != "zero" && l.recover() != "norm") {
     problems.Add("loram.recover", absl::StrCat("\"", l.recover(), "\" is not zero or norm"));

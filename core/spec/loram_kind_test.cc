@@ -49,8 +49,9 @@ TEST(LoramKindTest, ErrorsNameTheField) {
               HasSubstr("loram.prune.mlp_layers: must be [begin, end)"));
   EXPECT_THAT(Resolved("loram: {recover: ones}\n").status().message(),
               HasSubstr("loram.recover: \"ones\" is not zero or norm"));
-  EXPECT_THAT(Resolved("loram: {quantize: nf4}\n").status().message(),
-              HasSubstr("loram.quantize: nf4 (QLoRAM) is not wired into training yet"));
+  EXPECT_TRUE(Resolved("loram: {quantize: nf4}\n").ok());  // QLoRAM
+  EXPECT_THAT(Resolved("loram: {quantize: int8}\n").status().message(),
+              HasSubstr("loram.quantize: \"int8\" is not none or nf4"));
   EXPECT_THAT(Resolved("loram: {align: {steps: 3}}\n").status().message(),
               HasSubstr("loram.align.data: must be given"));
   EXPECT_THAT(Resolved("loram: {pruned_model: p, prune: {ratio: 0.5}}\n").status().message(),

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces docs/results/loram.md: LoRAM's memory table (a random Llama of
-# 142M parameters) and a reduced quality table on models/tiny-en. About 10-15
-# CPU-minutes on 2 cores.
+# 142M parameters: LoRA, LoRAM-Stru and QLoRAM-Stru at p = 0.65) and the
+# quality table on models/tiny-en (LoRAM-Rand/Stru at p = 0.5, 0.65, 0.85,
+# 0.95 with and without alignment, QLoRAM-Stru at the same points). About
+# 30-40 CPU-minutes on 2 cores.
 #
 #   tools/experiments/loram_results.sh [DATA_DIR]     (default data/manpages;
 #                                                      tools/prepare_data.sh de en)
@@ -17,7 +19,7 @@ bazel build //cli:sheaf >/dev/null 2>&1
 SHEAF="$(bazel info bazel-bin 2>/dev/null)/cli/sheaf"
 rm -rf "$WORK" && mkdir -p "$WORK/specs"
 
-# ---- memory: LoRA on the full model vs LoRAM-Stru p = 0.65 ---------------
+# ---- memory: LoRA on the full model vs (Q)LoRAM-Stru p = 0.65 -------------
 /usr/bin/python3 tools/experiments/loram_random_model.py "$WORK/big" | tee "$WORK/big.log"
 "$SHEAF" prune "$WORK/big" "$WORK/big_p065" --ratio 0.65 --method stru \
   --calibration "$DATA/en" --samples 2 --seq-len 32 | tee "$WORK/prune_big.log"
@@ -31,8 +33,11 @@ YAML
 { echo "base_model: $WORK/big"; echo "output_dir: $WORK/mem_lora"; mem_common; echo "lora: {}"; } > "$WORK/specs/mem_lora.yaml"
 { echo "base_model: $WORK/big"; echo "output_dir: $WORK/mem_loram"; mem_common
   echo "loram: {pruned_model: $WORK/big_p065, eval: {max_sequences: 2}}"; } > "$WORK/specs/mem_loram.yaml"
+{ echo "base_model: $WORK/big"; echo "output_dir: $WORK/mem_qloram"; mem_common
+  echo "loram: {pruned_model: $WORK/big_p065, quantize: nf4, eval: {max_sequences: 2}}"; } > "$WORK/specs/mem_qloram.yaml"
 /usr/bin/time -f "%M" -o "$WORK/mem_lora.rss" "$SHEAF" train --quiet "$WORK/specs/mem_lora.yaml"
 /usr/bin/time -f "%M" -o "$WORK/mem_loram.rss" "$SHEAF" train --quiet "$WORK/specs/mem_loram.yaml"
+/usr/bin/time -f "%M" -o "$WORK/mem_qloram.rss" "$SHEAF" train --quiet "$WORK/specs/mem_qloram.yaml"
 
 # ---- quality: tiny-en, task German man pages, OOD English ---------------
 q_common() {
@@ -49,13 +54,15 @@ YAML
 "$SHEAF" train --quiet "$WORK/specs/q_lora.yaml" | tee "$WORK/q_lora.log"
 "$SHEAF" eval --model models/tiny-en --adapter "$WORK/q_lora/adapter" --data "$DATA/en" \
   --seq-len 64 --max-seqs 32 | tee "$WORK/q_lora_en.log"
-for p in 0.5 0.85; do
-  for m in rand stru; do
+for p in 0.5 0.65 0.85 0.95; do
+  for m in rand stru stru_nf4; do
     for align in 0 20; do
       name="q_${m}_${p}_a${align}"
       { q_common; echo "output_dir: $WORK/$name"
         echo "loram:"
-        echo "  prune: {ratio: $p, method: $m, calibration: {data: [$DATA/en], samples: 10, seq_len: 64}}"
+        method=${m%_nf4}
+        if [ "$m" != "$method" ]; then echo "  quantize: nf4"; fi
+        echo "  prune: {ratio: $p, method: $method, calibration: {data: [$DATA/en], samples: 10, seq_len: 64}}"
         if [ "$align" -gt 0 ]; then echo "  align: {data: [$DATA/en], steps: $align, lr: 5.0e-4}"; fi
         echo "  eval: {data: [$DATA/en], max_sequences: 32}"; } > "$WORK/specs/$name.yaml"
       "$SHEAF" train --quiet "$WORK/specs/$name.yaml" | tee "$WORK/$name.log"
