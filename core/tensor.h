@@ -6,7 +6,7 @@
 //
 // Every tensor and arena carries an element type and a device (core/dtype.h).
 // The default is f32 on the CPU, which is what everything but frozen weights
-// uses; frozen weights may also be bf16 (ModelOptions::frozen_dtype).
+// uses; frozen weights may also be bf16 or NF4 (ModelOptions::frozen_dtype).
 //
 // Lifecycle: an Arena is planned (Add returns a handle), then Allocate()d once
 // from its BufferAllocator (a Backend, core/backend.h, or plain host memory);
