@@ -11,7 +11,9 @@ gives the per-token loss of every row; the answer's tokens (every byte of
 the answer, its final newline included, not the EOS) are summed, over all
 items, and divided by their count. Causal attention means the padding after
 an item does not change its losses. Prints one JSON line:
-{"answer_nats_per_byte", "answer_bytes", "items"}.
+{"answer_nats_per_byte", "answer_bytes", "items", "per_item_nats"} (the
+last: each item's summed answer loss, in the file's order, for paired
+comparisons between models).
 """
 import json
 import os
@@ -56,7 +58,8 @@ def main():
         for line in f:
             r = json.loads(line)
             p, a = r["prompt"].encode("utf-8"), r["answer"].encode("utf-8")
-            items.append(([BOS] + list(p) + list(a) + [EOS], 1 + len(p), 1 + len(p) + len(a)))
+            items.append(([BOS] + list(p) + list(a) + [EOS], 1 + len(p), 1 + len(p) + len(a),
+                          len(items)))
     # Sorted by length so that a chunk pads little; chunks fit one argument.
     items.sort(key=lambda x: len(x[0]))
     chunks, cur, cur_len = [], [], 0
@@ -69,6 +72,7 @@ def main():
     if cur:
         chunks.append(cur)
     total, count = 0.0, 0
+    per_item = [0.0] * len(items)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "l.safetensors")
         for chunk in chunks:
@@ -85,12 +89,14 @@ def main():
                 sys.exit("sheaf logits: tokens read back differ from the rows sent")
             if shape != [len(rows), T - 1]:
                 sys.exit(f"per_token_loss has shape {shape}, expected {[len(rows), T - 1]}")
-            for b, (_, a0, a1) in enumerate(chunk):
+            for b, (_, a0, a1, k) in enumerate(chunk):
                 # loss[b, t] is the loss of token t + 1 given tokens 0..t.
-                for pos in range(a0, a1):
-                    total += loss[b * (T - 1) + pos - 1]
+                s = sum(loss[b * (T - 1) + pos - 1] for pos in range(a0, a1))
+                per_item[k] = s
+                total += s
                 count += a1 - a0
-    print(json.dumps({"answer_nats_per_byte": total / count, "answer_bytes": count, "items": len(items)}))
+    print(json.dumps({"answer_nats_per_byte": total / count, "answer_bytes": count, "items": len(items),
+                      "per_item_nats": [round(x, 4) for x in per_item]}))
 
 
 if __name__ == "__main__":
