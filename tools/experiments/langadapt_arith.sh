@@ -25,7 +25,7 @@
 # recipe's instruction_residual gives the same file as `sheaf arith` at
 # λ = 1, checks the answer-loss evaluator against transformers on 20 items
 # of two models, and writes the section between the arith markers of
-# docs/results/langadapt.md (about 15 minutes on 2 cores).
+# docs/results/langadapt.md (about 11 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=runs/langadapt-arith
