@@ -48,7 +48,8 @@ Writes OUT/en_train/qa.txt (items separated by a blank line, for
 `format: text_paragraphs`), OUT/{en_val,nl,nl_mix}.jsonl (one
 {"cmd","tag","prompt","answer"} per line; the item is prompt + answer and
 the answer, including its final newline, is what the loss is measured on)
-and OUT/stats.json.
+and OUT/stats.json (the counts, and the Debian packages the pages came from with
+their versions: the items depend on the installed man pages).
 """
 import argparse
 import gzip
@@ -285,8 +286,24 @@ def main():
     def nbytes(rows, prompt):
         return sum(len((prompt(c, t) + d + "\n").encode("utf-8")) for c, t, d in rows)
 
+    def owners(paths):
+        """Debian packages (with versions) that ship the given pages."""
+        pk = set()
+        for p in paths:
+            r = subprocess.run(["dpkg", "-S", p], capture_output=True, text=True)
+            if r.returncode == 0:
+                pk.add(r.stdout.split(":", 1)[0].strip())
+        return versions(sorted(pk))
+
+    def versions(pkgs):
+        r = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\n"] + list(pkgs),
+                           capture_output=True, text=True)
+        return sorted(l for l in r.stdout.split("\n") if l.strip())
+
     stats = {
         "en_packages_used": en_used,
+        "en_package_versions": versions(en_used),
+        "nl_packages_used": owners(nl_use),
         "en_pages": len(en_paths),
         "en_commands_dropped_as_dutch": sorted({page_name(p)[0] for p in en_paths} & nl_cmds_all),
         "en_train": {"commands": len(en_train), "items": len(train_rows),
@@ -300,7 +317,8 @@ def main():
     }
     with open(os.path.join(a.out, "stats.json"), "w") as f:
         json.dump(stats, f, indent=1)
-    brief = {k: v for k, v in stats.items() if k not in ("en_commands_dropped_as_dutch",)}
+    brief = {k: v for k, v in stats.items()
+             if k not in ("en_commands_dropped_as_dutch", "en_package_versions", "nl_packages_used")}
     brief["nl"] = {k: v for k, v in stats["nl"].items() if k != "commands_list"}
     print(json.dumps(brief))
 

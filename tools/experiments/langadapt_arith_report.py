@@ -75,6 +75,9 @@ def main():
              f"({stats['nl_pages_in_adaptation_text']} of the {stats['nl_pages']} Dutch section-1/8 pages "
              "were, and are excluded). `QA nl, en question`: the same Dutch answers under the English "
              "question line.")
+    if "nl_packages_used" in stats:
+        L.append("- Pages as installed here: Dutch from " + ", ".join(f"`{x}`" for x in stats["nl_packages_used"])
+                 + "; English from " + ", ".join(f"`{x}`" for x in stats["en_package_versions"]) + ".")
     L.append("- Loss: nats per byte on the answer bytes only (the description and its newline), given "
              "BOS + the question line (`langadapt_arith_eval.py`, from `sheaf logits`' per-token losses). "
              "`plain en` / `plain nl`: `sheaf eval --max-seqs 48` on the held-out man-page text, the "
