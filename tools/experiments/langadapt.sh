@@ -39,5 +39,9 @@ for method in cpt layer_cpt lora layra; do
   echo "$method: $((SECONDS - start)) s wall" | tee "$out/$method/wall.txt"
 done
 mkdir -p docs/results
+# The model-arithmetic section (tools/experiments/langadapt_arith.sh, from its
+# begin marker to the end of the page) is kept as it is.
+arith=$(sed -n '/<!-- langadapt_arith: begin/,$p' docs/results/langadapt.md 2>/dev/null || true)
 python3 tools/experiments/langadapt_report.py "$out" "$steps" > docs/results/langadapt.md
+if [[ -n $arith ]]; then printf '\n%s\n' "$arith" >> docs/results/langadapt.md; fi
 echo "wrote docs/results/langadapt.md"
