@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "core/data/document_source.h"
 #include "core/data/bpe_tokenizer.h"
+#include "core/data/chat_data.h"
 #include "core/data/token_file.h"
 #include "core/status.h"
 #include "jobs/seeds.h"
@@ -55,7 +56,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::stri
     } else if (fs::is_regular_file(fs::path(model_dir) / "tokenizer.model", ec)) {
       file = model_dir + "/tokenizer.model";
     } else {
-      return MakeTokenizer("byte");
+      // No tokenizer file: bytes only for a byte-vocabulary model (sheaf's
+      // own), never silently for a model with another vocabulary.
+      ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(model_dir));
+      if (config.vocab_size == ByteTokenizer::kVocabSize) return MakeTokenizer("byte");
+      return absl::InvalidArgumentError(absl::StrCat(
+          "data.tokenizer: auto (the default) found neither tokenizer.json nor tokenizer.model in ",
+          model_dir, ", and its vocab_size ", config.vocab_size, " is not the byte vocabulary (",
+          ByteTokenizer::kVocabSize, "); put the model's tokenizer file there or set data.tokenizer "
+          "(--tokenizer) to a tokenizer.json / tokenizer.model path, or to byte"));
     }
   } else if (name == "tokenizer.json" || name == "tokenizer.model") {
     if (model_dir.empty()) {
@@ -86,9 +95,46 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::stri
       "libsentencepiece clashes with libprotobuf); give a byte-level BPE tokenizer.json"));
 }
 
+namespace {
+
+// The directory of the tokenizer file MakeTokenizerForModel reads for
+// `name` (its tokenizer_config.json is beside it).
+std::string TokenizerDir(const std::string& name, const std::string& model_dir) {
+  if (name.empty() || name == "auto" || name == "tokenizer.json" || name == "tokenizer.model") {
+    return model_dir;
+  }
+  return std::filesystem::path(name).parent_path().string();
+}
+
+absl::StatusOr<std::shared_ptr<const TokenCorpus>> LoadChatData(
+    const google::protobuf::RepeatedPtrField<std::string>& paths, const proto::JobSpec& spec,
+    const Tokenizer& tokenizer, const char* key) {
+  const auto* bpe = dynamic_cast<const BpeTokenizer*>(&tokenizer);
+  if (bpe == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "data.format: chat needs a byte-level BPE tokenizer.json (the built-in chat templates' "
+        "special tokens); data.tokenizer ", spec.data().tokenizer(), " is not one"));
+  }
+  std::string dir = TokenizerDir(spec.data().tokenizer(), spec.base_model());
+  if (dir.empty()) dir = ".";
+  ASSIGN_OR_RETURN(const ChatFormat format,
+                   ResolveChatTemplate(spec.data().chat_template(), dir + "/tokenizer_config.json"));
+  std::vector<std::string> files(paths.begin(), paths.end());
+  ASSIGN_OR_RETURN(std::unique_ptr<InMemoryCorpus> c,
+                   LoadChatCorpus(files, format, *bpe, spec.data().seq_len() + 1, key));
+  return std::shared_ptr<const TokenCorpus>(std::move(c));
+}
+
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<const TokenCorpus>> LoadCorpus(
     const google::protobuf::RepeatedPtrField<std::string>& paths, proto::DataSpec::Format format,
     const Tokenizer& tokenizer, const char* key) {
+  if (format == proto::DataSpec::FORMAT_CHAT) {
+    // Chat needs the template and a loss mask: BuildData reads it.
+    return absl::InvalidArgumentError(absl::StrCat(
+        key, ": data.format chat is not read here (only a job's own data section takes it)"));
+  }
   if (format == proto::DataSpec::FORMAT_TOKENS) {
     if (paths.size() != 1) {
       return absl::InvalidArgumentError(
@@ -145,7 +191,7 @@ absl::StatusOr<ModelConfig> ModelConfigForSpec(const proto::JobSpec& spec) {
     // The exported config.json names the special ids of the byte tokenizer
     // it is trained with (transformers would assume 1 and 2 otherwise).
     const std::string& tok = spec.data().tokenizer();
-    if ((tok.empty() || tok == "byte") && config.vocab_size > ByteTokenizer::kEosId) {
+    if ((tok.empty() || tok == "byte" || tok == "auto") && config.vocab_size > ByteTokenizer::kEosId) {
       config.bos_token_id = ByteTokenizer::kBosId;
       config.eos_token_id = ByteTokenizer::kEosId;
     }
@@ -171,16 +217,27 @@ absl::StatusOr<DataParts> BuildData(const proto::JobSpec& spec, const ModelConfi
   if (config.vocab_size < parts.tokenizer->vocab_size()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "base_model: vocab_size ", config.vocab_size, " is smaller than the ",
-        spec.data().tokenizer().empty() ? "model's" : spec.data().tokenizer(), " tokenizer's ",
+        spec.data().tokenizer().empty() || spec.data().tokenizer() == "auto" ? "model's"
+                                                                             : spec.data().tokenizer(),
+        " tokenizer's ",
         parts.tokenizer->vocab_size()));
   }
-  ASSIGN_OR_RETURN(parts.train, LoadCorpus(spec.data().train(), spec.data().format(),
-                                           *parts.tokenizer, "data.train"));
-  if (spec.data().val_size() > 0) {
-    ASSIGN_OR_RETURN(parts.val, LoadCorpus(spec.data().val(), spec.data().format(),
-                                           *parts.tokenizer, "data.val"));
+  const bool chat = spec.data().format() == proto::DataSpec::FORMAT_CHAT;
+  if (chat) {
+    ASSIGN_OR_RETURN(parts.train, LoadChatData(spec.data().train(), spec, *parts.tokenizer, "data.train"));
+    if (spec.data().val_size() > 0) {
+      ASSIGN_OR_RETURN(parts.val, LoadChatData(spec.data().val(), spec, *parts.tokenizer, "data.val"));
+    }
+  } else {
+    ASSIGN_OR_RETURN(parts.train, LoadCorpus(spec.data().train(), spec.data().format(),
+                                             *parts.tokenizer, "data.train"));
+    if (spec.data().val_size() > 0) {
+      ASSIGN_OR_RETURN(parts.val, LoadCorpus(spec.data().val(), spec.data().format(),
+                                             *parts.tokenizer, "data.val"));
+    }
   }
   DatasetOptions dopt;
+  dopt.one_per_row = chat;
   dopt.seq_len = spec.data().seq_len();
   dopt.seed = spec.seed();
   dopt.val_fraction = spec.data().val_size() > 0 ? 0.0 : spec.data().val_fraction();
