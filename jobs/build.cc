@@ -10,6 +10,7 @@
 #include "core/data/document_source.h"
 #include "core/data/bpe_tokenizer.h"
 #include "core/data/chat_data.h"
+#include "core/data/sentencepiece_tokenizer.h"
 #include "core/data/token_file.h"
 #include "core/status.h"
 #include "jobs/seeds.h"
@@ -84,15 +85,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::stri
     ASSIGN_OR_RETURN(std::unique_ptr<BpeTokenizer> t, BpeTokenizer::Load(file));
     return std::unique_ptr<Tokenizer>(std::move(t));
   }
-  // core/data:sentencepiece_tokenizer exists and is checked against the
-  // sentencepiece package, but Debian's libsentencepiece.so exports its own
-  // copy of protobuf-lite, which crashes at start-up any process that also
-  // links libprotobuf (every sheaf binary): not linked here until it is
-  // loaded in isolation (dlopen RTLD_LOCAL).
-  return absl::UnimplementedError(absl::StrCat(
-      "data.tokenizer: ", file,
-      ": SentencePiece tokenizer.model is not available in sheaf's binaries yet (Debian's "
-      "libsentencepiece clashes with libprotobuf); give a byte-level BPE tokenizer.json"));
+  // SentencePiece through its dlopen'ed shim (core/data/sentencepiece_dl.cc):
+  // Debian's libsentencepiece carries its own protobuf, kept out of the
+  // process' global scope.
+  absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> sp = SentencePieceTokenizer::Load(file);
+  if (!sp.ok()) {
+    return absl::Status(sp.status().code(), absl::StrCat("data.tokenizer: ", sp.status().message()));
+  }
+  return std::unique_ptr<Tokenizer>(std::move(*sp));
 }
 
 namespace {
@@ -119,6 +119,14 @@ absl::StatusOr<std::shared_ptr<const TokenCorpus>> LoadChatData(
   if (dir.empty()) dir = ".";
   ASSIGN_OR_RETURN(const ChatFormat format,
                    ResolveChatTemplate(spec.data().chat_template(), dir + "/tokenizer_config.json"));
+  // The Llama-3 template writes bos_token first; ours writes
+  // <|begin_of_text|>: the same only when that is the tokenizer's BOS.
+  if (format == ChatFormat::kChatFormatLlama3 && bpe->TokenId("<|begin_of_text|>") >= 0 &&
+      bpe->bos_id() != bpe->TokenId("<|begin_of_text|>")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "data.chat_template: llama3 starts with bos_token, and the BOS of ", dir,
+        "/tokenizer_config.json is not <|begin_of_text|>"));
+  }
   std::vector<std::string> files(paths.begin(), paths.end());
   ASSIGN_OR_RETURN(std::unique_ptr<InMemoryCorpus> c,
                    LoadChatCorpus(files, format, *bpe, spec.data().seq_len() + 1, key));
