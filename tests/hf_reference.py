@@ -155,10 +155,17 @@ def model_checks(args, models):
     p = run([args.sheaf, "eval", "--model", os.path.join(args.work, "llama_linear_rope"), "--data", txt], 2)
     check("eval --seq-len beyond max_position_embeddings exits 2 saying so",
           p.returncode == 2 and "max_position_embeddings 64" in p.stderr, p.stderr.strip()[-140:])
+    # (--tokenizer byte explicitly: with the default, auto, this model --
+    # vocab 64, no tokenizer file -- is refused before, see below.)
     p = run([args.sheaf, "eval", "--model", os.path.join(args.work, "llama_linear_rope"), "--data", txt,
-             "--seq-len", "32"], 2)
+             "--seq-len", "32", "--tokenizer", "byte"], 2)
     check("eval with a vocab smaller than the tokenizer's exits 2",
           p.returncode == 2 and "smaller than the tokenizer" in p.stderr, p.stderr.strip()[-140:])
+    p = run([args.sheaf, "eval", "--model", os.path.join(args.work, "llama_linear_rope"), "--data", txt,
+             "--seq-len", "32"], 2)
+    check("eval, tokenizer auto, no tokenizer file, vocab 64: exits 2 naming data.tokenizer",
+          p.returncode == 2 and "data.tokenizer: auto" in p.stderr and "vocab_size 64" in p.stderr,
+          p.stderr.strip()[-140:])
     # A config field sheaf does not know: refused by name.
     dx = os.path.join(args.work, "llama_unknown_field")
     models["llama_linear_rope"].save_pretrained(dx)
@@ -629,6 +636,24 @@ def chat_train_checks(args):
     tokens = [hf.apply_chat_template(chat_conversations(1, seed=77)[0], tokenize=True)]
     compare("chat-trained adapter: peft logits == sheaf logits", hf_logits(pm, tokens),
             sheaf_logits(args, md, adapter=ad, tokens=tokens)[0])
+
+    # sheaf eval picks the tokenizer.json beside the model (auto) ...
+    text = os.path.join(args.work, "chat_eval.txt")
+    open(text, "w").write(" ".join(TRAIN_TEXT * 3))
+    ev = lambda *extra: run([args.sheaf, "eval", "--model", md, "--data", text, "--seq-len", "32",
+                             "--threads", "1"] + list(extra))
+    auto, explicit, byte = ev(), ev("--tokenizer", os.path.join(md, "tokenizer.json")), ev("--tokenizer", "byte")
+    check("sheaf eval: auto reads the tokenizer.json beside the model",
+          auto.returncode == 0 and auto.stdout == explicit.stdout and auto.stdout != byte.stdout,
+          auto.stdout.strip()[-80:])
+    # ... and, with no tokenizer file, refuses a model whose vocab is not bytes.
+    bare = os.path.join(args.work, "chat_model_bare")
+    os.makedirs(bare, exist_ok=True)
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(os.path.join(md, f), bare)
+    p = run([args.sheaf, "eval", "--model", bare, "--data", text, "--seq-len", "32"], 2)
+    check("sheaf eval: no tokenizer file + vocab 700 is refused naming data.tokenizer and the dir",
+          p.returncode == 2 and "data.tokenizer" in p.stderr and bare in p.stderr, p.stderr.strip()[-200:])
 
 
 def sentencepiece_checks(args):
