@@ -45,13 +45,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizer(const std::string& name
                                                  absl::StrJoin(TokenizerNames(), ", "), ")"));
 }
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::string& name,
-                                                                 const std::string& model_dir) {
+absl::StatusOr<std::string> ResolveTokenizer(const std::string& name, const std::string& model_dir) {
   namespace fs = std::filesystem;
   std::error_code ec;
   std::string file;
   if (name.empty() || name == "auto") {
-    if (model_dir.empty()) return MakeTokenizer("byte");
+    if (model_dir.empty()) return std::string("byte");
     if (fs::is_regular_file(fs::path(model_dir) / "tokenizer.json", ec)) {
       file = model_dir + "/tokenizer.json";
     } else if (fs::is_regular_file(fs::path(model_dir) / "tokenizer.model", ec)) {
@@ -60,7 +59,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::stri
       // No tokenizer file: bytes only for a byte-vocabulary model (sheaf's
       // own), never silently for a model with another vocabulary.
       ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(model_dir));
-      if (config.vocab_size == ByteTokenizer::kVocabSize) return MakeTokenizer("byte");
+      if (config.vocab_size == ByteTokenizer::kVocabSize) return std::string("byte");
       return absl::InvalidArgumentError(absl::StrCat(
           "data.tokenizer: auto (the default) found neither tokenizer.json nor tokenizer.model in ",
           model_dir, ", and its vocab_size ", config.vocab_size, " is not the byte vocabulary (",
@@ -76,11 +75,19 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::stri
   } else if (name.ends_with(".json") || name.ends_with(".model")) {
     file = name;
   } else {
-    return MakeTokenizer(name);
+    RETURN_IF_ERROR(MakeTokenizer(name).status());
+    return name;
   }
   if (!fs::is_regular_file(file, ec)) {
     return absl::NotFoundError(absl::StrCat("data.tokenizer: ", file, " does not exist"));
   }
+  return file;
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::string& name,
+                                                                 const std::string& model_dir) {
+  ASSIGN_OR_RETURN(const std::string file, ResolveTokenizer(name, model_dir));
+  if (!file.ends_with(".json") && !file.ends_with(".model")) return MakeTokenizer(file);
   if (file.ends_with(".json")) {
     ASSIGN_OR_RETURN(std::unique_ptr<BpeTokenizer> t, BpeTokenizer::Load(file));
     return std::unique_ptr<Tokenizer>(std::move(t));

@@ -74,6 +74,11 @@ TEST(Build, AutoTokenizerFromTheModelDirectory) {
   EXPECT_EQ((*bpe)->vocab_size(), 4);
   EXPECT_EQ((*bpe)->Encode("hi"), (std::vector<int32_t>{2}));
   EXPECT_EQ((*bpe)->eos_id(), 3);
+  // Resolved without loading: the file a sub-job on another directory keeps.
+  EXPECT_EQ(ResolveTokenizer("auto", dir + "/big").value(), dir + "/big/tokenizer.json");
+  EXPECT_EQ(ResolveTokenizer("", dir + "/bytes").value(), "byte");
+  EXPECT_EQ(ResolveTokenizer("auto", "").value(), "byte");
+  EXPECT_FALSE(ResolveTokenizer("gpt2", dir + "/big").ok());
 }
 
 TEST(Build, PretrainShapeDataAndAdapterOptions) {
