@@ -9,6 +9,8 @@
 #include "absl/strings/str_join.h"
 #include "core/data/document_source.h"
 #include "core/data/bpe_tokenizer.h"
+#include "core/data/chat_data.h"
+#include "core/data/sentencepiece_tokenizer.h"
 #include "core/data/token_file.h"
 #include "core/status.h"
 #include "jobs/seeds.h"
@@ -43,19 +45,26 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizer(const std::string& name
                                                  absl::StrJoin(TokenizerNames(), ", "), ")"));
 }
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::string& name,
-                                                                 const std::string& model_dir) {
+absl::StatusOr<std::string> ResolveTokenizer(const std::string& name, const std::string& model_dir) {
   namespace fs = std::filesystem;
   std::error_code ec;
   std::string file;
   if (name.empty() || name == "auto") {
-    if (model_dir.empty()) return MakeTokenizer("byte");
+    if (model_dir.empty()) return std::string("byte");
     if (fs::is_regular_file(fs::path(model_dir) / "tokenizer.json", ec)) {
       file = model_dir + "/tokenizer.json";
     } else if (fs::is_regular_file(fs::path(model_dir) / "tokenizer.model", ec)) {
       file = model_dir + "/tokenizer.model";
     } else {
-      return MakeTokenizer("byte");
+      // No tokenizer file: bytes only for a byte-vocabulary model (sheaf's
+      // own), never silently for a model with another vocabulary.
+      ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(model_dir));
+      if (config.vocab_size == ByteTokenizer::kVocabSize) return std::string("byte");
+      return absl::InvalidArgumentError(absl::StrCat(
+          "data.tokenizer: auto (the default) found neither tokenizer.json nor tokenizer.model in ",
+          model_dir, ", and its vocab_size ", config.vocab_size, " is not the byte vocabulary (",
+          ByteTokenizer::kVocabSize, "); put the model's tokenizer file there or set data.tokenizer "
+          "(--tokenizer) to a tokenizer.json / tokenizer.model path, or to byte"));
     }
   } else if (name == "tokenizer.json" || name == "tokenizer.model") {
     if (model_dir.empty()) {
@@ -66,29 +75,81 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::stri
   } else if (name.ends_with(".json") || name.ends_with(".model")) {
     file = name;
   } else {
-    return MakeTokenizer(name);
+    RETURN_IF_ERROR(MakeTokenizer(name).status());
+    return name;
   }
   if (!fs::is_regular_file(file, ec)) {
     return absl::NotFoundError(absl::StrCat("data.tokenizer: ", file, " does not exist"));
   }
+  return file;
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::string& name,
+                                                                 const std::string& model_dir) {
+  ASSIGN_OR_RETURN(const std::string file, ResolveTokenizer(name, model_dir));
+  if (!file.ends_with(".json") && !file.ends_with(".model")) return MakeTokenizer(file);
   if (file.ends_with(".json")) {
     ASSIGN_OR_RETURN(std::unique_ptr<BpeTokenizer> t, BpeTokenizer::Load(file));
     return std::unique_ptr<Tokenizer>(std::move(t));
   }
-  // core/data:sentencepiece_tokenizer exists and is checked against the
-  // sentencepiece package, but Debian's libsentencepiece.so exports its own
-  // copy of protobuf-lite, which crashes at start-up any process that also
-  // links libprotobuf (every sheaf binary): not linked here until it is
-  // loaded in isolation (dlopen RTLD_LOCAL).
-  return absl::UnimplementedError(absl::StrCat(
-      "data.tokenizer: ", file,
-      ": SentencePiece tokenizer.model is not available in sheaf's binaries yet (Debian's "
-      "libsentencepiece clashes with libprotobuf); give a byte-level BPE tokenizer.json"));
+  // SentencePiece through its dlopen'ed shim (core/data/sentencepiece_dl.cc):
+  // Debian's libsentencepiece carries its own protobuf, kept out of the
+  // process' global scope.
+  absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> sp = SentencePieceTokenizer::Load(file);
+  if (!sp.ok()) {
+    return absl::Status(sp.status().code(), absl::StrCat("data.tokenizer: ", sp.status().message()));
+  }
+  return std::unique_ptr<Tokenizer>(std::move(*sp));
 }
+
+namespace {
+
+// The directory of the tokenizer file MakeTokenizerForModel reads for
+// `name` (its tokenizer_config.json is beside it).
+std::string TokenizerDir(const std::string& name, const std::string& model_dir) {
+  if (name.empty() || name == "auto" || name == "tokenizer.json" || name == "tokenizer.model") {
+    return model_dir;
+  }
+  return std::filesystem::path(name).parent_path().string();
+}
+
+absl::StatusOr<std::shared_ptr<const TokenCorpus>> LoadChatData(
+    const google::protobuf::RepeatedPtrField<std::string>& paths, const proto::JobSpec& spec,
+    const Tokenizer& tokenizer, const char* key) {
+  const auto* bpe = dynamic_cast<const BpeTokenizer*>(&tokenizer);
+  if (bpe == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "data.format: chat needs a byte-level BPE tokenizer.json (the built-in chat templates' "
+        "special tokens); data.tokenizer ", spec.data().tokenizer(), " is not one"));
+  }
+  std::string dir = TokenizerDir(spec.data().tokenizer(), spec.base_model());
+  if (dir.empty()) dir = ".";
+  ASSIGN_OR_RETURN(const ChatFormat format,
+                   ResolveChatTemplate(spec.data().chat_template(), dir + "/tokenizer_config.json"));
+  // The Llama-3 template writes bos_token first; ours writes
+  // <|begin_of_text|>: the same only when that is the tokenizer's BOS.
+  if (format == ChatFormat::kChatFormatLlama3 && bpe->TokenId("<|begin_of_text|>") >= 0 &&
+      bpe->bos_id() != bpe->TokenId("<|begin_of_text|>")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "data.chat_template: llama3 starts with bos_token, and the BOS of ", dir,
+        "/tokenizer_config.json is not <|begin_of_text|>"));
+  }
+  std::vector<std::string> files(paths.begin(), paths.end());
+  ASSIGN_OR_RETURN(std::unique_ptr<InMemoryCorpus> c,
+                   LoadChatCorpus(files, format, *bpe, spec.data().seq_len() + 1, key));
+  return std::shared_ptr<const TokenCorpus>(std::move(c));
+}
+
+}  // namespace
 
 absl::StatusOr<std::shared_ptr<const TokenCorpus>> LoadCorpus(
     const google::protobuf::RepeatedPtrField<std::string>& paths, proto::DataSpec::Format format,
     const Tokenizer& tokenizer, const char* key) {
+  if (format == proto::DataSpec::FORMAT_CHAT) {
+    // Chat needs the template and a loss mask: BuildData reads it.
+    return absl::InvalidArgumentError(absl::StrCat(
+        key, ": data.format chat is not read here (only a job's own data section takes it)"));
+  }
   if (format == proto::DataSpec::FORMAT_TOKENS) {
     if (paths.size() != 1) {
       return absl::InvalidArgumentError(
@@ -145,7 +206,7 @@ absl::StatusOr<ModelConfig> ModelConfigForSpec(const proto::JobSpec& spec) {
     // The exported config.json names the special ids of the byte tokenizer
     // it is trained with (transformers would assume 1 and 2 otherwise).
     const std::string& tok = spec.data().tokenizer();
-    if ((tok.empty() || tok == "byte") && config.vocab_size > ByteTokenizer::kEosId) {
+    if ((tok.empty() || tok == "byte" || tok == "auto") && config.vocab_size > ByteTokenizer::kEosId) {
       config.bos_token_id = ByteTokenizer::kBosId;
       config.eos_token_id = ByteTokenizer::kEosId;
     }
@@ -171,16 +232,27 @@ absl::StatusOr<DataParts> BuildData(const proto::JobSpec& spec, const ModelConfi
   if (config.vocab_size < parts.tokenizer->vocab_size()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "base_model: vocab_size ", config.vocab_size, " is smaller than the ",
-        spec.data().tokenizer().empty() ? "model's" : spec.data().tokenizer(), " tokenizer's ",
+        spec.data().tokenizer().empty() || spec.data().tokenizer() == "auto" ? "model's"
+                                                                             : spec.data().tokenizer(),
+        " tokenizer's ",
         parts.tokenizer->vocab_size()));
   }
-  ASSIGN_OR_RETURN(parts.train, LoadCorpus(spec.data().train(), spec.data().format(),
-                                           *parts.tokenizer, "data.train"));
-  if (spec.data().val_size() > 0) {
-    ASSIGN_OR_RETURN(parts.val, LoadCorpus(spec.data().val(), spec.data().format(),
-                                           *parts.tokenizer, "data.val"));
+  const bool chat = spec.data().format() == proto::DataSpec::FORMAT_CHAT;
+  if (chat) {
+    ASSIGN_OR_RETURN(parts.train, LoadChatData(spec.data().train(), spec, *parts.tokenizer, "data.train"));
+    if (spec.data().val_size() > 0) {
+      ASSIGN_OR_RETURN(parts.val, LoadChatData(spec.data().val(), spec, *parts.tokenizer, "data.val"));
+    }
+  } else {
+    ASSIGN_OR_RETURN(parts.train, LoadCorpus(spec.data().train(), spec.data().format(),
+                                             *parts.tokenizer, "data.train"));
+    if (spec.data().val_size() > 0) {
+      ASSIGN_OR_RETURN(parts.val, LoadCorpus(spec.data().val(), spec.data().format(),
+                                             *parts.tokenizer, "data.val"));
+    }
   }
   DatasetOptions dopt;
+  dopt.one_per_row = chat;
   dopt.seq_len = spec.data().seq_len();
   dopt.seed = spec.seed();
   dopt.val_fraction = spec.data().val_size() > 0 ? 0.0 : spec.data().val_fraction();

@@ -5,8 +5,9 @@
 // NotFound naming the spec field, and none writes anything: a recipe builds
 // all of its parts before it touches output_dir.
 //
-// Tokenizers come from one factory keyed by `data.tokenizer` ("" = the
-// default, "byte"); a name it does not know is refused naming the field.
+// Tokenizers come from one factory keyed by `data.tokenizer` (default
+// "auto": the model directory's, see MakeTokenizerForModel); a name it does
+// not know is refused naming the field.
 #ifndef SHEAF_JOBS_BUILD_H_
 #define SHEAF_JOBS_BUILD_H_
 
@@ -37,8 +38,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizer(const std::string& name
 // The tokenizer of a model directory. `name` (data.tokenizer, or a
 // command's --tokenizer):
 //   "" or "auto"     the model's own: model_dir/tokenizer.json, else
-//                    model_dir/tokenizer.model, else "byte" (sheaf's own
-//                    byte-level models carry no tokenizer files)
+//                    model_dir/tokenizer.model, else "byte" when its
+//                    config.json's vocab_size is 258 (sheaf's own byte-level
+//                    models carry no tokenizer files), else InvalidArgument
+//                    naming data.tokenizer and model_dir; "byte" without a
+//                    model_dir (pretrain)
 //   "byte"           the byte tokenizer
 //   "tokenizer.json" / "tokenizer.model"   that file of model_dir
 //   a path ending in tokenizer.json / .model   that file
@@ -46,6 +50,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizer(const std::string& name
 // config.json beside the file. Errors name the field and the file.
 absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizerForModel(const std::string& name,
                                                                  const std::string& model_dir);
+// What MakeTokenizerForModel(name, model_dir) reads, without loading it: a
+// factory name ("byte") or the tokenizer file's path. A sub-job on another
+// model directory (loram's pruned model) keeps its parent's tokenizer by
+// being given this instead of "auto". Errors: as MakeTokenizerForModel.
+absl::StatusOr<std::string> ResolveTokenizer(const std::string& name, const std::string& model_dir);
 
 // Reads `paths` (a data.train / data.val list, `key` names it in errors) in
 // `format` and tokenises them (format tokens: exactly one .tok file of the

@@ -30,6 +30,57 @@ TEST(Build, TokenizerFactory) {
       << bpe.status();
 }
 
+// data.tokenizer auto (the default): a tokenizer.json beside the model is
+// the BPE, no tokenizer file is bytes only for the byte vocabulary (258),
+// anything else an error naming data.tokenizer and the directory.
+TEST(Build, AutoTokenizerFromTheModelDirectory) {
+  const std::string dir = ::testing::TempDir() + "/build_auto";
+  fs::remove_all(dir);
+  auto write_config = [](const std::string& d, int vocab) {
+    fs::create_directories(d);
+    std::ofstream(d + "/config.json")
+        << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32,
+              "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "max_position_embeddings": 128, "vocab_size": )"
+        << vocab << "}";
+  };
+  // Like models/tiny-en: byte vocabulary, no tokenizer file.
+  write_config(dir + "/bytes", 258);
+  for (const char* name : {"", "auto"}) {
+    absl::StatusOr<std::unique_ptr<Tokenizer>> t = MakeTokenizerForModel(name, dir + "/bytes");
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_EQ((*t)->vocab_size(), 258);
+    EXPECT_EQ((*t)->Encode("hi"), (std::vector<int32_t>{'h', 'i'}));
+  }
+  write_config(dir + "/big", 700);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> refused = MakeTokenizerForModel("auto", dir + "/big");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(refused.status())) << refused.status();
+  const std::string msg(refused.status().message());
+  EXPECT_NE(msg.find("data.tokenizer"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(dir + "/big"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("vocab_size 700"), std::string::npos) << msg;
+  // "byte" is still accepted explicitly for such a model.
+  EXPECT_TRUE(MakeTokenizerForModel("byte", dir + "/big").ok());
+  // A tokenizer.json beside it wins: a BPE with its own vocabulary.
+  std::ofstream(dir + "/big/tokenizer.json")
+      << R"({"added_tokens": [{"id": 3, "content": "<|endoftext|>", "special": true}],
+            "normalizer": null, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false},
+            "post_processor": null, "decoder": {"type": "ByteLevel"},
+            "model": {"type": "BPE", "vocab": {"h": 0, "i": 1, "hi": 2}, "merges": ["h i"]}})";
+  std::ofstream(dir + "/big/tokenizer_config.json") << R"({"eos_token": "<|endoftext|>"})";
+  absl::StatusOr<std::unique_ptr<Tokenizer>> bpe = MakeTokenizerForModel("", dir + "/big");
+  ASSERT_TRUE(bpe.ok()) << bpe.status();
+  EXPECT_EQ((*bpe)->vocab_size(), 4);
+  EXPECT_EQ((*bpe)->Encode("hi"), (std::vector<int32_t>{2}));
+  EXPECT_EQ((*bpe)->eos_id(), 3);
+  // Resolved without loading: the file a sub-job on another directory keeps.
+  EXPECT_EQ(ResolveTokenizer("auto", dir + "/big").value(), dir + "/big/tokenizer.json");
+  EXPECT_EQ(ResolveTokenizer("", dir + "/bytes").value(), "byte");
+  EXPECT_EQ(ResolveTokenizer("auto", "").value(), "byte");
+  EXPECT_FALSE(ResolveTokenizer("gpt2", dir + "/big").ok());
+}
+
 TEST(Build, PretrainShapeDataAndAdapterOptions) {
   const std::string dir = ::testing::TempDir() + "/build_test";
   fs::remove_all(dir);

@@ -155,10 +155,17 @@ def model_checks(args, models):
     p = run([args.sheaf, "eval", "--model", os.path.join(args.work, "llama_linear_rope"), "--data", txt], 2)
     check("eval --seq-len beyond max_position_embeddings exits 2 saying so",
           p.returncode == 2 and "max_position_embeddings 64" in p.stderr, p.stderr.strip()[-140:])
+    # (--tokenizer byte explicitly: with the default, auto, this model --
+    # vocab 64, no tokenizer file -- is refused before, see below.)
     p = run([args.sheaf, "eval", "--model", os.path.join(args.work, "llama_linear_rope"), "--data", txt,
-             "--seq-len", "32"], 2)
+             "--seq-len", "32", "--tokenizer", "byte"], 2)
     check("eval with a vocab smaller than the tokenizer's exits 2",
           p.returncode == 2 and "smaller than the tokenizer" in p.stderr, p.stderr.strip()[-140:])
+    p = run([args.sheaf, "eval", "--model", os.path.join(args.work, "llama_linear_rope"), "--data", txt,
+             "--seq-len", "32"], 2)
+    check("eval, tokenizer auto, no tokenizer file, vocab 64: exits 2 naming data.tokenizer",
+          p.returncode == 2 and "data.tokenizer: auto" in p.stderr and "vocab_size 64" in p.stderr,
+          p.stderr.strip()[-140:])
     # A config field sheaf does not know: refused by name.
     dx = os.path.join(args.work, "llama_unknown_field")
     models["llama_linear_rope"].save_pretrained(dx)
@@ -468,6 +475,187 @@ def train_checks(args):
             sheaf_logits(args, md, adapter=ad, tokens=tokens)[0])
 
 
+CHAT_FORMATS = [("llama3", "llama3", LLAMA3_CHAT, "<|begin_of_text|>", "<|eot_id|>"),
+                ("chatml", "qwen2", CHATML_CHAT, None, "<|im_end|>")]
+
+
+def chat_tokenizer_dir(args, fmt, fam, template, bos, eos, name):
+    """A tokenizer dir: the family's trained tokenizer.json and a
+    tokenizer_config.json with the chat template and BOS/EOS."""
+    import shutil
+    d = os.path.join(args.work, name)
+    os.makedirs(d, exist_ok=True)
+    shutil.copy(os.path.join(args.work, "tok_" + fam, "tokenizer.json"), d)
+    json.dump({"bos_token": bos, "eos_token": eos, "chat_template": template},
+              open(os.path.join(d, "tokenizer_config.json"), "w"))
+    return d
+
+
+def chat_conversations(n, seed=5):
+    import random
+    r = random.Random(seed)
+    names = ["Ada", "Bo", "Cem", "Dana", "Émile", "Fu 福", "Gus"]
+    out = []
+    for i in range(n):
+        a, b = r.randint(1, 9), r.randint(1, 9)
+        name = r.choice(names)
+        conv = []
+        if i % 3 == 0:
+            conv.append({"role": "system", "content": "You add numbers."})
+        conv += [{"role": "user", "content": "%s asks: %d+%d?" % (name, a, b)},
+                 {"role": "assistant", "content": "%d+%d = %d, %s." % (a, b, a + b, name)}]
+        if i % 4 == 1:
+            conv += [{"role": "user", "content": "and times?"},
+                     {"role": "assistant", "content": "%d*%d = %d" % (a, b, a * b)}]
+        out.append(conv)
+    return out
+
+
+def chat_data_checks(args):
+    """The training rows sheaf makes of a chat JSONL (data.format chat, the
+    template resolved from tokenizer_config.json): inputs are
+    transformers' apply_chat_template ids, targets the next id exactly on
+    the assistant spans, which are computed here independently from the
+    template's own renders of prefixes and the tokenizer's offsets."""
+    from transformers import PreTrainedTokenizerFast
+    seq_len = 160
+    convs = CONVERSATIONS + chat_conversations(6)
+    for fmt, fam, template, bos, eos in CHAT_FORMATS:
+        d = chat_tokenizer_dir(args, fmt, fam, template, bos, eos, "chatdata_" + fam)
+        data = os.path.join(d, "data.jsonl")
+        with open(data, "w") as f:
+            for c in convs:
+                f.write(json.dumps({"messages": c}, ensure_ascii=False) + "\n")
+        out = os.path.join(d, "rows.json")
+        p = run([args.tokenize_dump, "--chat-data", d, data, str(seq_len), out])
+        if p.returncode != 0:
+            check("chat data %s rows" % fmt, False, p.stderr)
+            continue
+        got = json.load(open(out))
+        check("chat data %s: template resolved from tokenizer_config.json" % fmt, got["format"] == fmt)
+        hf = PreTrainedTokenizerFast(tokenizer_file=os.path.join(d, "tokenizer.json"), bos_token=bos,
+                                     eos_token=eos)
+        hf.chat_template = template
+        ok_in = ok_tg = 0
+        prefix_ok = True
+        for conv, inp, tgt in zip(convs, got["inputs"], got["targets"]):
+            ids = hf.apply_chat_template(conv, tokenize=True)
+            # Trained positions from transformers alone: assistant turn i spans
+            # the tokens after the render of conv[:i] with the generation
+            # prompt, up to the end of the render of conv[:i + 1] (ChatML: less
+            # its final "\n"). Valid while each prefix render tokenises to a
+            # prefix of the whole (checked). (Offsets are no help: the
+            # tokenizers library reports empty offsets for some ByteLevel
+            # tokens, and return_assistant_tokens_mask needs {% generation %}.)
+            mask = [False] * len(ids)
+            for i, m in enumerate(conv):
+                if m["role"] != "assistant":
+                    continue
+                pre = hf.apply_chat_template(conv[:i], tokenize=True, add_generation_prompt=True)
+                upto = hf.apply_chat_template(conv[:i + 1], tokenize=True)
+                prefix_ok &= ids[:len(pre)] == pre and ids[:len(upto)] == upto
+                for t in range(len(pre), len(upto) - (1 if fmt == "chatml" else 0)):
+                    mask[t] = True
+            want_in = (ids + [hf.eos_token_id] * seq_len)[:seq_len]
+            want_tg = [ids[t + 1] if t + 1 < len(ids) and mask[t + 1] else -100 for t in range(seq_len)]
+            ok_in += inp == want_in
+            ok_tg += tgt == want_tg
+            if tgt != want_tg:
+                print("  %s targets differ:\n    want %s\n    got  %s" % (fmt, want_tg[:len(ids)], tgt[:len(ids)]))
+        check("chat data %s: prefix renders tokenise to prefixes (the reference mask is valid)" % fmt, prefix_ok)
+        check("chat data %s inputs == apply_chat_template ids, padded with EOS (%d conversations)" % (fmt, len(convs)),
+              ok_in == len(convs), "%d/%d" % (ok_in, len(convs)))
+        check("chat data %s targets only on assistant spans (content + end of turn)" % fmt,
+              ok_tg == len(convs), "%d/%d" % (ok_tg, len(convs)))
+    # A malformed line is refused naming the file and line.
+    d = os.path.join(args.work, "chatdata_llama3")
+    bad = os.path.join(d, "bad.jsonl")
+    open(bad, "w").write(json.dumps({"messages": convs[0]}) + "\n" +
+                         json.dumps({"messages": [{"role": "tool", "content": "x"}]}) + "\n")
+    p = run([args.tokenize_dump, "--chat-data", d, bad, str(seq_len), os.path.join(d, "bad.json")], 2)
+    check("chat data: unknown role refused naming file:line", p.returncode == 2 and (bad + ":2") in p.stderr
+          and "unknown role" in p.stderr, p.stderr.strip()[:200])
+
+
+def chat_train_checks(args):
+    """Done-when of issue 10: `sheaf train` on an HF Llama dir with its own
+    trained BPE tokenizer.json (data.tokenizer left at its default, auto) and a
+    chat JSONL (format chat, the template from tokenizer_config.json): the
+    loss goes down and PEFT loads the adapter with equal logits."""
+    import shutil
+    import warnings
+    fmt, fam, template, bos, eos = CHAT_FORMATS[0]
+    md = chat_tokenizer_dir(args, fmt, fam, template, bos, eos, "chat_model")
+    from tokenizers import Tokenizer
+    tk = Tokenizer.from_file(os.path.join(md, "tokenizer.json"))
+    cfg = LlamaConfig(vocab_size=700, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=tk.token_to_id(bos), eos_token_id=tk.token_to_id(eos))
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(3)
+    m = transformers.LlamaForCausalLM(cfg)
+    # Weights of std 0.15 (not HF's 0.02 init, whose frozen lm_head keeps the
+    # logits within ~0.1 of uniform whatever the adapter does).
+    randomise(m, 13)
+    m.save_pretrained(md)
+    data = os.path.join(args.work, "chat_train.jsonl")
+    with open(data, "w") as f:
+        for c in chat_conversations(64, seed=9):
+            f.write(json.dumps({"messages": c}, ensure_ascii=False) + "\n")
+    spec = os.path.join(args.work, "chat_train.yaml")
+    run_dir = os.path.join(args.work, "chat_run")
+    open(spec, "w").write("\n".join([
+        "name: hf-chat", "base_model: " + md, "output_dir: " + run_dir, "seed: 2", "data:",
+        "  train: [%s]" % data, "  format: chat", "  seq_len: 160", "  val_fraction: 0.1",
+        "lora:", "  adapter:", "    rank: 8", "    alpha: 16",
+        "    targets: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]",
+        "optimizer:", "  lr: 0.03", "train:", "  batch_size: 8", "  max_steps: 80", "  log_every: 5",
+        "  eval_every: 30", "  threads: 1", ""]))
+    p = run([args.sheaf, "train", "--quiet", spec])
+    check("sheaf train: HF Llama dir + its tokenizer.json (auto) + chat JSONL", p.returncode == 0,
+          (p.stdout + p.stderr).strip()[-300:])
+    if p.returncode != 0:
+        return
+    losses = [json.loads(l)["loss"] for l in open(os.path.join(run_dir, "metrics.jsonl"))
+              if '"loss"' in l and json.loads(l).get("loss") is not None]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    print("  chat train losses:", ", ".join("%.3f" % x for x in losses))
+    # ln(700) = 6.55 at the start (random model); the assistant answers are
+    # arithmetic on a few names, learnable by a rank-8 adapter in 80 steps.
+    check("chat train loss goes down (mean of the last 5 steps < mean of the first 5 - 1.0 nats)",
+          len(losses) >= 10 and last < first - 1.0, "%.4f -> %.4f" % (first, last))
+    ad = os.path.join(run_dir, "adapter")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pm = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(md, attn_implementation="eager"), ad)
+    check("peft loads the chat-trained adapter without warnings", not caught,
+          "; ".join(str(w.message) for w in caught)[:200])
+    from transformers import PreTrainedTokenizerFast
+    hf = PreTrainedTokenizerFast(tokenizer_file=os.path.join(md, "tokenizer.json"), bos_token=bos, eos_token=eos)
+    hf.chat_template = template
+    tokens = [hf.apply_chat_template(chat_conversations(1, seed=77)[0], tokenize=True)]
+    compare("chat-trained adapter: peft logits == sheaf logits", hf_logits(pm, tokens),
+            sheaf_logits(args, md, adapter=ad, tokens=tokens)[0])
+
+    # sheaf eval picks the tokenizer.json beside the model (auto) ...
+    text = os.path.join(args.work, "chat_eval.txt")
+    open(text, "w").write(" ".join(TRAIN_TEXT * 3))
+    ev = lambda *extra: run([args.sheaf, "eval", "--model", md, "--data", text, "--seq-len", "32",
+                             "--threads", "1"] + list(extra))
+    auto, explicit, byte = ev(), ev("--tokenizer", os.path.join(md, "tokenizer.json")), ev("--tokenizer", "byte")
+    check("sheaf eval: auto reads the tokenizer.json beside the model",
+          auto.returncode == 0 and auto.stdout == explicit.stdout and auto.stdout != byte.stdout,
+          auto.stdout.strip()[-80:])
+    # ... and, with no tokenizer file, refuses a model whose vocab is not bytes.
+    bare = os.path.join(args.work, "chat_model_bare")
+    os.makedirs(bare, exist_ok=True)
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(os.path.join(md, f), bare)
+    p = run([args.sheaf, "eval", "--model", bare, "--data", text, "--seq-len", "32"], 2)
+    check("sheaf eval: no tokenizer file + vocab 700 is refused naming data.tokenizer and the dir",
+          p.returncode == 2 and "data.tokenizer" in p.stderr and bare in p.stderr, p.stderr.strip()[-200:])
+
+
 def sentencepiece_checks(args):
     """A SentencePiece model trained by the `sentencepiece` package: sheaf
     (Debian's libsentencepiece) encodes and decodes as the package does."""
@@ -495,6 +683,34 @@ def sentencepiece_checks(args):
         check("sentencepiece %s decode" % model_type, dec == len(texts), "%d/%d" % (dec, len(texts)))
         check("sentencepiece %s special ids" % model_type,
               got["bos_id"] == sp.bos_id() and got["eos_id"] == sp.eos_id() and got["adds_bos"])
+        # The sheaf binary itself (libprotobuf inside; libsentencepiece through
+        # its dlopen'ed shim): `sheaf data tokenize --model DIR` picks DIR's
+        # tokenizer.model (auto) and writes the package's ids.
+        import shutil
+        import struct
+        md = os.path.join(d, model_type + "_model")
+        os.makedirs(md, exist_ok=True)
+        shutil.copy(prefix + ".model", os.path.join(md, "tokenizer.model"))
+        docs = [t for t in texts if t.strip()]
+        jl = os.path.join(d, model_type + ".jsonl")
+        with open(jl, "w") as f:
+            for t in docs:
+                f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
+        tok_file = os.path.join(d, model_type + ".tok")
+        p = run([args.sheaf, "data", "tokenize", "--model", md, "--format", "jsonl", "--out", tok_file, jl])
+        if p.returncode != 0:
+            check("sheaf data tokenize with a tokenizer.model", False, (p.stdout + p.stderr).strip()[-300:])
+            continue
+        raw = open(tok_file, "rb").read()
+        bpt, vocab, bos, eos = struct.unpack_from("<IIII", raw, 12)
+        num_docs, num_tokens, tok_off, off_off = struct.unpack_from("<QQQQ", raw, 32)
+        ids = struct.unpack_from("<%d%s" % (num_tokens, "H" if bpt == 2 else "I"), raw, tok_off)
+        offs = struct.unpack_from("<%dQ" % (num_docs + 1), raw, off_off)
+        rows = [list(ids[offs[i]:offs[i + 1]]) for i in range(num_docs)]
+        same = sum(1 for t, r in zip(docs, rows) if sp.encode(t) == r)
+        check("sheaf data tokenize (binary, tokenizer.model via auto) %s == sentencepiece" % model_type,
+              num_docs == len(docs) and same == len(docs) and vocab == sp.get_piece_size() and eos == sp.eos_id(),
+              "%d/%d docs" % (same, len(docs)))
 
 
 def main():
@@ -503,18 +719,35 @@ def main():
     ap.add_argument("--tokenize-dump", required=True)
     ap.add_argument("--adapter-export", required=True)
     ap.add_argument("--work", required=True)
+    # Comma-separated subset of the check groups below (default: all), for
+    # running a part by hand; the tokenizer group makes the tok_* dirs the
+    # chat groups read.
+    ap.add_argument("--only", default="")
     args = ap.parse_args()
+    only = set(x for x in args.only.split(",") if x)
+
+    def want(name):
+        return not only or name in only
     print("transformers", transformers.__version__, "peft", peft.__version__, "torch", torch.__version__)
     torch.set_num_threads(1)
-    models = tiny_models(args)
-    model_checks(args, models)
-    generate_checks(args, models)
-    adapter_checks(args, models)
-    sheaf_adapter_checks(args, models)
-    tokenizer_checks(args)
-    chat_checks(args)
-    train_checks(args)
-    sentencepiece_checks(args)
+    if want("models"):
+        models = tiny_models(args)
+        model_checks(args, models)
+        generate_checks(args, models)
+        adapter_checks(args, models)
+        sheaf_adapter_checks(args, models)
+    if want("tokenizer"):
+        tokenizer_checks(args)
+    if want("chat"):
+        chat_checks(args)
+    if want("chat_data"):
+        chat_data_checks(args)
+    if want("train"):
+        train_checks(args)
+    if want("chat_train"):
+        chat_train_checks(args)
+    if want("sentencepiece"):
+        sentencepiece_checks(args)
     print("%d failed" % len(FAILS))
     if FAILS:
         print("FAILED:", ", ".join(FAILS))

@@ -9,7 +9,9 @@
 #include <sstream>
 
 #include "core/data/bpe_tokenizer.h"
+#include "core/data/chat_data.h"
 #include "core/data/chat_template.h"
+#include "core/data/dataset.h"
 #include "core/data/sentencepiece_tokenizer.h"
 #include "core/json.h"
 
@@ -52,11 +54,66 @@ int Chat(char** argv) {
   return 0;
 }
 
+// hf_tokenize_dump --chat-data TOKENIZER_DIR DATA.jsonl SEQ_LEN OUT.json
+// The training rows sheaf makes of a chat JSONL (the chat template resolved
+// from TOKENIZER_DIR/tokenizer_config.json as data.chat_template auto does,
+// one conversation per row): {"inputs": [[...]], "targets": [[...]]} with
+// -100 for targets without loss.
+int ChatData(char** argv) {
+  using namespace sheaf;
+  const std::string dir = argv[2];
+  auto tok = BpeTokenizer::Load(dir + "/tokenizer.json");
+  if (!tok.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(tok.status().message()).c_str());
+    return 2;
+  }
+  auto format = ResolveChatTemplate("auto", dir + "/tokenizer_config.json");
+  if (!format.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(format.status().message()).c_str());
+    return 2;
+  }
+  const int64_t seq_len = std::stoll(argv[4]);
+  auto corpus = LoadChatCorpus({std::string(argv[3])}, *format, **tok, seq_len + 1, "data.train");
+  if (!corpus.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(corpus.status().message()).c_str());
+    return 2;
+  }
+  std::shared_ptr<const TokenCorpus> c = std::move(*corpus);
+  DatasetOptions o;
+  o.seq_len = seq_len;
+  o.one_per_row = true;
+  auto ds = Dataset::Create(o, c, c);
+  if (!ds.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(ds.status().message()).c_str());
+    return 2;
+  }
+  const int64_t n = (*ds)->num_validation_sequences();
+  std::vector<int32_t> in(static_cast<size_t>(n * seq_len)), tg(in.size());
+  auto rows = (*ds)->GetValidationBatch(0, n, absl::MakeSpan(in), absl::MakeSpan(tg));
+  if (!rows.ok()) return 2;
+  Json out = Json::Object(), inputs = Json::Array(), targets = Json::Array();
+  for (int64_t r = 0; r < n; ++r) {
+    Json a = Json::Array(), b = Json::Array();
+    for (int64_t t = 0; t < seq_len; ++t) {
+      a.Push(in[static_cast<size_t>(r * seq_len + t)]);
+      b.Push(tg[static_cast<size_t>(r * seq_len + t)]);
+    }
+    inputs.Push(std::move(a));
+    targets.Push(std::move(b));
+  }
+  out.Set("inputs", std::move(inputs));
+  out.Set("targets", std::move(targets));
+  out.Set("format", *format == ChatFormat::kChatFormatLlama3 ? "llama3" : "chatml");
+  std::ofstream(argv[5], std::ios::binary) << out.Dump();
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   using namespace sheaf;
   if (argc == 6 && std::string(argv[1]) == "--chat") return Chat(argv);
+  if (argc == 6 && std::string(argv[1]) == "--chat-data") return ChatData(argv);
   if (argc != 4) {
     std::fprintf(stderr, "usage: hf_tokenize_dump TOKENIZER.json TEXTS.json OUT.json\n");
     return 2;

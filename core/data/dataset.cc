@@ -61,10 +61,10 @@ absl::Status CheckBuffers(int64_t rows, int64_t seq_len,
 
 }  // namespace
 
-void Dataset::AddDoc(Split& split, int64_t doc) {
+void Dataset::AddDoc(Split& split, int64_t doc, int64_t extra) {
   if (split.starts.empty()) split.starts.push_back(0);
   split.docs.push_back(doc);
-  split.starts.push_back(split.starts.back() + split.corpus->doc_size(doc) + 2);
+  split.starts.push_back(split.starts.back() + split.corpus->doc_size(doc) + extra);
 }
 
 absl::StatusOr<std::unique_ptr<Dataset>> Dataset::Create(
@@ -101,6 +101,16 @@ absl::StatusOr<std::unique_ptr<Dataset>> Dataset::Create(
           validation->eos_id(), " vs train ", corpus->vocab_size(), "/",
           corpus->bos_id(), "/", corpus->eos_id()));
     }
+    if (validation->has_loss_mask() != corpus->has_loss_mask()) {
+      return absl::InvalidArgumentError(
+          "validation corpus and train corpus differ in having a loss mask "
+          "(chat data for one, plain text for the other)");
+    }
+  }
+  if (corpus->has_loss_mask() && !options.one_per_row) {
+    return absl::InvalidArgumentError(
+        "a corpus with a loss mask (chat data) is read one sample per row: "
+        "set DatasetOptions::one_per_row");
   }
 
   auto ds = std::unique_ptr<Dataset>(new Dataset());
@@ -113,6 +123,7 @@ absl::StatusOr<std::unique_ptr<Dataset>> Dataset::Create(
                                : ds->corpus_.get();
 
   const int64_t num_docs = ds->corpus_->num_docs();
+  const int64_t extra = options.one_per_row ? 0 : 2;
   const uint64_t split_key = Mix(options.seed, kSplitSalt);
   for (int64_t d = 0; d < num_docs; ++d) {
     // Top 53 bits as a double in [0, 1): exact, so the threshold test does
@@ -122,15 +133,31 @@ absl::StatusOr<std::unique_ptr<Dataset>> Dataset::Create(
         0x1.0p-53;
     const bool held_out =
         ds->validation_corpus_ == nullptr && u < options.val_fraction;
-    AddDoc(held_out ? ds->validation_ : ds->train_, d);
+    AddDoc(held_out ? ds->validation_ : ds->train_, d, extra);
   }
   if (ds->validation_corpus_ != nullptr) {
     for (int64_t d = 0; d < ds->validation_corpus_->num_docs(); ++d) {
-      AddDoc(ds->validation_, d);
+      AddDoc(ds->validation_, d, extra);
     }
   }
 
   const int64_t t = options.seq_len;
+  if (options.one_per_row) {
+    if (ds->train_.docs.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "train split has none of the ", num_docs, " samples (all held out)"));
+    }
+    if (options.val_fraction > 0.0 && ds->validation_.docs.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "validation split is empty: val_fraction ", options.val_fraction,
+          " selected none of the ", num_docs, " samples (seed ", options.seed,
+          "); raise val_fraction, add samples or give a validation source"));
+    }
+    ds->num_train_sequences_ = static_cast<int64_t>(ds->train_.docs.size());
+    ds->num_validation_sequences_ =
+        static_cast<int64_t>(ds->validation_.docs.size());
+    return ds;
+  }
   const int64_t train_tokens = ds->train_.tokens();
   if (train_tokens < t + 1) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -222,8 +249,28 @@ int64_t Dataset::ReadStream(const Split& split, int64_t begin, int64_t count,
   return end - begin;
 }
 
+void Dataset::ReadRow(const Split& split, int64_t s, int32_t* inputs,
+                      int32_t* targets) const {
+  const int64_t t = options_.seq_len;
+  const int64_t doc = split.docs[static_cast<size_t>(s)];
+  const int64_t n = std::min(split.corpus->doc_size(doc), t + 1);
+  std::vector<int32_t> tokens(static_cast<size_t>(n));
+  std::vector<uint8_t> mask(static_cast<size_t>(n));
+  split.corpus->CopyTokens(doc, 0, n, tokens.data());
+  split.corpus->CopyLossMask(doc, 0, n, mask.data());
+  const int32_t eos = split.corpus->eos_id();
+  for (int64_t i = 0; i < t; ++i) {
+    inputs[i] = i < n ? tokens[i] : eos;
+    targets[i] = i + 1 < n && mask[i + 1] ? tokens[i + 1] : kIgnoreIndex;
+  }
+}
+
 void Dataset::ReadSequence(const Split& split, int64_t s, int32_t* inputs,
                            int32_t* targets) const {
+  if (options_.one_per_row) {
+    ReadRow(split, s, inputs, targets);
+    return;
+  }
   const int64_t t = options_.seq_len;
   // One read of T + 1 stream tokens serves both rows: targets are the inputs
   // shifted by one.

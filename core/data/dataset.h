@@ -56,6 +56,13 @@ struct DatasetOptions {
   // Share of the corpus' documents held out for validation, in [0, 1). Must
   // be 0 when a separate validation corpus is given.
   double val_fraction = 0.0;
+  // One document per row instead of the packed stream: sequence s of a
+  // split is its document s, as is (no BOS/EOS added: the document carries
+  // its own, e.g. a rendered chat), clipped to T + 1 tokens, the rest of the
+  // row padded (inputs EOS, targets kIgnoreIndex), so that no sample attends
+  // to another. targets[t] = doc[t + 1] where the corpus' loss mask is 1 at
+  // t + 1, else kIgnoreIndex. Required for a corpus with a loss mask.
+  bool one_per_row = false;
 };
 
 // Where the train stream is: the next sequence is EpochOrder(epoch)[position].
@@ -100,13 +107,14 @@ class Dataset {
   const std::vector<int64_t>& validation_docs() const {
     return validation_.docs;
   }
-  // Stream lengths, BOS/EOS included.
+  // Stream lengths, BOS/EOS included (one_per_row: the documents' tokens).
   int64_t train_tokens() const { return train_.tokens(); }
   int64_t validation_tokens() const { return validation_.tokens(); }
   int64_t num_train_sequences() const { return num_train_sequences_; }
   int64_t num_validation_sequences() const { return num_validation_sequences_; }
   // Train stream tokens never used as a target: the tail shorter than T.
   int64_t train_tokens_dropped() const {
+    if (options_.one_per_row) return 0;  // rows are never cut (see options)
     return train_.tokens() - 1 - num_train_sequences_ * options_.seq_len;
   }
 
@@ -164,7 +172,11 @@ class Dataset {
   };
 
   Dataset() = default;
-  static void AddDoc(Split& split, int64_t doc);
+  // `extra`: the BOS and EOS the packed stream adds (2), 0 for rows.
+  static void AddDoc(Split& split, int64_t doc, int64_t extra);
+  // Sequence `s` of `split` in one_per_row mode.
+  void ReadRow(const Split& split, int64_t s, int32_t* inputs,
+               int32_t* targets) const;
   // Copies stream[begin, begin + count) of `split`, clipped to its end;
   // returns the number of tokens copied.
   static int64_t ReadStream(const Split& split, int64_t begin, int64_t count,

@@ -16,7 +16,7 @@ absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::
   std::string error;
   t->sp_ = spm::Processor::Load(path, &error);
   if (t->sp_ == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a SentencePiece model (", error, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": cannot be loaded as a SentencePiece model: ", error));
   }
   t->path_ = path;
   t->vocab_size_ = t->sp_->PieceSize();

@@ -45,6 +45,38 @@ absl::StatusOr<std::unique_ptr<InMemoryCorpus>> InMemoryCorpus::Create(
   return corpus;
 }
 
+absl::StatusOr<std::unique_ptr<InMemoryCorpus>> InMemoryCorpus::CreateMasked(
+    const std::vector<std::vector<int32_t>>& docs,
+    const std::vector<std::vector<uint8_t>>& masks, int32_t vocab_size,
+    int32_t bos_id, int32_t eos_id) {
+  if (masks.size() != docs.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        masks.size(), " loss masks for ", docs.size(), " documents"));
+  }
+  absl::StatusOr<std::unique_ptr<InMemoryCorpus>> corpus =
+      Create(docs, vocab_size, bos_id, eos_id);
+  if (!corpus.ok()) return corpus.status();
+  for (size_t d = 0; d < docs.size(); ++d) {
+    if (masks[d].size() != docs[d].size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("document ", d, " has ", docs[d].size(),
+                       " tokens and a loss mask of ", masks[d].size()));
+    }
+    for (uint8_t m : masks[d]) (*corpus)->mask_.push_back(m != 0 ? 1 : 0);
+  }
+  return corpus;
+}
+
+void InMemoryCorpus::CopyLossMask(int64_t doc, int64_t begin, int64_t count,
+                                  uint8_t* out) const {
+  if (mask_.empty()) {
+    std::fill(out, out + count, uint8_t{1});
+    return;
+  }
+  const uint8_t* first = mask_.data() + doc_offsets_[doc] + begin;
+  std::copy(first, first + count, out);
+}
+
 absl::StatusOr<std::unique_ptr<InMemoryCorpus>> InMemoryCorpus::FromDocuments(
     absl::Span<const Document> documents, const Tokenizer& tokenizer) {
   std::vector<std::vector<int32_t>> docs;

@@ -35,6 +35,19 @@ class TokenCorpus {
   virtual int32_t vocab_size() const = 0;
   virtual int32_t bos_id() const = 0;
   virtual int32_t eos_id() const = 0;
+
+  // A per-token loss mask (chat data: 1 on assistant tokens). A corpus with
+  // one holds complete samples (the chat template's own BOS / end-of-turn
+  // tokens included) that a Dataset reads one per row, never packed.
+  virtual bool has_loss_mask() const { return false; }
+  // Mask of tokens [begin, begin + count) of `doc` (1 = the token is a
+  // target); all ones without a mask. Same preconditions as CopyTokens.
+  virtual void CopyLossMask(int64_t doc, int64_t begin, int64_t count,
+                            uint8_t* out) const {
+    (void)doc;
+    (void)begin;
+    for (int64_t i = 0; i < count; ++i) out[i] = 1;
+  }
 };
 
 class InMemoryCorpus final : public TokenCorpus {
@@ -43,6 +56,13 @@ class InMemoryCorpus final : public TokenCorpus {
   // bos_id or eos_id is, or when a document is empty.
   static absl::StatusOr<std::unique_ptr<InMemoryCorpus>> Create(
       const std::vector<std::vector<int32_t>>& docs, int32_t vocab_size,
+      int32_t bos_id, int32_t eos_id);
+
+  // As Create, with a loss mask: masks[d] has one 0/1 per token of docs[d]
+  // (InvalidArgument when a size differs).
+  static absl::StatusOr<std::unique_ptr<InMemoryCorpus>> CreateMasked(
+      const std::vector<std::vector<int32_t>>& docs,
+      const std::vector<std::vector<uint8_t>>& masks, int32_t vocab_size,
       int32_t bos_id, int32_t eos_id);
 
   // Tokenises `documents` with `tokenizer`. Errors: as Create.
@@ -64,11 +84,15 @@ class InMemoryCorpus final : public TokenCorpus {
   int32_t vocab_size() const override { return vocab_size_; }
   int32_t bos_id() const override { return bos_id_; }
   int32_t eos_id() const override { return eos_id_; }
+  bool has_loss_mask() const override { return !mask_.empty(); }
+  void CopyLossMask(int64_t doc, int64_t begin, int64_t count,
+                    uint8_t* out) const override;
 
  private:
   InMemoryCorpus() = default;
 
   std::vector<int32_t> tokens_;       // all documents back to back
+  std::vector<uint8_t> mask_;         // empty, or one per token of tokens_
   std::vector<int64_t> doc_offsets_;  // (num_docs + 1), into tokens_
   int32_t vocab_size_ = 0;
   int32_t bos_id_ = 0;

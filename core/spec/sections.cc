@@ -150,7 +150,9 @@ void CheckModelShape(const proto::ModelShape& model,
   // The byte tokenizer (core/data/tokenizer.h) has ids 0..255 for bytes,
   // 256 for BOS and 257 for EOS.
   constexpr int32_t kByteVocabSize = 258;
-  if (data.tokenizer() == "byte" && model.vocab_size() >= 1 &&
+  // A pretrain job has no model directory: "auto" is the byte tokenizer.
+  if ((data.tokenizer() == "byte" || data.tokenizer() == "auto") &&
+      model.vocab_size() >= 1 &&
       model.vocab_size() < kByteVocabSize) {
     problems.Add(p + "vocab_size",
                  absl::StrCat("must be >= ", kByteVocabSize,

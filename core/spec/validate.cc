@@ -39,6 +39,18 @@ void CheckData(const proto::DataSpec& data, Problems& problems) {
       data.format() == proto::DataSpec::FORMAT_UNSPECIFIED) {
     problems.Add("data.format", absl::StrCat("unknown value ", data.format()));
   }
+  const std::string& chat_template = data.chat_template();
+  if (!chat_template.empty() && chat_template != "auto" &&
+      chat_template != "llama3" && chat_template != "chatml") {
+    problems.Add("data.chat_template",
+                 absl::StrCat("unknown value \"", chat_template,
+                              "\" (auto, llama3 or chatml)"));
+  }
+  if (!chat_template.empty() &&
+      data.format() != proto::DataSpec::FORMAT_CHAT) {
+    problems.Add("data.chat_template",
+                 "is read only with data.format: chat (remove it)");
+  }
   CheckCount("data.seq_len", data.seq_len(), 2, spec_limits::kMaxSeqLen,
              problems);
   problems.Fraction("data.val_fraction", data.val_fraction(),
@@ -136,7 +148,8 @@ void ApplyDefaults(proto::JobSpec* spec, const JobKindRegistry& kinds) {
       // Explicit validation files replace the held-out split.
       data->set_val_fraction(data->val().empty() ? 0.05 : 0.0);
     }
-    if (data->tokenizer().empty()) data->set_tokenizer("byte");
+    // "auto": the model directory's tokenizer (jobs::MakeTokenizerForModel).
+    if (data->tokenizer().empty()) data->set_tokenizer("auto");
   }
 
   // First the kind's own, which may set a shared field (optimizer.lr).

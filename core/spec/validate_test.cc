@@ -66,7 +66,9 @@ TEST(ApplyDefaultsTest, LoraDefaults) {
   EXPECT_EQ(spec.data().format(), proto::DataSpec::FORMAT_TEXT);
   EXPECT_EQ(spec.data().seq_len(), 256);
   EXPECT_DOUBLE_EQ(spec.data().val_fraction(), 0.05);
-  EXPECT_EQ(spec.data().tokenizer(), "byte");
+  // The default is "auto" (issue 10): the model directory's tokenizer file,
+  // bytes for a byte-vocabulary model without one (jobs:build_test).
+  EXPECT_EQ(spec.data().tokenizer(), "auto");
   EXPECT_DOUBLE_EQ(spec.optimizer().lr(), 2e-4);
   EXPECT_DOUBLE_EQ(spec.optimizer().beta1(), 0.9);
   EXPECT_DOUBLE_EQ(spec.optimizer().beta2(), 0.999);
@@ -215,6 +217,14 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{
             kLora, {"data.train=[a, '']"}, "data.train[1]: must not be empty"},
         BadCase{kLora, {"data.val=['']"}, "data.val[0]: must not be empty"},
+        BadCase{kLora,
+                {"data.format=chat", "data.chat_template=jinja"},
+                "data.chat_template: unknown value \"jinja\" (auto, llama3 "
+                "or chatml)"},
+        BadCase{kLora,
+                {"data.chat_template=llama3"},
+                "data.chat_template: is read only with data.format: chat "
+                "(remove it)"},
         BadCase{kLora, {"output_dir="}, "output_dir: must be set"},
         BadCase{
             kLora, {"base_model="}, "base_model: must be set for a lora job"},

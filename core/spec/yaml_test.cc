@@ -156,7 +156,7 @@ TEST(ParseJobSpecYamlTest, WrongTypes) {
               HasSubstr("lora.adapter.rslora: expected true or false"));
   EXPECT_THAT(ParseError("data:\n  format: csv\nlora: {}\n"),
               HasSubstr("data.format: expected one of text, text_paragraphs, "
-                        "jsonl, tokens, got \"csv\""));
+                        "jsonl, tokens, chat, got \"csv\""));
   EXPECT_THAT(ParseError("name: [a, b]\nlora: {}\n"),
               HasSubstr("name: expected a string, got a list"));
   EXPECT_THAT(ParseError("optimizer: 3\nlora: {}\n"),
