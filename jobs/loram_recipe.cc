@@ -369,7 +369,10 @@ class LoramRecipe : public Recipe {
     *d->mutable_train() = a.data();
     d->set_format(proto::DataSpec::FORMAT_TEXT);
     d->set_seq_len(spec_.data().seq_len());
-    d->set_tokenizer(spec_.data().tokenizer());
+    // The pruned directory has no tokenizer files: the full model's.
+    ASSIGN_OR_RETURN(std::string tokenizer,
+                     ResolveTokenizer(spec_.data().tokenizer(), spec_.base_model()));
+    d->set_tokenizer(tokenizer);
     sub.mutable_optimizer()->set_lr(a.lr());
     sub.mutable_schedule()->set_warmup_steps(a.warmup_steps());
     proto::TrainSpec* tr = sub.mutable_train();
@@ -396,6 +399,9 @@ class LoramRecipe : public Recipe {
     sub.set_name(spec_.name() + " (train on the pruned model)");
     sub.set_base_model(SmallDir());
     sub.set_output_dir(spec_.output_dir() + "/train");
+    ASSIGN_OR_RETURN(std::string tokenizer,
+                     ResolveTokenizer(spec_.data().tokenizer(), spec_.base_model()));
+    sub.mutable_data()->set_tokenizer(tokenizer);
     *sub.mutable_lora()->mutable_adapter() = spec_.loram().adapter();
     if (Quantizing()) {
       absl::Status st = absl::OkStatus();

@@ -47,6 +47,11 @@ if ! image=$("$repo/tools/build_image.sh" --binaries "$bins" 2> "$work/build.log
   cat "$work/build.log"; fail "tools/build_image.sh"
 fi
 echo "image $image built in $(( $(date +%s) - t0 )) s"
+# The SentencePiece shim the binaries dlopen ships beside them, with every
+# library it needs (ldd says "not found" otherwise).
+spm=$($docker run --rm --entrypoint /usr/bin/ldd "$image" /usr/local/bin/libsheaf_spm.so 2>&1) ||
+  fail "the image has no loadable /usr/local/bin/libsheaf_spm.so: $spm"
+grep -q "not found" <<<"$spm" && fail "libsheaf_spm.so in the image lacks libraries: $spm"
 
 shared="$work/shared"
 mkdir -p "$shared/models" "$shared/data/corpus" "$shared/out" "$work/etc"

@@ -13,7 +13,10 @@
 #
 #   tools/build_image.sh                  # build (starts nothing; needs dockerd)
 #   tools/build_image.sh --binaries DIR   # use DIR/{sheaf,sheaf-coordinator,
-#                                         # sheaf-worker} instead of bazel's
+#                                         # sheaf-worker,libsheaf_spm.so}
+#                                         # instead of bazel's
+# libsheaf_spm.so is the SentencePiece shim the binaries dlopen (core/data/
+# sentencepiece_dl.cc): it goes beside them, and its libraries count too.
 #   SHEAF_DEBIAN_MIRROR=http://... tools/build_image.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,15 +30,19 @@ mkdir -p "$cache"
 
 if [[ ${1:-} == --binaries ]]; then
   binaries=("$2/sheaf" "$2/sheaf-coordinator" "$2/sheaf-worker")
+  shim="$2/libsheaf_spm.so"
 else
-  bazel build //cli:sheaf //coordinator:sheaf-coordinator //worker:sheaf-worker >&2
+  bazel build //cli:sheaf //coordinator:sheaf-coordinator //worker:sheaf-worker \
+    //core/data:libsheaf_spm.so >&2
   bin=$(bazel info bazel-bin 2>/dev/null)
   binaries=("$bin/cli/sheaf" "$bin/coordinator/sheaf-coordinator" "$bin/worker/sheaf-worker")
+  shim="$bin/core/data/libsheaf_spm.so"
 fi
 for b in "${binaries[@]}"; do [[ -x $b ]] || { echo "build_image: no executable $b" >&2; exit 1; }; done
+[[ -f $shim ]] || { echo "build_image: no $shim (the SentencePiece shim)" >&2; exit 1; }
 
 # Runtime packages: whatever package ships each shared library.
-pkgs=$(for b in "${binaries[@]}"; do ldd "$b"; done | awk '$3 ~ /^\// {print $3}' | sort -u |
+pkgs=$(for b in "${binaries[@]}" "$shim"; do ldd "$b"; done | awk '$3 ~ /^\// {print $3}' | sort -u |
   while read -r lib; do dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "$lib"; done |
   cut -d: -f1 | sed 's/,.*//' | sort -u)
 pkgs=$(printf '%s\n' $pkgs openmpi-bin openssh-server openssh-client tini procps ca-certificates | sort -u)
@@ -60,7 +67,7 @@ fi
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/bin"
-cp "${binaries[@]}" deploy/docker/sheaf-stop-rank deploy/docker/sheaf-mpirun "$ctx/bin/"
+cp "${binaries[@]}" "$shim" deploy/docker/sheaf-stop-rank deploy/docker/sheaf-mpirun "$ctx/bin/"
 chmod 0755 "$ctx/bin/"*
 cp deploy/docker/Dockerfile deploy/docker/sshd_config "$ctx/"
 "$docker" build -q --build-arg SHEAF_BASE="$base" -t "sheaf:$version" -t sheaf:dev "$ctx" >&2
