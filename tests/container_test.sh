@@ -37,7 +37,7 @@ cleanup() {
 trap cleanup EXIT
 
 bins="$work/bins"; mkdir -p "$bins"
-cp "$(rf cli/sheaf)" "$(rf coordinator/sheaf-coordinator)" "$(rf worker/sheaf-worker)" "$bins/"
+cp "$(rf cli/sheaf)" "$(rf coordinator/sheaf-coordinator)" "$(rf worker/sheaf-worker)" "$(rf core/data/libsheaf_spm.so)" "$bins/"
 repo=$(cd "$(dirname "$(readlink -f "$(rf tools/build_image.sh)")")/.." && pwd)
 t0=$(date +%s)
 if ! image=$("$repo/tools/build_image.sh" --binaries "$bins" 2> "$work/build.log"); then

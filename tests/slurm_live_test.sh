@@ -83,7 +83,7 @@ output_dir: $root/out/alice/run
 seed: 7
 data: {train: [$root/data/corpus], seq_len: 64, val_fraction: 0.1}
 optimizer: {lr: 0.002}
-train: {batch_size: 4, max_steps: 300, eval_every: 100, checkpoint_every: 25, threads: 1}
+train: {batch_size: 4, max_steps: 1200, eval_every: 100, checkpoint_every: 25, threads: 1}
 lora: {adapter: {rank: 4, alpha: 8, dropout: 0.1, targets: [q_proj, v_proj]}}
 YAML
 
