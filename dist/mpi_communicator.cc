@@ -544,11 +544,11 @@ absl::Status MpiCommunicator::InitMpi() {
   return absl::OkStatus();
 }
 
-absl::Status MpiCommunicator::Liveness(bool force) {
+absl::Status MpiCommunicator::Liveness() {
   if (peers_.empty()) return absl::OkStatus();
   const Clock::time_point now = Clock::now();
   // Cheap when not due: the busy loop calls this on every turn.
-  if (!force && now < next_liveness_) return absl::OkStatus();
+  if (now < next_liveness_) return absl::OkStatus();
   next_liveness_ = now + std::max(ping_interval_ / 4, std::chrono::milliseconds(5));
   const bool ping = now >= next_ping_;
   if (ping) {
@@ -646,7 +646,7 @@ void MpiCommunicator::ProgressLoop() {
         absl::MutexLock lock(&shared_->mu);
         if (!shared_->broken.ok()) continue;
       }
-      absl::Status failure = Liveness(/*force=*/false);
+      absl::Status failure = Liveness();
       if (!failure.ok()) {
         absl::MutexLock lock(&shared_->mu);
         shared_->BreakLocked(failure);

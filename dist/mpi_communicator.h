@@ -192,7 +192,7 @@ class MpiCommunicator final : public Communicator {
   absl::Status Hello();
   // Progress thread, inside the loop under mpi_mu: receive and send pings,
   // and the failure when a peer has been silent for peer_timeout.
-  absl::Status Liveness(bool force);
+  absl::Status Liveness();
   // Progress thread, at shutdown: no more pings; pending sends completed,
   // receives cancelled.
   void StopLiveness();

@@ -20,25 +20,14 @@
 #include "dist/thread_communicator.h"
 #include "gtest/gtest.h"
 #include "jobs/recipe.h"
+#include "jobs/test_support.h"
 
 namespace sheaf::jobs {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string WriteCorpus(const std::string& name, uint64_t seed) {
-  const std::string dir = (fs::path(::testing::TempDir()) / name).string();
-  fs::create_directories(dir);
-  std::mt19937 rng(static_cast<uint32_t>(seed));
-  const char* words[] = {"the ", "file ", "is ", "read ", "when ", "a ", "process ", "opens ",
-                         "it. ", "options:\n", "-v ", "print ", "more.\n"};
-  for (int f = 0; f < 80; ++f) {
-    std::string text;
-    for (int w = 0; w < 80; ++w) text += words[rng() % 13];
-    std::ofstream(dir + "/doc" + std::to_string(f) + ".txt") << text;
-  }
-  return dir;
-}
+using ::sheaf::jobs::testing::WriteCorpus;
 
 std::string Spec(const std::string& out, const std::string& task, const std::string& general,
                  const std::string& quantize = "nf4") {

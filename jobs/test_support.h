@@ -3,6 +3,8 @@
 #ifndef SHEAF_JOBS_TEST_SUPPORT_H_
 #define SHEAF_JOBS_TEST_SUPPORT_H_
 
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <random>
 #include <string>
@@ -13,8 +15,26 @@
 #include "core/data/token_corpus.h"
 #include "core/data/tokenizer.h"
 #include "core/model.h"
+#include "gtest/gtest.h"
 
 namespace sheaf::jobs::testing {
+
+// Seeded pseudo-text files: 80 documents of a few hundred bytes in
+// TempDir()/`name`; returns the directory.
+inline std::string WriteCorpus(const std::string& name, uint64_t seed) {
+  const std::string dir = (std::filesystem::path(::testing::TempDir()) / name).string();
+  std::filesystem::create_directories(dir);
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  const char* words[] = {"the ", "file ", "is ", "read ", "when ", "a ", "process ", "opens ",
+                         "it. ", "options:\n", "-v ", "print ", "more.\n"};
+  for (int f = 0; f < 80; ++f) {
+    std::string text;
+    for (int w = 0; w < 80; ++w) text += words[rng() % 13];
+    std::ofstream(dir + "/doc" + std::to_string(f) + ".txt") << text;
+  }
+  return dir;
+}
+
 
 inline ModelConfig TinyConfig() {
   ModelConfig c;
