@@ -150,6 +150,7 @@ std::string FormatJobDetails(const proto::Job& job, absl::TimeZone zone) {
   add("output_dir", job.output_dir());
   if (job.artifact_dir() != job.output_dir()) add("artifact_dir", job.artifact_dir());
   add("last_error", job.last_error());
+  add("waiting", job.waiting_reason());
   std::string out;
   for (const auto& [key, value] : rows) {
     absl::StrAppendFormat(&out, "%-12s %s\n", key + ":", value);

@@ -221,7 +221,11 @@ int Client::Submit() {
   proto::SubmitJobResponse response;
   absl::Status status = FromGrpc(connection_->stub().SubmitJob(context.get(), request, &response));
   if (!status.ok()) return Fail(status);
-  // Only the id, so that `id=$(sheaf submit job.yaml)` works.
+  // Only the id, so that `id=$(sheaf submit job.yaml)` works; notes (no
+  // registered world can run the job yet) go to stderr.
+  for (const std::string& warning : response.warnings()) {
+    Err(absl::StrCat("warning: job ", response.job_id(), " accepted, but ", warning));
+  }
   OutLine(response.job_id());
   return kExitOk;
 }
@@ -325,6 +329,9 @@ int Client::Watch() {
         if (bar_shown) Out("\n");
         bar_shown = false;
         OutLine(FormatStateChange(id(), change));
+        if (!change.waiting_reason().empty()) {
+          OutLine(absl::StrCat("job ", id(), " waits: ", change.waiting_reason()));
+        }
       }
     }
     absl::Status status = FromGrpc(reader->Finish());

@@ -101,12 +101,17 @@ grpc::Status GrpcCoordinatorService::FetchArtifacts(
     grpc::ServerWriter<proto::ArtifactChunk>* writer) {
   absl::StatusOr<Caller> caller = Authenticate(*context);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
+  // write_through: Write returns once the chunk is on the socket, not once
+  // it is queued in the transport, so a stalled reader holds at most the
+  // one chunk being written (issue 9, item 7). The service cuts off an
+  // idle reader through TryCancel, which makes the blocked Write return.
   return ToGrpcStatus(service_->FetchArtifacts(
       *caller, *request,
       [writer](const proto::ArtifactChunk& chunk) {
-        return writer->Write(chunk);
+        return writer->Write(chunk, grpc::WriteOptions().set_write_through());
       },
-      [context] { return context->IsCancelled(); }));
+      [context] { return context->IsCancelled(); },
+      [context] { context->TryCancel(); }));
 }
 
 grpc::Status GrpcCoordinatorService::RegisterWorld(

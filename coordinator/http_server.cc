@@ -107,6 +107,10 @@ MetricsHttpServer::MetricsHttpServer(int fd, int port,
 MetricsHttpServer::~MetricsHttpServer() {
   stop_ = true;
   if (thread_.joinable()) thread_.join();
+  // Connection threads end within their deadline.
+  std::unique_lock<std::mutex> lock(mu_);
+  idle_.wait(lock, [&] { return active_ == 0; });
+  lock.unlock();
   close(listen_fd_);
 }
 
@@ -117,8 +121,25 @@ void MetricsHttpServer::Serve() {
     if (poll(&pfd, 1, 100) <= 0) continue;
     const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) continue;
-    HandleConnection(fd);
-    close(fd);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (active_ >= kMaxConnections) {
+        // Full: answer at once rather than queue behind idle sockets.
+        WriteAll(fd, Response("503 Service Unavailable", "text/plain",
+                              "too many connections\n"),
+                 std::chrono::steady_clock::now() + std::chrono::milliseconds(100));
+        close(fd);
+        continue;
+      }
+      ++active_;
+    }
+    std::thread([this, fd] {
+      HandleConnection(fd);
+      close(fd);
+      std::lock_guard<std::mutex> lock(mu_);
+      --active_;
+      idle_.notify_all();
+    }).detach();
   }
 }
 

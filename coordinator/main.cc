@@ -58,6 +58,13 @@ constexpr const char* kUsage = R"(usage: sheaf-coordinator --db FILE --tokens FI
                           (default 9464; 0 turns it off)
   --metrics-address IP    address of the metrics endpoint (default 127.0.0.1:
                           per-job series name every tenant's jobs)
+  --max-fetch-streams N   concurrent `sheaf fetch` streams in all (default 64;
+                          more are refused RESOURCE_EXHAUSTED; 0: no cap)
+  --max-fetch-streams-per-tenant N
+                          the same for one tenant (default 8; 0: no cap)
+  --fetch-idle-timeout DURATION
+                          a fetch whose reader takes no chunk for this long is
+                          cut off (default 60s; 0: never)
 )";
 
 int Usage(const std::string& why) {
@@ -82,6 +89,8 @@ int Main(int argc, char** argv) {
       {"lease-ttl", "30s"},       {"max-attempts", "3"}, {"metrics-port", "9464"},
       {"metrics-address", "127.0.0.1"},
       {"stall-floor", "5m"},      {"stall-factor", "5"}, {"setup-timeout", "30m"},
+      {"max-fetch-streams", "64"}, {"max-fetch-streams-per-tenant", "8"},
+      {"fetch-idle-timeout", "60s"},
   };
   ParsedFlags parsed;
   if (absl::Status st = ParseLongFlags(argc, argv, &flags, {}, &parsed); !st.ok()) {
@@ -134,6 +143,22 @@ int Main(int argc, char** argv) {
                               "--lease-ttl / 3 = ",
                               absl::FormatDuration(2 * options.scheduler.lease_ttl / 3),
                               "), or 0 (off)"));
+  }
+  for (const auto& [flag, field] :
+       {std::pair<const char*, int*>{"max-fetch-streams", &options.fetch.max_streams},
+        {"max-fetch-streams-per-tenant", &options.fetch.max_streams_per_tenant}}) {
+    if (!absl::SimpleAtoi(flags[flag], field) || *field < 0 || *field > 100000) {
+      return Usage(absl::StrCat("--", flag, ": an integer in [0, 100000] (0: no cap), got ",
+                                flags[flag]));
+    }
+  }
+  if (flags["fetch-idle-timeout"] == "0") {
+    options.fetch.idle_timeout = absl::ZeroDuration();
+  } else if (!absl::ParseDuration(flags["fetch-idle-timeout"], &options.fetch.idle_timeout) ||
+             options.fetch.idle_timeout < absl::Seconds(1) ||
+             options.fetch.idle_timeout > absl::Hours(24)) {
+    return Usage("--fetch-idle-timeout: a duration in [1s, 24h] or 0 (never), got " +
+                 flags["fetch-idle-timeout"]);
   }
   int metrics_port = 0;
   if (!absl::SimpleAtoi(flags["metrics-port"], &metrics_port) ||

@@ -91,14 +91,22 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   builder.AddListeningPort(options.listen, credentials, &server->port_);
   builder.RegisterService(server->grpc_service_.get());
   builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
+  // gRPC sets SO_REUSEPORT on its listeners by default, so a second
+  // coordinator on the same host:port would bind too and the kernel would
+  // split connections between the two (issue 9, item 10). Without it the
+  // second bind fails with EADDRINUSE.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
       interceptors;
   interceptors.push_back(std::make_unique<UndecodableRequestInterceptorFactory>());
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", options.listen));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", options.listen,
+        ": the address is in use (another sheaf-coordinator, or another "
+        "program, already serves that port; each coordinator needs its own "
+        "--listen address and its own --db) or cannot be bound here"));
   }
   server->tls_ = tls;
   return server;

@@ -40,7 +40,8 @@ class CoordinatorServer {
  public:
   // `service` and `auth` must outlive the server. kInvalidArgument for a
   // half-given TLS pair, kNotFound for unreadable PEM files, kUnavailable
-  // when the address cannot be bound.
+  // when the address cannot be bound (also when another coordinator, or
+  // any other program, already listens there: SO_REUSEPORT is off).
   static absl::StatusOr<std::unique_ptr<CoordinatorServer>> Start(
       const ServerOptions& options, CoordinatorService* service,
       const TokenAuthenticator* auth);

@@ -5,6 +5,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <map>
+#include <thread>
 #include <cmath>
 #include <optional>
 #include <cerrno>
@@ -20,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "base/status.h"
 #include "base/open_beneath.h"
 #include "base/sha256.h"
@@ -44,7 +48,6 @@ constexpr int32_t kMaxWorldSize = 1 << 16;
 constexpr int32_t kDefaultChunkBytes = 64 << 10;
 constexpr int32_t kMaxChunkBytes = 1 << 20;
 constexpr size_t kMaxErrorBytes = 4096;
-constexpr absl::string_view kPageTokenPrefix = "after:";
 
 // config.json of the model at `model_dir` (absolute, inside `model_root`),
 // read beneath the root (base/open_beneath.h) with a size cap.
@@ -221,6 +224,261 @@ class CoordinatorService::Observer : public SchedulerObserver {
   CoordinatorService* const service_;
 };
 
+// Admission and idle cut-off of FetchArtifacts streams (issue 9, item 7).
+// A reaper thread looks at every stream now and then and aborts the pending
+// write of one whose reader has not taken a chunk for the idle timeout.
+class CoordinatorService::FetchStreams {
+ public:
+  explicit FetchStreams(const FetchLimits& limits) : limits_(limits) {
+    if (limits_.idle_timeout > absl::ZeroDuration()) {
+      reaper_ = std::thread([this] { Reap(); });
+    }
+  }
+  ~FetchStreams() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    if (reaper_.joinable()) reaper_.join();
+  }
+
+  struct Stream {
+    std::string tenant;
+    std::function<void()> abort;
+    // Monotonic time the pending write began; InfiniteFuture between writes.
+    absl::Time write_began = absl::InfiniteFuture();
+    bool cut_off = false;
+  };
+
+  // A slot for `tenant`, or kResourceExhausted naming the cap.
+  absl::StatusOr<Stream*> Admit(const std::string& tenant,
+                                std::function<void()> abort) {
+    absl::MutexLock lock(&mu_);
+    if (limits_.max_streams > 0 &&
+        static_cast<int>(streams_.size()) >= limits_.max_streams) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "FetchArtifacts: the coordinator already serves ", streams_.size(),
+          " fetch streams, its cap (--max-fetch-streams ", limits_.max_streams,
+          "); try again when one has ended"));
+    }
+    int& of_tenant = per_tenant_[tenant];
+    if (limits_.max_streams_per_tenant > 0 &&
+        of_tenant >= limits_.max_streams_per_tenant) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "FetchArtifacts: tenant ", tenant, " already has ", of_tenant,
+          " fetch streams open, its cap (--max-fetch-streams-per-tenant ",
+          limits_.max_streams_per_tenant, "); try again when one has ended"));
+    }
+    ++of_tenant;
+    auto stream = std::make_unique<Stream>();
+    stream->tenant = tenant;
+    stream->abort = std::move(abort);
+    Stream* raw = stream.get();
+    streams_.emplace(raw, std::move(stream));
+    return raw;
+  }
+
+  void Release(Stream* stream) {
+    absl::MutexLock lock(&mu_);
+    auto it = per_tenant_.find(stream->tenant);
+    if (it != per_tenant_.end() && --it->second <= 0) per_tenant_.erase(it);
+    streams_.erase(stream);
+  }
+
+  void BeginWrite(Stream* stream) {
+    absl::MutexLock lock(&mu_);
+    stream->write_began = MonotonicNow();
+  }
+  // True when the write was aborted because the reader was idle.
+  bool EndWrite(Stream* stream) {
+    absl::MutexLock lock(&mu_);
+    stream->write_began = absl::InfiniteFuture();
+    return stream->cut_off;
+  }
+
+  int active() const {
+    absl::MutexLock lock(&mu_);
+    return static_cast<int>(streams_.size());
+  }
+
+  absl::Duration idle_timeout() const { return limits_.idle_timeout; }
+
+ private:
+  static absl::Time MonotonicNow() {
+    return absl::UnixEpoch() +
+           absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
+  }
+
+  void Reap() {
+    const absl::Duration period = std::clamp(limits_.idle_timeout / 4,
+                                             absl::Milliseconds(10), absl::Seconds(1));
+    absl::MutexLock lock(&mu_);
+    while (!stop_) {
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), period);
+      if (stop_) break;
+      const absl::Time now = MonotonicNow();
+      for (auto& [raw, stream] : streams_) {
+        if (!stream->cut_off && now - stream->write_began >= limits_.idle_timeout) {
+          stream->cut_off = true;
+          // TryCancel (grpc_service.cc) only flags the call; it does not
+          // call back into us, so it is safe under the lock.
+          if (stream->abort) stream->abort();
+        }
+      }
+    }
+  }
+
+  const FetchLimits limits_;
+  mutable absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<Stream*, std::unique_ptr<Stream>> streams_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> per_tenant_ ABSL_GUARDED_BY(mu_);
+  std::thread reaper_;
+};
+
+// Worlds seen lately (issue 9, item 10): registered, long-polling
+// AcquireJob, or heartbeating a lease. Only used for the note on jobs that
+// no world can run (Job.waiting_reason); leasing goes by the scheduler.
+class CoordinatorService::WorldDirectory {
+ public:
+  void Saw(const std::string& world_id, const proto::RegisterWorldRequest& info) {
+    absl::MutexLock lock(&mu_);
+    Entry& entry = worlds_[world_id];
+    entry.info = info;
+    entry.last_seen = std::chrono::steady_clock::now();
+  }
+  // False when the world is not known here (after a restart).
+  bool Touch(const std::string& world_id) {
+    absl::MutexLock lock(&mu_);
+    auto it = worlds_.find(world_id);
+    if (it == worlds_.end()) return false;
+    it->second.last_seen = std::chrono::steady_clock::now();
+    return true;
+  }
+  void MapLease(const std::string& lease_id, const std::string& world_id) {
+    absl::MutexLock lock(&mu_);
+    leases_[lease_id] = world_id;
+  }
+  // The world holding `lease_id`, if known.
+  std::optional<std::string> WorldOfLease(const std::string& lease_id) {
+    absl::MutexLock lock(&mu_);
+    auto it = leases_.find(lease_id);
+    if (it == leases_.end()) return std::nullopt;
+    return it->second;
+  }
+  void ForgetLease(const std::string& lease_id) {
+    absl::MutexLock lock(&mu_);
+    leases_.erase(lease_id);
+  }
+  // Worlds seen within `window`; older ones are dropped.
+  std::vector<proto::RegisterWorldRequest> Live(absl::Duration window) {
+    const auto cutoff = std::chrono::steady_clock::now() - absl::ToChronoNanoseconds(window);
+    std::vector<proto::RegisterWorldRequest> live;
+    absl::MutexLock lock(&mu_);
+    for (auto it = worlds_.begin(); it != worlds_.end();) {
+      if (it->second.last_seen < cutoff) {
+        worlds_.erase(it++);
+        continue;
+      }
+      live.push_back(it->second.info);
+      ++it;
+    }
+    return live;
+  }
+
+ private:
+  struct Entry {
+    proto::RegisterWorldRequest info;
+    std::chrono::steady_clock::time_point last_seen;
+  };
+  absl::Mutex mu_;
+  std::map<std::string, Entry> worlds_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> leases_ ABSL_GUARDED_BY(mu_);
+};
+
+namespace {
+
+proto::DeviceKind EffectiveKind(proto::DeviceKind kind) {
+  return kind == proto::DEVICE_KIND_UNSPECIFIED ? proto::DEVICE_KIND_CPU : kind;
+}
+
+// The scheduler's match (store.cc NextPendingJob, then JobFitsWorld).
+bool WorldCanRun(const proto::Job& job, const proto::RegisterWorldRequest& world) {
+  const proto::ResourceRequest& r = job.resources();
+  if (world.world_size() < std::max(1, r.min_world_size())) return false;
+  if (r.max_world_size() != 0 && r.max_world_size() < world.world_size()) return false;
+  if (r.memory_bytes() > world.memory_bytes()) return false;
+  if (EffectiveKind(r.device_kind()) != EffectiveKind(world.device_kind())) return false;
+  return JobFitsWorld(job, world);
+}
+
+// Why none of `worlds` can run `job`; empty when one can.
+std::string WhyNoWorld(const proto::Job& job,
+                       const std::vector<proto::RegisterWorldRequest>& worlds,
+                       absl::Duration window) {
+  if (worlds.empty()) {
+    return absl::StrCat("no world has been seen in the last ", absl::FormatDuration(window),
+                        " (none registered, or all gone); the job waits for one");
+  }
+  for (const auto& world : worlds) {
+    if (WorldCanRun(job, world)) return "";
+  }
+  const proto::ResourceRequest& r = job.resources();
+  const int min_size = std::max(1, r.min_world_size());
+  bool size_ok = false, memory_ok = false, kind_ok = false, estimate_ok = false;
+  int smallest = worlds[0].world_size(), largest = worlds[0].world_size();
+  int64_t most_memory = 0;
+  std::vector<std::string> kinds;
+  for (const auto& world : worlds) {
+    smallest = std::min(smallest, world.world_size());
+    largest = std::max(largest, world.world_size());
+    most_memory = std::max(most_memory, world.memory_bytes());
+    size_ok |= world.world_size() >= min_size &&
+               (r.max_world_size() == 0 || world.world_size() <= r.max_world_size());
+    memory_ok |= r.memory_bytes() <= world.memory_bytes();
+    kind_ok |= EffectiveKind(r.device_kind()) == EffectiveKind(world.device_kind());
+    estimate_ok |= JobFitsWorld(job, world);
+  }
+  std::vector<std::string> why;
+  if (!size_ok) {
+    why.push_back(absl::StrCat(
+        "resources.min_world_size/max_world_size: it needs ", min_size, "..",
+        r.max_world_size() == 0 ? std::string("any") : absl::StrCat(r.max_world_size()),
+        " ranks, the worlds have ", smallest == largest ? "" : absl::StrCat(smallest, ".."),
+        largest));
+  }
+  if (!memory_ok) {
+    why.push_back(absl::StrCat("resources.memory_bytes: it asks for ",
+                               FormatBytes(r.memory_bytes()),
+                               " per rank, the most a world has is ",
+                               FormatBytes(most_memory)));
+  }
+  if (!kind_ok) {
+    why.push_back(absl::StrCat("resources.device_kind: no world is ",
+                               proto::DeviceKind_Name(EffectiveKind(r.device_kind()))));
+  }
+  if (!estimate_ok) {
+    why.push_back("its memory estimate per rank exceeds every world's memory per rank");
+  }
+  if (why.empty()) {
+    why.push_back("no single world meets all of its resources (ranks, memory, device kind)");
+  }
+  return absl::StrCat("no world seen in the last ", absl::FormatDuration(window),
+                      " can run this job (", worlds.size(), worlds.size() == 1 ? " world" : " worlds",
+                      "; it waits until one that can registers): ", absl::StrJoin(why, "; "));
+}
+
+}  // namespace
+
+absl::Duration CoordinatorService::WorldWindow() const {
+  return 2 * options_.max_acquire_wait + 2 * options_.scheduler.lease_ttl;
+}
+
+void CoordinatorService::NoteWaiting(proto::Job* job) {
+  if (job->state() != proto::JOB_STATE_PENDING) return;
+  job->set_waiting_reason(WhyNoWorld(*job, worlds_->Live(WorldWindow()), WorldWindow()));
+}
+
 // ------------------------------------------------------------- Lifecycle
 
 CoordinatorService::CoordinatorService(ServiceOptions options,
@@ -231,13 +489,20 @@ CoordinatorService::CoordinatorService(ServiceOptions options,
       clock_(clock),
       store_(std::move(store)),
       paths_(std::move(paths)),
-      observer_(std::make_unique<Observer>(this)) {}
+      observer_(std::make_unique<Observer>(this)),
+      fetch_streams_(std::make_unique<FetchStreams>(options_.fetch)),
+      worlds_(std::make_unique<WorldDirectory>()) {}
 
 absl::StatusOr<std::unique_ptr<CoordinatorService>> CoordinatorService::Create(
     ServiceOptions options, std::unique_ptr<JobStore> store,
     const Clock* clock) {
   if (store == nullptr || clock == nullptr) {
     return absl::InvalidArgumentError("service: store and clock are required");
+  }
+  if (options.fetch.max_streams < 0 || options.fetch.max_streams_per_tenant < 0 ||
+      options.fetch.idle_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "service: fetch stream caps and the idle timeout must be >= 0");
   }
   ASSIGN_OR_RETURN(std::unique_ptr<PathPolicy> paths,
                    PathPolicy::Create(options.roots));
@@ -388,6 +653,8 @@ absl::StatusOr<proto::SubmitJobResponse> CoordinatorService::SubmitJob(
   ASSIGN_OR_RETURN(proto::Job stored, scheduler_->Submit(std::move(job)));
   proto::SubmitJobResponse response;
   response.set_job_id(stored.id());
+  NoteWaiting(&stored);
+  if (!stored.waiting_reason().empty()) response.add_warnings(stored.waiting_reason());
   *response.mutable_job() = std::move(stored);
   return response;
 }
@@ -395,7 +662,9 @@ absl::StatusOr<proto::SubmitJobResponse> CoordinatorService::SubmitJob(
 absl::StatusOr<proto::Job> CoordinatorService::GetJob(
     const Caller& caller, const proto::GetJobRequest& request) {
   RETURN_IF_ERROR(RequireTenant(caller, "GetJob"));
-  return FindOwnJob(caller, "job_id", request.job_id());
+  ASSIGN_OR_RETURN(proto::Job job, FindOwnJob(caller, "job_id", request.job_id()));
+  NoteWaiting(&job);
+  return job;
 }
 
 absl::StatusOr<proto::ListJobsResponse> CoordinatorService::ListJobs(
@@ -425,12 +694,10 @@ absl::StatusOr<proto::ListJobsResponse> CoordinatorService::ListJobs(
                     ? kDefaultPageSize
                     : std::min(request.page_size(), kMaxPageSize);
   if (!request.page_token().empty()) {
-    absl::string_view token = request.page_token();
-    if (!absl::ConsumePrefix(&token, kPageTokenPrefix) ||
-        !absl::SimpleAtoi(token, &query.after_seq) || query.after_seq < 0) {
-      return absl::InvalidArgumentError(
-          "page_token: malformed (pass next_page_token back unchanged)");
-    }
+    // Opaque and bound to the tenant (page_token.h): a forged token or
+    // another tenant's is refused.
+    ASSIGN_OR_RETURN(query.after_seq,
+                     page_tokens_.Decode(caller.tenant, request.page_token()));
   }
   JobPage page;
   RETURN_IF_ERROR(store_->Read([&](StoreTxn& txn) -> absl::Status {
@@ -438,19 +705,23 @@ absl::StatusOr<proto::ListJobsResponse> CoordinatorService::ListJobs(
     return absl::OkStatus();
   }));
   size_t bytes = 0;
+  const std::vector<proto::RegisterWorldRequest> live = worlds_->Live(WorldWindow());
   for (size_t i = 0; i < page.jobs.size(); ++i) {
+    if (page.jobs[i].state() == proto::JOB_STATE_PENDING) {
+      page.jobs[i].set_waiting_reason(WhyNoWorld(page.jobs[i], live, WorldWindow()));
+    }
     bytes += page.jobs[i].ByteSizeLong();
     if (i > 0 && bytes > kMaxPageBytes) {
       // Full: the rest comes on the next page.
       response.set_next_page_token(
-          absl::StrCat(kPageTokenPrefix, page.seqs[i - 1]));
+          page_tokens_.Encode(caller.tenant, page.seqs[i - 1]));
       return response;
     }
     *response.add_jobs() = std::move(page.jobs[i]);
   }
   if (page.more) {
     response.set_next_page_token(
-        absl::StrCat(kPageTokenPrefix, page.seqs.back()));
+        page_tokens_.Encode(caller.tenant, page.seqs.back()));
   }
   return response;
 }
@@ -481,6 +752,8 @@ absl::Status CoordinatorService::WatchJob(
   change->set_attempt(job.attempts());
   change->set_world_id(job.world_id());
   change->set_reason(job.last_error());
+  NoteWaiting(&job);
+  change->set_waiting_reason(job.waiting_reason());
   if (!write(first)) return absl::CancelledError("the client went away");
   if (job.has_progress()) {
     proto::JobEvent progress;
@@ -510,8 +783,16 @@ absl::Status CoordinatorService::WatchJob(
 absl::Status CoordinatorService::FetchArtifacts(
     const Caller& caller, const proto::FetchArtifactsRequest& request,
     const StreamWriter<proto::ArtifactChunk>& write,
-    const IsCancelled& cancelled) {
+    const IsCancelled& cancelled, const std::function<void()>& abort) {
   RETURN_IF_ERROR(RequireTenant(caller, "FetchArtifacts"));
+  // Admitted before any work: a refused stream costs nothing.
+  ASSIGN_OR_RETURN(FetchStreams::Stream* const slot,
+                   fetch_streams_->Admit(caller.tenant, abort));
+  struct ReleaseSlot {
+    FetchStreams* streams;
+    FetchStreams::Stream* slot;
+    ~ReleaseSlot() { streams->Release(slot); }
+  } release{fetch_streams_.get(), slot};
   ASSIGN_OR_RETURN(proto::Job job,
                    FindOwnJob(caller, "job_id", request.job_id()));
   RETURN_IF_ERROR(CheckString("path", request.path(),
@@ -621,7 +902,17 @@ absl::Status CoordinatorService::FetchArtifacts(
       // A file that shrank while being read ends where it ends.
       sent_eof = offset >= size || n == 0;
       chunk.set_eof(sent_eof);
-      if (!write(chunk)) {
+      fetch_streams_->BeginWrite(slot);
+      const bool written = write(chunk);
+      const bool cut_off = fetch_streams_->EndWrite(slot);
+      if (cut_off) {
+        close(fd);
+        return absl::DeadlineExceededError(absl::StrCat(
+            "FetchArtifacts: the reader took no chunk for ",
+            absl::FormatDuration(fetch_streams_->idle_timeout()),
+            " (--fetch-idle-timeout); cut off"));
+      }
+      if (!written) {
         close(fd);
         return absl::CancelledError("the client went away");
       }
@@ -629,6 +920,10 @@ absl::Status CoordinatorService::FetchArtifacts(
     close(fd);
   }
   return absl::OkStatus();
+}
+
+int CoordinatorService::active_fetch_streams() const {
+  return fetch_streams_->active();
 }
 
 // ------------------------------------------------------------- Worker side
@@ -660,6 +955,7 @@ absl::StatusOr<proto::RegisterWorldResponse> CoordinatorService::RegisterWorld(
         CheckString(absl::StrCat("devices[", i, "]"), request.devices(i), 256));
   }
   ASSIGN_OR_RETURN(std::string world_id, scheduler_->RegisterWorld(request));
+  worlds_->Saw(world_id, request);
   proto::RegisterWorldResponse response;
   response.set_world_id(world_id);
   response.set_lease_ttl_ms(
@@ -680,13 +976,28 @@ absl::StatusOr<proto::AcquireJobResponse> CoordinatorService::AcquireJob(
   }
   const absl::Duration wait = std::min(absl::Milliseconds(request.wait_ms()),
                                        options_.max_acquire_wait);
+  SeeWorld(request.world_id());
   ASSIGN_OR_RETURN(
       std::optional<proto::Lease> lease,
       scheduler_->Acquire(request.world_id(),
                           std::min(deadline, absl::Now() + wait), cancelled));
   proto::AcquireJobResponse response;
-  if (lease.has_value()) *response.mutable_lease() = *std::move(lease);
+  if (lease.has_value()) {
+    worlds_->MapLease(lease->lease_id(), request.world_id());
+    *response.mutable_lease() = *std::move(lease);
+  }
   return response;
+}
+
+void CoordinatorService::SeeWorld(const std::string& world_id) {
+  if (worlds_->Touch(world_id)) return;
+  // Registered before a restart: the store has its description.
+  WorldRecord world;
+  absl::Status found = store_->Read([&](StoreTxn& txn) -> absl::Status {
+    ASSIGN_OR_RETURN(world, txn.GetWorld(world_id));
+    return absl::OkStatus();
+  });
+  if (found.ok()) worlds_->Saw(world_id, world.info);
 }
 
 absl::Status CoordinatorService::CheckMetrics(
@@ -716,6 +1027,22 @@ absl::StatusOr<proto::HeartbeatResponse> CoordinatorService::Heartbeat(
   ASSIGN_OR_RETURN(Scheduler::HeartbeatResult result,
                    scheduler_->Heartbeat(request.lease_id(), request.progress(),
                                          request.metrics()));
+  // A world busy with a job is still a world (the waiting note).
+  if (result.action == proto::HEARTBEAT_ACTION_LEASE_LOST) {
+    worlds_->ForgetLease(request.lease_id());
+  } else {
+    std::optional<std::string> world = worlds_->WorldOfLease(request.lease_id());
+    if (!world.has_value()) {
+      // Granted before a restart: the store knows whose it is.
+      (void)store_->Read([&](StoreTxn& txn) -> absl::Status {
+        ASSIGN_OR_RETURN(LeaseRecord lease, txn.GetLease(request.lease_id()));
+        world = lease.world_id;
+        return absl::OkStatus();
+      });
+      if (world.has_value()) worlds_->MapLease(request.lease_id(), *world);
+    }
+    if (world.has_value()) SeeWorld(*world);
+  }
   proto::HeartbeatResponse response;
   response.set_action(result.action);
   response.set_ttl_ms(absl::ToInt64Milliseconds(result.ttl));
@@ -751,6 +1078,7 @@ absl::StatusOr<proto::CompleteJobResponse> CoordinatorService::CompleteJob(
     // A missing lease: the scheduler answers kFailedPrecondition.
   }
   ASSIGN_OR_RETURN(proto::JobState state, scheduler_->Complete(checked));
+  worlds_->ForgetLease(request.lease_id());
   proto::CompleteJobResponse response;
   response.set_state(state);
   return response;

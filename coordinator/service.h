@@ -33,11 +33,26 @@
 #include "coordinator/events.h"
 #include "coordinator/limits.h"
 #include "coordinator/metrics.h"
+#include "coordinator/page_token.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/store.h"
 #include "proto/coordinator.pb.h"
 
 namespace sheaf::coordinator {
+
+// Caps on FetchArtifacts streams (issue 9, item 7). A stalled reader holds a
+// serving thread and up to one chunk of memory; these bound how many there
+// can be and for how long.
+struct FetchLimits {
+  // Concurrent streams in all, and of one tenant; more are refused with
+  // kResourceExhausted naming the cap. 0: no cap.
+  int max_streams = 64;
+  int max_streams_per_tenant = 8;
+  // A reader that takes no chunk for this long is cut off (its pending
+  // write is aborted; the stream ends with kDeadlineExceeded on our side,
+  // CANCELLED on the client's). Zero: never.
+  absl::Duration idle_timeout = absl::Seconds(60);
+};
 
 struct ServiceOptions {
   PathRoots roots;
@@ -49,6 +64,7 @@ struct ServiceOptions {
   absl::Duration max_acquire_wait = absl::Seconds(60);
   // How often streams look whether their client is still there.
   absl::Duration stream_poll = absl::Milliseconds(200);
+  FetchLimits fetch;
 };
 
 // Called with each message of a server stream; returns false when the
@@ -92,11 +108,20 @@ class CoordinatorService {
                         const IsCancelled& cancelled);
   // Streams the artifacts. kNotFound (job, no artifacts yet, or an unknown
   // resume path), kOutOfRange (offset past the end of the file),
-  // kInvalidArgument.
+  // kInvalidArgument, kResourceExhausted (options.fetch caps, naming the
+  // cap), kDeadlineExceeded (the reader took no chunk for
+  // options.fetch.idle_timeout). `write` is called with one chunk at a time
+  // and should return only once the chunk is on its way (it is never
+  // called again before it returns). `abort`, when given, is called from
+  // another thread to cut off an idle reader: it must make a pending
+  // `write` return false.
   absl::Status FetchArtifacts(const Caller& caller,
                               const proto::FetchArtifactsRequest& request,
                               const StreamWriter<proto::ArtifactChunk>& write,
-                              const IsCancelled& cancelled);
+                              const IsCancelled& cancelled,
+                              const std::function<void()>& abort = nullptr);
+  // FetchArtifacts streams running now.
+  int active_fetch_streams() const;
 
   // ---- Worker side ----
 
@@ -130,6 +155,18 @@ class CoordinatorService {
   // [A-Za-z0-9_.:/-]; kInvalidArgument naming the bad one.
   absl::Status CheckMetrics(const google::protobuf::Map<std::string, double>& metrics) const;
   class Observer;
+  class FetchStreams;
+  class WorldDirectory;
+
+  // Worlds seen within WorldWindow() count for the waiting note:
+  // 2 x max_acquire_wait + 2 x the lease TTL (an idle world long-polls
+  // AcquireJob, a busy one heartbeats).
+  absl::Duration WorldWindow() const;
+  // Sets job->waiting_reason for a PENDING job no recent world can run.
+  void NoteWaiting(proto::Job* job);
+  // Marks the world seen (reading its description from the store when it
+  // registered before a restart).
+  void SeeWorld(const std::string& world_id);
 
   CoordinatorService(ServiceOptions options, std::unique_ptr<JobStore> store,
                      std::unique_ptr<PathPolicy> paths, const Clock* clock);
@@ -150,6 +187,9 @@ class CoordinatorService {
   CoordinatorMetrics metrics_;
   std::unique_ptr<Observer> observer_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<FetchStreams> fetch_streams_;
+  const PageTokenCodec page_tokens_;
+  std::unique_ptr<WorldDirectory> worlds_;
 };
 
 }  // namespace sheaf::coordinator
