@@ -487,6 +487,19 @@ absl::Status Scheduler::ExpireLeaseInTxn(StoreTxn& txn,
   ASSIGN_OR_RETURN(proto::Job job, txn.GetJob(lease.job_id));
   const proto::JobState from = job.state();
   if (!IsLeased(from)) return absl::OkStatus();  // Stale row; now gone.
+  if (why.empty() && options_.revive_window > absl::ZeroDuration()) {
+    // Expired by the TTL: its world may come back (MaybeReviveInTxn).
+    const absl::Duration mono = clock_->Monotonic();
+    absl::MutexLock lock(&deadlines_mu_);
+    for (auto it = expired_.begin(); it != expired_.end();) {
+      if (mono - it->second.expired > options_.revive_window) {
+        expired_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+    expired_[lease.lease_id] = {lease, mono};
+  }
   const absl::Duration in_from = Since(job, now);
   std::string reason;
   if (job.cancel_requested()) {
@@ -509,6 +522,49 @@ absl::Status Scheduler::ExpireLeaseInTxn(StoreTxn& txn,
   job.set_updated_unix_ms(ToMs(now));
   RETURN_IF_ERROR(txn.UpdateJob(job, from));
   transitions->push_back({std::move(job), from, in_from, std::move(reason)});
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::MaybeReviveInTxn(StoreTxn& txn, absl::string_view lease_id,
+                                         absl::Time now, bool* revived,
+                                         std::vector<Transition>* transitions) {
+  *revived = false;
+  ExpiredLease expired;
+  {
+    absl::MutexLock lock(&deadlines_mu_);
+    auto it = expired_.find(lease_id);
+    if (it == expired_.end()) return absl::OkStatus();
+    if (clock_->Monotonic() - it->second.expired > options_.revive_window) {
+      expired_.erase(it);
+      return absl::OkStatus();
+    }
+    expired = it->second;
+  }
+  absl::StatusOr<proto::Job> found = txn.GetJob(expired.lease.job_id);
+  if (absl::IsNotFound(found.status())) return absl::OkStatus();
+  RETURN_IF_ERROR(found.status());
+  proto::Job job = *std::move(found);
+  // Nobody has had the job since: still PENDING on the same attempt.
+  if (job.state() != proto::JOB_STATE_PENDING || job.attempts() != expired.lease.attempt ||
+      job.cancel_requested()) {
+    return absl::OkStatus();
+  }
+  const proto::JobState from = job.state();
+  const absl::Duration in_from = Since(job, now);
+  LeaseRecord lease = expired.lease;
+  lease.expires_at = now + options_.lease_ttl;
+  RETURN_IF_ERROR(txn.InsertLease(lease));
+  job.set_state(proto::JOB_STATE_RUNNING);
+  job.set_world_id(lease.world_id);
+  job.set_last_error(absl::StrCat(
+      "attempt ", lease.attempt, ": world ", lease.world_id,
+      " reconnected after its lease had expired (no heartbeat for ",
+      absl::FormatDuration(absl::Trunc(in_from, absl::Seconds(1))),
+      "); nobody had the job since, so it goes on"));
+  job.set_updated_unix_ms(ToMs(now));
+  RETURN_IF_ERROR(txn.UpdateJob(job, from));
+  transitions->push_back({job, from, in_from, job.last_error()});
+  *revived = true;
   return absl::OkStatus();
 }
 
@@ -556,11 +612,24 @@ absl::StatusOr<Scheduler::HeartbeatResult> Scheduler::Heartbeat(
                              absl::ZeroDuration()};
     renewed.Clear();
     absl::StatusOr<LeaseRecord> lease = txn.GetLease(lease_id);
-    if (absl::IsNotFound(lease.status())) return absl::OkStatus();
+    if (absl::IsNotFound(lease.status())) {
+      // Expired by the TTL while the world could not reach us: revived if
+      // nobody had the job since (class comment).
+      bool revived = false;
+      RETURN_IF_ERROR(MaybeReviveInTxn(txn, lease_id, now, &revived, &transitions));
+      if (!revived) return absl::OkStatus();
+      lease = txn.GetLease(lease_id);
+    }
     RETURN_IF_ERROR(lease.status());
     if (Expired(*lease)) {
-      // Expired but not swept yet: it is lost all the same.
-      return ExpireLeaseInTxn(txn, *lease, now, &transitions);
+      // Expired but not swept yet: it is lost all the same. Its world is
+      // asking, so it is revived at once if it may be.
+      RETURN_IF_ERROR(ExpireLeaseInTxn(txn, *lease, now, &transitions));
+      bool revived = false;
+      RETURN_IF_ERROR(MaybeReviveInTxn(txn, lease_id, now, &revived, &transitions));
+      if (!revived) return absl::OkStatus();
+      lease = txn.GetLease(lease_id);
+      RETURN_IF_ERROR(lease.status());
     }
     if (std::string stalled = CheckStall(*lease, progress); !stalled.empty()) {
       // Alive but stuck: the job goes elsewhere (issue 15).
@@ -607,20 +676,33 @@ absl::StatusOr<proto::JobState> Scheduler::Complete(
     transitions.clear();
     not_held = absl::OkStatus();
     absl::StatusOr<LeaseRecord> lease = txn.GetLease(request.lease_id());
+    bool revived = false;
     if (absl::IsNotFound(lease.status())) {
-      not_held = absl::FailedPreconditionError(absl::StrCat(
-          "lease ", request.lease_id(),
-          " is not held (it expired, or the job was completed already); "
-          "the result is not recorded"));
-      return absl::OkStatus();
+      // A world that finished while it could not reach us: its result
+      // counts if nobody had the job since (class comment).
+      RETURN_IF_ERROR(MaybeReviveInTxn(txn, request.lease_id(), now, &revived, &transitions));
+      if (!revived) {
+        not_held = absl::FailedPreconditionError(absl::StrCat(
+            "lease ", request.lease_id(),
+            " is not held (it expired and the job went to another world or was cancelled, or "
+            "the job was completed already); the result is not recorded"));
+        return absl::OkStatus();
+      }
+      lease = txn.GetLease(request.lease_id());
     }
     RETURN_IF_ERROR(lease.status());
-    if (Expired(*lease)) {
-      // Commit the expiry, but tell the world its result came too late.
-      not_held = absl::FailedPreconditionError(absl::StrCat(
-          "lease ", request.lease_id(), " expired at ",
-          absl::FormatTime(lease->expires_at), "; the result is not recorded"));
-      return ExpireLeaseInTxn(txn, *lease, now, &transitions);
+    if (!revived && Expired(*lease)) {
+      RETURN_IF_ERROR(ExpireLeaseInTxn(txn, *lease, now, &transitions));
+      RETURN_IF_ERROR(MaybeReviveInTxn(txn, request.lease_id(), now, &revived, &transitions));
+      if (!revived) {
+        // Commit the expiry, but tell the world its result came too late.
+        not_held = absl::FailedPreconditionError(absl::StrCat(
+            "lease ", request.lease_id(), " expired at ",
+            absl::FormatTime(lease->expires_at), "; the result is not recorded"));
+        return absl::OkStatus();
+      }
+      lease = txn.GetLease(request.lease_id());
+      RETURN_IF_ERROR(lease.status());
     }
     RETURN_IF_ERROR(txn.DeleteLease(request.lease_id()));
     ForgetDeadline(request.lease_id());

@@ -22,6 +22,20 @@
 //  - A world that hands a job back (Complete with released = true: it was
 //    stopped, or cannot run the job) returns it to PENDING without counting
 //    the attempt; the reason goes to last_error.
+//  - A world that comes back after its lease expired (the coordinator was
+//    unreachable for longer than the TTL: a network partition, or a
+//    restart followed by a late heartbeat) gets the lease back at its first
+//    heartbeat if, and only if, nobody else has had the job since: the
+//    job is still PENDING with the expired lease's attempt (not leased
+//    again, not cancelled), the lease expired by the TTL (not by the stall
+//    rule) and its world is the one asking (the lease id is its
+//    capability). The job goes back to RUNNING on the same attempt and
+//    world; last_error says it reconnected. Otherwise the heartbeat answers
+//    LEASE_LOST and the world stops without completing. Worlds keep
+//    training through an outage for that reason (worker/lease_keeper.h);
+//    the expired leases this needs are kept in memory for
+//    SchedulerOptions::revive_window, so a coordinator restart forgets
+//    them (its own restart rule covers leases it finds in the store).
 //  - Create() recovers after a crash: every lease is extended to one TTL
 //    from the restart (worlds that are alive renew them with their next
 //    heartbeat; dead ones expire one TTL later), so a coordinator outage
@@ -85,6 +99,9 @@ struct SchedulerOptions {
   absl::Duration stall_floor = absl::Minutes(5);
   double stall_factor = 5;
   absl::Duration setup_timeout = absl::Minutes(30);
+  // How long an expired lease may be revived by its world's heartbeat
+  // (see the class comment); zero: never.
+  absl::Duration revive_window = absl::Hours(1);
 };
 
 // Receives every committed change; for logs, metrics and watchers.
@@ -197,6 +214,10 @@ class Scheduler {
                                 absl::Time now,
                                 std::vector<Transition>* transitions,
                                 absl::string_view why = "");
+  // Inside a write transaction: the lease `lease_id` expired by the TTL
+  // and may be revived (class comment); sets *revived.
+  absl::Status MaybeReviveInTxn(StoreTxn& txn, absl::string_view lease_id, absl::Time now,
+                                bool* revived, std::vector<Transition>* transitions);
   // Records `progress` for the stall rule (SchedulerOptions::stall_floor);
   // the reason when the lease has stalled, empty otherwise.
   std::string CheckStall(const LeaseRecord& lease, const proto::Progress& progress);
@@ -236,6 +257,12 @@ class Scheduler {
     bool moved = false;           // set-up is over
   };
   absl::flat_hash_map<std::string, StallState> stalls_ ABSL_GUARDED_BY(deadlines_mu_);
+  // Leases expired by the TTL, for revival: the record and when (monotonic).
+  struct ExpiredLease {
+    LeaseRecord lease;
+    absl::Duration expired;
+  };
+  absl::flat_hash_map<std::string, ExpiredLease> expired_ ABSL_GUARDED_BY(deadlines_mu_);
 
   std::thread sweeper_;
 };

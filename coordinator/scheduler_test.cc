@@ -100,6 +100,7 @@ class SchedulerTest : public ::testing::Test {
     options.stall_floor = stall_floor_;
     options.stall_factor = stall_factor_;
     options.setup_timeout = setup_timeout_;
+    options.revive_window = revive_window_;
     auto scheduler = Scheduler::Create(store_.get(), &clock_, options, &recorder_);
     ASSERT_TRUE(scheduler.ok()) << scheduler.status();
     scheduler_ = *std::move(scheduler);
@@ -164,6 +165,7 @@ class SchedulerTest : public ::testing::Test {
   absl::Duration stall_floor_ = absl::Minutes(5);
   double stall_factor_ = 5;
   absl::Duration setup_timeout_ = absl::Minutes(30);
+  absl::Duration revive_window_ = absl::Hours(1);
   std::string path_;
   FakeClock clock_;
   Recorder recorder_;
@@ -295,6 +297,8 @@ TEST_F(SchedulerTest, ExpiredLeaseRequeuesAndLateReportsChangeNothing) {
 }
 
 TEST_F(SchedulerTest, LateHeartbeatBeforeTheSweepIsLostToo) {
+  revive_window_ = absl::ZeroDuration();  // without the outage rule (see below)
+  Restart();
   ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
   const proto::Lease lease = *AcquireNow(Register(1));
   clock_.Advance(absl::Seconds(31));
@@ -304,6 +308,8 @@ TEST_F(SchedulerTest, LateHeartbeatBeforeTheSweepIsLostToo) {
 }
 
 TEST_F(SchedulerTest, LateCompletionIsRefusedAndRequeues) {
+  revive_window_ = absl::ZeroDuration();  // without the outage rule (see below)
+  Restart();
   ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
   const proto::Lease lease = *AcquireNow(Register(1));
   clock_.Advance(absl::Seconds(31));
@@ -917,6 +923,100 @@ TEST_F(SchedulerTest, CompletionKeepsTheLastMetrics) {
   const proto::Job job = Get("job-1");
   EXPECT_EQ(job.metrics().at("val_loss/nl"), 1.25);
   EXPECT_EQ(job.metrics().at("auc"), 0.8);
+}
+
+}  // namespace
+}  // namespace sheaf::coordinator
+
+namespace sheaf::coordinator {
+namespace {
+
+// Issue 9, item 5: a world cut off from the coordinator for longer than the
+// TTL gets its lease back if nobody had the job since.
+TEST_F(SchedulerTest, AWorldBackFromAnOutageGetsItsLeaseBackIfNobodyHadTheJob) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const std::string world = Register(1);
+  const proto::Lease lease = *AcquireNow(world);
+  EXPECT_EQ(Beat(lease.lease_id(), 3), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  clock_.Advance(absl::Seconds(45));  // 1.5 TTLs without a heartbeat
+  EXPECT_EQ(*scheduler_->ExpireLeases(), 1);
+  EXPECT_EQ(Get("job-1").state(), proto::JOB_STATE_PENDING);
+  // The world is back before another took the job: same lease, same attempt.
+  EXPECT_EQ(Beat(lease.lease_id(), 9), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  proto::Job job = Get("job-1");
+  EXPECT_EQ(job.state(), proto::JOB_STATE_RUNNING);
+  EXPECT_EQ(job.attempts(), 1);
+  EXPECT_EQ(job.world_id(), world);
+  EXPECT_EQ(job.progress().step(), 9);
+  EXPECT_NE(job.last_error().find("reconnected after its lease had expired"), std::string::npos)
+      << job.last_error();
+  // No other world can take it now, and the lease lives on.
+  EXPECT_FALSE(AcquireNow(Register(1)).has_value());
+  clock_.Advance(absl::Seconds(20));
+  EXPECT_EQ(Beat(lease.lease_id(), 10), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  EXPECT_EQ(*Complete(lease.lease_id(), true), proto::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(Get("job-1").attempts(), 1);
+}
+
+TEST_F(SchedulerTest, AResultReportedAfterAnOutageCountsIfNobodyHadTheJob) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const proto::Lease lease = *AcquireNow(Register(1));
+  EXPECT_EQ(Beat(lease.lease_id()), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  clock_.Advance(absl::Minutes(2));  // not swept: Complete finds it expired
+  EXPECT_EQ(*Complete(lease.lease_id(), true), proto::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(Get("job-1").attempts(), 1);
+  // Swept first: the same.
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-2")).ok());
+  const proto::Lease second = *AcquireNow(Register(1));
+  clock_.Advance(absl::Minutes(2));
+  EXPECT_EQ(*scheduler_->ExpireLeases(), 1);
+  EXPECT_EQ(*Complete(second.lease_id(), true), proto::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(SchedulerTest, NoRevivalOnceAnotherWorldHadTheJobOrAfterTheWindow) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const proto::Lease first = *AcquireNow(Register(1));
+  clock_.Advance(absl::Seconds(31));
+  EXPECT_EQ(*scheduler_->ExpireLeases(), 1);
+  const proto::Lease second = *AcquireNow(Register(1));  // attempt 2
+  clock_.Advance(absl::Seconds(31));
+  EXPECT_EQ(*scheduler_->ExpireLeases(), 1);  // world 2 is lost too: PENDING again
+  ASSERT_EQ(Get("job-1").state(), proto::JOB_STATE_PENDING);
+  // World 1 is back, but world 2 has had the job since: refused.
+  EXPECT_EQ(Beat(first.lease_id()), proto::HEARTBEAT_ACTION_LEASE_LOST);
+  EXPECT_TRUE(absl::IsFailedPrecondition(Complete(first.lease_id(), true).status()));
+  // World 2 may come back (nobody had it since), but only within the window.
+  clock_.Advance(absl::Hours(1) + absl::Seconds(1));
+  EXPECT_EQ(Beat(second.lease_id()), proto::HEARTBEAT_ACTION_LEASE_LOST);
+  EXPECT_EQ(Get("job-1").state(), proto::JOB_STATE_PENDING);
+}
+
+TEST_F(SchedulerTest, NoRevivalForACancelledJobOrAStalledLease) {
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
+  const proto::Lease lease = *AcquireNow(Register(1));
+  clock_.Advance(absl::Seconds(31));
+  EXPECT_EQ(*scheduler_->ExpireLeases(), 1);
+  ASSERT_TRUE(scheduler_->Cancel("job-1").ok());  // PENDING: CANCELLED at once
+  EXPECT_EQ(Beat(lease.lease_id()), proto::HEARTBEAT_ACTION_LEASE_LOST);
+  EXPECT_EQ(Get("job-1").state(), proto::JOB_STATE_CANCELLED);
+
+  stall_floor_ = absl::Seconds(60);
+  Restart();
+  ASSERT_TRUE(scheduler_->Submit(NewJob("job-2")).ok());
+  const proto::Lease stuck = *AcquireNow(Register(1));
+  EXPECT_EQ(Beat(stuck.lease_id(), 0), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  clock_.Advance(absl::Seconds(10));
+  EXPECT_EQ(Beat(stuck.lease_id(), 1), proto::HEARTBEAT_ACTION_KEEP_GOING);
+  proto::HeartbeatAction action = proto::HEARTBEAT_ACTION_KEEP_GOING;
+  for (int i = 0; i < 10 && action == proto::HEARTBEAT_ACTION_KEEP_GOING; ++i) {
+    clock_.Advance(absl::Seconds(10));
+    action = Beat(stuck.lease_id(), 1);
+  }
+  EXPECT_EQ(action, proto::HEARTBEAT_ACTION_LEASE_LOST);  // stalled
+  // Its next heartbeat does not bring it back: a stuck world stays lost.
+  clock_.Advance(absl::Seconds(10));
+  EXPECT_EQ(Beat(stuck.lease_id(), 1), proto::HEARTBEAT_ACTION_LEASE_LOST);
+  EXPECT_EQ(Get("job-2").state(), proto::JOB_STATE_PENDING);
 }
 
 }  // namespace

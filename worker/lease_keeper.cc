@@ -78,6 +78,11 @@ absl::Time LeaseKeeper::expiry() const {
   return expiry_;
 }
 
+absl::Time LeaseKeeper::report_deadline() const {
+  absl::MutexLock lock(&mu_);
+  return expiry_ + options_.outage_grace;
+}
+
 int64_t LeaseKeeper::heartbeats_sent() const {
   absl::MutexLock lock(&mu_);
   return sent_;
@@ -122,7 +127,10 @@ void LeaseKeeper::Loop() {
     // A heartbeat may take as long as the lease has left, but no longer
     // than an interval (then it is sent again with fresher progress).
     const absl::Duration timeout =
-        std::clamp(expiry - sent, absl::Milliseconds(100), std::max(interval_, absl::Seconds(1)));
+        std::clamp(expiry - sent,
+                   options_.outage_grace > absl::ZeroDuration() ? absl::Seconds(1)
+                                                                : absl::Milliseconds(100),
+                   std::max(interval_, absl::Seconds(1)));
     absl::StatusOr<proto::HeartbeatResponse> response =
         client_->Heartbeat(request, timeout);
     const absl::Time now = absl::Now();
@@ -150,6 +158,32 @@ void LeaseKeeper::Loop() {
     {
       absl::MutexLock lock(&mu_);
       ++failed_;
+    }
+    const bool unreachable = absl::IsUnavailable(response.status()) ||
+                             absl::IsDeadlineExceeded(response.status());
+    if (now >= expiry && unreachable && now < expiry + options_.outage_grace) {
+      // Training on through the outage (see the class comment).
+      if (options_.still_ours && !options_.still_ours()) {
+        if (options_.log) {
+          options_.log("heartbeat: another world has claimed the job's output directory: "
+                       "stopping the job");
+        }
+        SetVerdict(LeaseVerdict::kLeaseLost);
+        return;
+      }
+      if (options_.log && now >= next_outage_log_) {
+        options_.log(absl::StrCat(
+            "heartbeat: the coordinator cannot be reached (", response.status().ToString(),
+            "); the lease expired ", absl::FormatDuration(absl::Trunc(now - expiry, absl::Seconds(1))),
+            " ago by our clock; training on (the coordinator gives the lease back unless another "
+            "world has had the job; ",
+            absl::FormatDuration(absl::Trunc(expiry + options_.outage_grace - now, absl::Seconds(1))),
+            " of outage grace left)"));
+        next_outage_log_ = now + std::max(interval_, absl::Seconds(10));
+      }
+      next = now + std::min(backoff, interval_);
+      backoff = std::min(backoff * 2, interval_);
+      continue;
     }
     if (now >= expiry) {
       if (options_.log) {

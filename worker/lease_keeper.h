@@ -13,6 +13,14 @@
 //               interval) until the lease would have expired by the local
 //               estimate; then verdict kExpired and heartbeats stop: the
 //               coordinator will re-lease the job, the world must stop it.
+//               With Options::outage_grace, a coordinator that cannot be
+//               reached (UNAVAILABLE, DEADLINE_EXCEEDED) does not stop the
+//               job at the expiry: heartbeats go on for up to that long
+//               past it, because the coordinator gives the lease back at
+//               the next heartbeat unless another world has had the job
+//               since (coordinator/scheduler.h) -- and `still_ours` is
+//               asked before each retry past the expiry: false (another
+//               world claimed the output directory) is kLeaseLost at once.
 //
 // `on_verdict` is called once, on the keeper's thread, with the first
 // verdict other than kKeepGoing (it should ask the trainer to stop).
@@ -50,6 +58,9 @@ class LeaseKeeper {
     absl::Duration min_backoff = absl::Milliseconds(250);
     std::function<void(LeaseVerdict)> on_verdict;
     std::function<void(absl::string_view)> log;
+    // Zero: stop at the expiry (kExpired), as without an outage rule.
+    absl::Duration outage_grace = absl::ZeroDuration();
+    std::function<bool()> still_ours;
   };
 
   // `client` must outlive the keeper. `granted` is when the lease was
@@ -66,6 +77,9 @@ class LeaseKeeper {
                    const std::map<std::string, double>& metrics);
   proto::Progress progress() const;
   std::map<std::string, double> metrics() const;
+  // When a CompleteJob may still be accepted: the expiry, plus the outage
+  // grace (the coordinator revives an expired lease nobody took).
+  absl::Time report_deadline() const;
 
   LeaseVerdict verdict() const;
   // When the lease expires unless renewed (local estimate).
@@ -95,6 +109,7 @@ class LeaseKeeper {
   std::map<std::string, double> metrics_ ABSL_GUARDED_BY(mu_);
   int64_t sent_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t failed_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time next_outage_log_ = absl::InfinitePast();  // keeper thread only
   std::thread thread_;
 };
 

@@ -162,6 +162,8 @@ TEST_F(LeaseKeeperTest, AnExpiredLeaseIsLost) {
   coordinator::FakeClock clock;
   coordinator::LocalCoordinatorOptions options = Ttl(absl::Seconds(10));
   options.clock = &clock;
+  // Without the outage rule, which would give the lease back (see below).
+  options.scheduler.revive_window = absl::ZeroDuration();
   Start(options);
   SubmitAndLease();
   auto keeper = LeaseKeeper::Start(client_.get(), lease_.lease_id(), granted_, KeeperOptions());
@@ -192,6 +194,51 @@ TEST_F(LeaseKeeperTest, AnUnreachableCoordinatorExpiresTheLeaseLocally) {
   EXPECT_GE(absl::Now(), keeper->expiry());
   EXPECT_LT(waited, absl::Seconds(25));
   EXPECT_GE(keeper->heartbeats_failed(), 1);
+  keeper->Stop();
+}
+
+TEST_F(LeaseKeeperTest, AnExpiredLeaseNobodyTookComesBackAtTheNextHeartbeat) {
+  coordinator::FakeClock clock;
+  coordinator::LocalCoordinatorOptions options = Ttl(absl::Seconds(10));
+  options.clock = &clock;
+  Start(options);
+  SubmitAndLease();
+  auto keeper = LeaseKeeper::Start(client_.get(), lease_.lease_id(), granted_, KeeperOptions());
+  absl::SleepFor(absl::Milliseconds(200));
+  clock.Advance(absl::Seconds(30));  // the coordinator's lease expires...
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (GetJob().state() == proto::JOB_STATE_RUNNING && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  // ...and the keeper's next heartbeat (every 3.3 s) brings it back.
+  absl::SleepFor(absl::Seconds(4));
+  const proto::Job job = GetJob();
+  EXPECT_EQ(job.state(), proto::JOB_STATE_RUNNING);
+  EXPECT_EQ(job.attempts(), 1);
+  EXPECT_NE(job.last_error().find("reconnected"), std::string::npos) << job.last_error();
+  EXPECT_EQ(keeper->verdict(), LeaseVerdict::kKeepGoing);
+  keeper->Stop();
+  lc_.reset();  // before `clock` goes
+}
+
+TEST_F(LeaseKeeperTest, WithAnOutageGraceTheJobGoesOnPastTheExpiryUntilAnotherWorldClaimsIt) {
+  Start(Ttl(absl::Milliseconds(900)));
+  SubmitAndLease();
+  std::atomic<bool> ours{true};
+  LeaseKeeper::Options o = KeeperOptions();
+  o.outage_grace = absl::Seconds(60);
+  o.still_ours = [&ours] { return ours.load(); };
+  auto keeper = LeaseKeeper::Start(client_.get(), lease_.lease_id(), granted_, o);
+  absl::SleepFor(absl::Milliseconds(400));
+  lc_->Stop();
+  absl::SleepFor(absl::Seconds(3));  // > 3 TTLs
+  EXPECT_GT(absl::Now(), keeper->expiry());
+  EXPECT_EQ(keeper->verdict(), LeaseVerdict::kKeepGoing);
+  EXPECT_EQ(verdicts_.load(), 0);
+  EXPECT_GT(keeper->report_deadline(), absl::Now() + absl::Seconds(50));
+  ours = false;  // another world wrote its claim into output_dir
+  ASSERT_TRUE(notified_.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(last_verdict_.load(), LeaseVerdict::kLeaseLost);
   keeper->Stop();
 }
 

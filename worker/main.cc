@@ -60,6 +60,11 @@ constexpr const char* kUsage = R"(usage: sheaf-worker [flags]      (one process 
                            a retryable failure at once and the world exits 1
                            (default 20; 0: only the 30-minute collective
                            watchdog)
+  --outage-grace-s N       a coordinator that cannot be reached does not stop
+                           a running job for N seconds past its lease: the
+                           world trains on and the coordinator gives the
+                           lease back unless another world has had the job
+                           (default 1800; 0: stop at the lease's expiry)
   --mpi-init-timeout-s N   MPI set-up (MPI_Init, every rank reaching rank 0,
                            the communicator) must finish within N seconds,
                            else exit 1 naming what it waited for; a line
@@ -139,6 +144,7 @@ int Main(int argc, char** argv) {
       {"handback-exit-code", "0"},
       {"peer-timeout-s", "20"},
       {"mpi-init-timeout-s", "120"},
+      {"outage-grace-s", "1800"},
   };
   ParsedFlags parsed;
   if (absl::Status st = ParseLongFlags(argc, argv, &flags, {"once"}, &parsed); !st.ok()) {
@@ -201,6 +207,12 @@ int Main(int argc, char** argv) {
       init_timeout_s > 3600) {
     return Usage("--mpi-init-timeout-s: must be an integer in [1, 3600]");
   }
+  int64_t outage_grace_s = 0;
+  if (!absl::SimpleAtoi(flags["outage-grace-s"], &outage_grace_s) || outage_grace_s < 0 ||
+      outage_grace_s > 7 * 24 * 3600) {
+    return Usage("--outage-grace-s: must be an integer in [0, 604800]");
+  }
+  options.outage_grace = absl::Seconds(outage_grace_s);
   options.idle_exit = absl::Seconds(idle_s);
   options.acquire_wait = absl::Seconds(wait_s);
 

@@ -20,6 +20,7 @@
 #include "base/allocation.h"
 #include "base/file.h"
 #include "base/open_beneath.h"
+#include "base/sha256.h"
 #include "core/spec/memory_estimate.h"
 #include "base/status.h"
 #include "core/spec/yaml.h"
@@ -69,6 +70,15 @@ bool IsFinalRpcError(const absl::Status& s) {
 
 // The file in an output_dir that names the job whose run it holds.
 constexpr char kJobMarker[] = ".sheaf-job";
+// Which lease holds output_dir now: the SHA-256 of its id (lease ids are
+// capabilities; the directory is the tenant's).
+constexpr char kLeaseMarker[] = ".sheaf-lease";
+
+std::string LeaseDigest(const std::string& lease_id) {
+  Sha256 h;
+  h.Update(lease_id);
+  return HexDigest(h.Finish());
+}
 
 std::string Trimmed(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
@@ -507,6 +517,10 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
     } else if (absl::StatusOr<OutputClaim> c = ClaimOutputDir(spec->output_dir(), lease.job_id());
                !c.ok()) {
       claim = c.status();
+    } else if (absl::Status w = WriteFileAtomically(spec->output_dir() + "/" + kLeaseMarker,
+                                                    LeaseDigest(lease.lease_id()) + "\n");
+               !w.ok()) {
+      claim = absl::UnavailableError(w.message());
     } else if (options_.log_to_output) {
       absl::StatusOr<std::unique_ptr<StderrTee>> t =
           StderrTee::Start(spec->output_dir() + "/train.log");
@@ -598,6 +612,13 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
       StopCurrentJob();
     };
     ko.log = [this](absl::string_view line) { Log(line); };
+    ko.outage_grace = options_.outage_grace;
+    ko.still_ours = [marker = spec->output_dir() + "/" + kLeaseMarker,
+                     digest = LeaseDigest(lease.lease_id())]() {
+      absl::StatusOr<std::string> text = ReadFileToString(marker);
+      // Unreadable (the shared file system is out too): assume ours.
+      return !text.ok() || Trimmed(*text) == digest;
+    };
     keeper = LeaseKeeper::Start(client_.get(), lease.lease_id(), received, std::move(ko));
     proto::Progress setup;
     setup.set_phase("setup");
@@ -612,7 +633,7 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
         proto::CompleteJobRequest request;
         request.set_error(absl::StrCat("the worker world broke: ", status.message()));
         *request.mutable_progress() = keeper->progress();
-        complete(request, keeper->expiry());
+        complete(request, keeper->report_deadline());
       }
     }
     Log(absl::StrCat("the world is broken: ", status.ToString()));
@@ -729,7 +750,7 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
                                         : absl::StrCat("failed: ", request.error(),
                                                        request.permanent() ? " (permanent)" : ""),
                    " at step ", request.progress().step(), "/", request.progress().total_steps()));
-  complete(request, keeper->expiry());
+  complete(request, keeper->report_deadline());
   absl::MutexLock lock(&mu_);
   switch (kind) {
     case kSucceeded:

@@ -109,6 +109,13 @@ struct WorkerOptions {
   absl::Duration control_timeout = absl::Minutes(10);
   // Rank 0 copies its stderr into OUTPUT/train.log during a job.
   bool log_to_output = true;
+  // A coordinator that cannot be reached does not stop a running job for
+  // this long past the lease's expiry (LeaseKeeper::Options::outage_grace):
+  // the world trains on, and the coordinator gives the lease back when it
+  // is reachable again unless another world has had the job since (it
+  // would then hold OUTPUT/.sheaf-lease, and this world stops at once).
+  // The final CompleteJob is retried as long. Zero: stop at the expiry.
+  absl::Duration outage_grace = absl::Minutes(30);
   // Rank 0's log lines; null: stderr.
   std::function<void(absl::string_view)> log;
 };
