@@ -47,13 +47,15 @@ get() { awk -v k="$1" '$1 == k {print $2}' <<<"$2"; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 declare -A tok rss cpu
-names=(sheaf torch113)
+names=(sheaf sheaf_bf16 torch113)  # sheaf_bf16: train_step --compute bf16 (reported apart)
 [[ -n $torch2 ]] && names+=(torch2_eager)
 [[ -n $torch2 && $compile == 1 ]] && names+=(torch2_compile)
 run() {  # name threads -> "tokens rss tokens_per_cpu_s"
   local out
   case "$1" in
     sheaf) out=$("$bin" --threads "$2" --steps "$steps" --warmup 2)
+           echo "$(get sheaf_tokens_per_s "$out") $(get sheaf_peak_rss_mb "$out") $(get sheaf_tokens_per_cpu_s "$out")"; return ;;
+    sheaf_bf16) out=$("$bin" --threads "$2" --steps "$steps" --warmup 2 --compute bf16)
            echo "$(get sheaf_tokens_per_s "$out") $(get sheaf_peak_rss_mb "$out") $(get sheaf_tokens_per_cpu_s "$out")"; return ;;
     torch113) out=$(/usr/bin/python3 bench/compare_torch.py --threads "$2" --steps "$steps" --warmup 2) ;;
     torch2_eager) out=$("$torch2" bench/compare_torch.py --threads "$2" --steps "$steps" --warmup 2) ;;
@@ -85,6 +87,7 @@ for th in $threads_list; do
     mc=$(tr ' ' '\n' <<<"${cpu[$n,$th]}" | grep . | median)
     printf '%-16s %7s %12s %16s %12s\n' "$n" "$th" "$mt" "$mc" "$mr"
     if [[ $n == sheaf ]]; then st=$mt sr=$mr sc=$mc; continue; fi
+    if [[ $n == sheaf_bf16 ]]; then bt=$mt bc=$mc; continue; fi
     if awk -v a="$mc" -v b="$best_cpu" 'BEGIN { exit !(a > b) }'; then best_cpu=$mc best_cpu_name=$n; fi
     if awk -v a="$mt" -v b="$best" 'BEGIN { exit !(a > b) }'; then best=$mt best_rss=$mr best_name=$n; fi
   done
@@ -94,4 +97,6 @@ for th in $threads_list; do
     'BEGIN {printf "ratio_tokens_per_cpu_s_threads_%s %.3f x (sheaf / %s)\n", t, a / b, n}'
   awk -v a="$sr" -v b="$best_rss" -v n="$best_name" -v t="$th" \
     'BEGIN {printf "ratio_peak_rss_threads_%s %.3f x (sheaf / %s)\n", t, a / b, n}'
+  awk -v a="$bc" -v b="$best_cpu" -v n="$best_cpu_name" -v t="$th" \
+    'BEGIN {printf "ratio_bf16_tokens_per_cpu_s_threads_%s %.3f x (sheaf compute bf16 / %s fp32)\n", t, a / b, n}'
 done

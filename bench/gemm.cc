@@ -22,6 +22,7 @@
 
 #include "ops/cpu/cpu_features.h"
 #include "ops/cpu/gemm_avx512.h"
+#include "ops/cpu/gemm_bf16.h"
 
 namespace {
 
@@ -70,16 +71,24 @@ int main(int argc, char** argv) {
   };
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  std::printf("%-30s %10s %10s %10s %12s  (GFLOP per CPU-second; last: sheaf wall GFLOP/s)\n",
-              "shape", "sheaf", "openblas", "onednn", "sheaf_wall");
+  std::printf("%-30s %10s %10s %10s %12s %10s  (GFLOP per CPU-second; sheaf_wall: wall GFLOP/s; "
+              "sheaf_bf16: compute bf16 (AMX where present), x rounded per call, W bf16)\n",
+              "shape", "sheaf", "openblas", "onednn", "sheaf_wall", "sheaf_bf16");
+  const bool bf16 = sheaf::ops::CpuHasAvx512Bf16();
   for (const Shape& s : shapes) {
     std::vector<float> a(size_t{1} * s.M * s.K), b(size_t{1} * s.K * s.N), c(size_t{1} * s.M * s.N);
     for (float& x : a) x = dist(rng);
     for (float& x : b) x = dist(rng);
     const int lda = s.ta ? s.M : s.K, ldb = s.tb ? s.K : s.N;
-    double best[3] = {1e30, 1e30, 1e30}, best_wall = 1e30;
+    double best[4] = {1e30, 1e30, 1e30, 1e30}, best_wall = 1e30;
+    std::vector<uint16_t> b16(b.size());
+    for (size_t i = 0; i < b.size(); ++i) {
+      uint32_t u;
+      std::memcpy(&u, &b[i], 4);
+      b16[i] = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
     for (int r = 0; r < reps + 1; ++r) {  // the first round warms caches and pools
-      for (int which = 0; which < 3; ++which) {
+      for (int which = 0; which < (bf16 && !s.ta ? 4 : 3); ++which) {
         const auto t0 = std::chrono::steady_clock::now();
         const double c0 = CpuSeconds();
         if (which == 0) {
@@ -89,6 +98,9 @@ int main(int argc, char** argv) {
           cblas_sgemm(CblasRowMajor, s.ta ? CblasTrans : CblasNoTrans,
                       s.tb ? CblasTrans : CblasNoTrans, s.M, s.N, s.K, 1.0f, a.data(), lda,
                       b.data(), ldb, 0.0f, c.data(), s.N);
+        } else if (which == 3) {
+          (sheaf::ops::CpuHasAmxBf16() ? sheaf::ops::GemmBf16Amx : sheaf::ops::GemmBf16Avx512)(s.tb, s.M, s.N, s.K, 1.0f, a.data(), lda, b16.data(), nullptr,
+                                     ldb, 0.0f, c.data(), s.N);
         } else {
           dnnl_sgemm(s.ta ? 'T' : 'N', s.tb ? 'T' : 'N', s.M, s.N, s.K, 1.0f, a.data(), lda,
                      b.data(), ldb, 0.0f, c.data(), s.N);
@@ -100,8 +112,9 @@ int main(int argc, char** argv) {
       }
     }
     const double flop = 2.0 * s.M * s.N * s.K;
-    std::printf("%-30s %10.1f %10.1f %10.1f %12.1f\n", s.name, flop / best[0] / 1e9,
-                flop / best[1] / 1e9, flop / best[2] / 1e9, flop / best_wall / 1e9);
+    std::printf("%-30s %10.1f %10.1f %10.1f %12.1f %10.1f\n", s.name, flop / best[0] / 1e9,
+                flop / best[1] / 1e9, flop / best[2] / 1e9, flop / best_wall / 1e9,
+                best[3] < 1e30 ? flop / best[3] / 1e9 : 0.0);
   }
   return 0;
 }

@@ -15,6 +15,8 @@
 // Usage: train_step [--prepare] [--threads N] [--steps S] [--warmup W] [--ranks N]
 //                   [--hidden C] [--layers L] [--intermediate I] [--batch B] [--seq T]
 // --seq sets the sequence length (default 256) and the model's context;
+// --compute bf16 runs the frozen projections in bf16 (ModelOptions::compute);
+// --fuse 0 turns the fused projections off (ModelOptions::fuse_projections).
 // --losses 1 prints every step's loss (sheaf_loss_step_N), e.g. to compare
 // kernel choices (SHEAF_CPU_KERNELS=portable|avx512).
 #include <sys/resource.h>
@@ -56,8 +58,18 @@ int main(int argc, char** argv) {
       T = 256;
   bool prepare = false;  // only write the random model file for sharded runs
   bool print_losses = false;  // --losses 1: each step's (rank 0) mean loss
+  bool bf16_compute = false;  // --compute bf16: ModelOptions::compute
+  bool fuse = true;           // --fuse 0: ModelOptions::fuse_projections off
   for (int i = 1; i < argc && !std::strcmp(argv[i], "--prepare"); ++i) prepare = true;
   for (int i = 1 + (prepare ? 1 : 0); i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--compute")) {
+      if (std::strcmp(argv[i + 1], "bf16") && std::strcmp(argv[i + 1], "f32")) {
+        std::fprintf(stderr, "train_step: --compute %s (use f32 or bf16)\n", argv[i + 1]);
+        return 2;
+      }
+      bf16_compute = !std::strcmp(argv[i + 1], "bf16");
+      continue;
+    }
     const int v = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--threads")) threads = v;
     else if (!std::strcmp(argv[i], "--steps")) steps = v;
@@ -69,6 +81,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--batch")) B = v;
     else if (!std::strcmp(argv[i], "--seq")) T = v;
     else if (!std::strcmp(argv[i], "--losses")) print_losses = v != 0;
+    else if (!std::strcmp(argv[i], "--fuse")) fuse = v != 0;
     else { std::fprintf(stderr, "unknown flag %s\n", argv[i]); return 2; }
   }
   Backend* backend = DefaultBackend();  // "cpu", registered by //ops/cpu:ops
@@ -111,6 +124,8 @@ int main(int argc, char** argv) {
                           "x" + std::to_string(inter);
   ModelOptions mo;
   mo.external_frozen = n > 1;
+  mo.compute = bf16_compute ? DType::kDTypeBF16 : DType::kDTypeF32;
+  mo.fuse_projections = fuse;
   mo.backend = backend;
   auto model = Model::Create(c, NothingTrainable, mo);
   if (!model.ok()) return Die(model.status());

@@ -149,6 +149,32 @@ class Backend : public BufferAllocator {
   // trans_a: a is stored [K,M]; trans_b: b is stored [N,K].
   virtual void Matmul(float* out, const float* a, const float* b, int M, int N, int K,
                       bool trans_a, bool trans_b, float alpha, float beta) = 0;
+  // Fused projections (several weights that read one input, or several
+  // inputs that add into one output) as one GEMM. Every matrix is
+  // contiguous, row-major. The defaults run one Matmul per part (the CPU
+  // backend runs one GEMM: the shared operand is read once).
+  // MatmulSplitN: for each part, part.c[M, size] = alpha · x[M, K] · part.bᵀ
+  //   + beta · part.c (part.b stored [size, K]; part.a unused).
+  // MatmulSplitK: out[M, N] = alpha · Σ_parts part.a[M, size] · part.b[size, N]
+  //   + beta · out (part.c unused); beta = 0 does not read out.
+  struct MatmulPart {
+    const float* a = nullptr;
+    const float* b = nullptr;
+    float* c = nullptr;
+    int size = 0;
+  };
+  virtual void MatmulSplitN(std::span<const MatmulPart> parts, const float* x, int M, int K,
+                            float alpha, float beta) {
+    for (const MatmulPart& p : parts) Matmul(p.c, x, p.b, M, p.size, K, false, true, alpha, beta);
+  }
+  virtual void MatmulSplitK(float* out, std::span<const MatmulPart> parts, int M, int N,
+                            float alpha, float beta) {
+    if (parts.empty() && beta == 0.0f) Zero(out, int64_t{M} * N * 4);
+    for (size_t i = 0; i < parts.size(); ++i) {
+      Matmul(out, parts[i].a, parts[i].b, M, N, parts[i].size, false, false, alpha,
+             i == 0 ? beta : 1.0f);
+    }
+  }
   // y[n, out] = x[n, in] wᵀ + bias[out], w = [out, in] (f32, or bf16 where
   // supported; bias may be null).
   virtual void LinearForward(float* y, const float* x, const Tensor& w, const float* bias,
@@ -157,6 +183,21 @@ class Backend : public BufferAllocator {
   // dbias += Σ_rows dy (if dbias).
   virtual void LinearBackward(float* dx, float* dw, float* dbias, const float* dy,
                               const float* x, const Tensor& w, int n) = 0;
+  // compute: bf16 on the frozen path (ModelOptions::compute): as
+  // LinearForward / LinearBackward of a frozen weight (no dw), with the
+  // input (x, or dy) and w (f32 or bf16) rounded to bf16 and products
+  // accumulated in fp32; dbias sums the unrounded dy. Only where
+  // SupportsBf16Compute() (the defaults are the fp32 ops, and a model asking
+  // a backend without it for compute bf16 is refused).
+  virtual bool SupportsBf16Compute() const { return false; }
+  virtual void LinearForwardBf16Compute(float* y, const float* x, const Tensor& w,
+                                        const float* bias, int n) {
+    LinearForward(y, x, w, bias, n);
+  }
+  virtual void LinearBackwardBf16Compute(float* dx, float* dbias, const float* dy,
+                                         const Tensor& w, int n) {
+    LinearBackward(dx, nullptr, dbias, dy, nullptr, w, n);
+  }
 
   // ---- the adapter op ----------------------------------------------------
   // See LoraOpArgs. x is the (possibly dropout-masked) layer input; xa is

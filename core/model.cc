@@ -7,6 +7,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <span>
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -169,8 +170,23 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(
         "config rope_scaling: backend ", backend->name(),
         " keeps its RoPE tables in device memory; scaled RoPE is host-only so far"));
   }
+  if (options.compute != DType::kDTypeF32 && options.compute != DType::kDTypeBF16) {
+    return absl::InvalidArgumentError(absl::StrCat("compute ", DTypeName(options.compute),
+                                                   " is not f32 or bf16"));
+  }
+  const bool bf16_compute = options.compute == DType::kDTypeBF16;
+  if (bf16_compute && nf4) {
+    return absl::InvalidArgumentError(
+        "compute bf16 with frozen_dtype nf4 is not supported (NF4 projections compute in fp32)");
+  }
+  if (bf16_compute && !backend->SupportsBf16Compute()) {
+    return absl::InvalidArgumentError(absl::StrCat("compute bf16 is not supported by backend ",
+                                                   backend->name()));
+  }
   std::unique_ptr<Model> m(new Model(config));
+  m->bf16_compute_ = bf16_compute;
   m->backend_ = backend;
+  m->fuse_projections_ = options.fuse_projections;
   for (Arena* a : {&m->frozen_, &m->params_, &m->grads_, &m->acts_, &m->scratch_}) {
     a->set_allocator(backend);
   }
@@ -595,6 +611,19 @@ void Model::PlanActivations(int B, int T, const AdapterPlan& plan, const LossHea
     scratch(&scr_.dlogits, "dlogits", {N, V});
   }
   scratch(&scr_.lora_scratch, "lora_scratch", {lora_scratch});
+  // Fused groups' g = scale · dy · B, one block per entry of the group.
+  int64_t fused_kr = 1;
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (std::initializer_list<Proj> g : {std::initializer_list<Proj>{Proj::kQ, Proj::kK, Proj::kV},
+                                          {Proj::kO}, {Proj::kGate, Proj::kUp}, {Proj::kDown}}) {
+      int64_t kr = 0;
+      for (Proj p : g) {
+        for (const AdapterEntry& e : plan.entries(l, p)) kr += e.kr();
+      }
+      fused_kr = std::max(fused_kr, kr);
+    }
+  }
+  scratch(&scr_.fused_g, "fused_g", {N, fused_kr});
   // Masked inputs and their gradients; the selected rows may outnumber N.
   scratch(&scr_.lora_tmp, "lora_tmp",
           {std::max<int64_t>(N, plan_M), any_dropout ? 2 * max_in : 1});
@@ -634,14 +663,19 @@ struct LinearCall {
   const std::vector<AdapterEntry>* entries;  // the site's entries
   const std::vector<Tensor>* xa;             // per entry: saved x·A_catᵀ
   const std::vector<Tensor>* mask;           // per entry: dropout mask or empty
+  bool bf16 = false;  // compute: bf16 (a frozen weight: bf16 x bf16 -> fp32)
 };
 
 void LinearWithPlanForward(Backend& be, float* y, const float* x, const LinearCall& c,
                            int64_t n, const AdapterPlan& plan, bool training, float* tmp,
                            float* lora_scratch) {
   const int out = static_cast<int>(c.w->value.dim(0)), in = static_cast<int>(c.w->value.dim(1));
-  be.LinearForward(y, x, c.w->value, c.bias && c.bias->value ? c.bias->value.data : nullptr,
-                   static_cast<int>(n));
+  const float* bias = c.bias && c.bias->value ? c.bias->value.data : nullptr;
+  if (c.bf16) {
+    be.LinearForwardBf16Compute(y, x, c.w->value, bias, static_cast<int>(n));
+  } else {
+    be.LinearForward(y, x, c.w->value, bias, static_cast<int>(n));
+  }
   for (size_t i = 0; i < c.entries->size(); ++i) {
     const AdapterEntry& e = (*c.entries)[i];
     const Tensor& mask = (*c.mask)[i];
@@ -661,8 +695,12 @@ void LinearWithPlanForward(Backend& be, float* y, const float* x, const LinearCa
 void LinearWithPlanBackward(Backend& be, float* dx, const float* dy, const float* x,
                             const LinearCall& c, int64_t n, float* tmp, float* lora_scratch) {
   const int out = static_cast<int>(c.w->value.dim(0)), in = static_cast<int>(c.w->value.dim(1));
-  be.LinearBackward(dx, c.w->grad.data, c.bias && c.bias->grad ? c.bias->grad.data : nullptr,
-                    dy, x, c.w->value, static_cast<int>(n));
+  float* dbias = c.bias && c.bias->grad ? c.bias->grad.data : nullptr;
+  if (c.bf16) {
+    be.LinearBackwardBf16Compute(dx, dbias, dy, c.w->value, static_cast<int>(n));
+  } else {
+    be.LinearBackward(dx, c.w->grad.data, dbias, dy, x, c.w->value, static_cast<int>(n));
+  }
   for (size_t i = 0; i < c.entries->size(); ++i) {
     const AdapterEntry& e = (*c.entries)[i];
     const Tensor& mask = (*c.mask)[i];
@@ -684,6 +722,76 @@ void LinearWithPlanBackward(Backend& be, float* dx, const float* dy, const float
       be.LoraMixBackward(args, dx, da, db, dgate, lora_scratch, dy, x, (*c.xa)[i].data);
     }
   }
+}
+
+// Fused projections (ModelOptions::fuse_projections): members of a group
+// read one input x [n, in]. A member fuses when its weight is a frozen f32
+// matrix without bias and it carries at most one plain LoRA entry without
+// dropout.
+bool Fusable(const LinearCall& c) {
+  const Tensor& w = c.w->value;
+  if (c.bf16 || w.dtype != DType::kDTypeF32 || w.data == nullptr || c.w->trainable()) return false;
+  if (c.bias != nullptr && c.bias->value) return false;
+  if (c.entries->size() > 1) return false;
+  for (const AdapterEntry& e : *c.entries) {
+    if (!e.plain() || e.dropout > 0.0f) return false;
+  }
+  return true;
+}
+
+// ys[i] = x W_iᵀ (+ scale_i · (x A_iᵀ) B_iᵀ): the base products and the
+// x A_iᵀ (saved as xa) in one GEMM over [W_0; W_1; ...; A_0; A_1; ...].
+void FusedForward(Backend& be, const float* x, std::span<const LinearCall> calls,
+                  std::span<float* const> ys, int64_t n) {
+  const int in = static_cast<int>(calls[0].w->value.dim(1));
+  std::vector<Backend::MatmulPart> parts;
+  for (size_t i = 0; i < calls.size(); ++i) {
+    parts.push_back({nullptr, calls[i].w->value.data, ys[i],
+                     static_cast<int>(calls[i].w->value.dim(0))});
+  }
+  for (size_t i = 0; i < calls.size(); ++i) {
+    for (const AdapterEntry& e : *calls[i].entries) {
+      parts.push_back({nullptr, e.a.data, (*calls[i].xa)[0].data, e.kr()});
+    }
+  }
+  be.MatmulSplitN(parts, x, static_cast<int>(n), in, 1.0f, 0.0f);
+  for (size_t i = 0; i < calls.size(); ++i) {
+    for (const AdapterEntry& e : *calls[i].entries) {
+      be.Matmul(ys[i], (*calls[i].xa)[0].data, e.b.data, static_cast<int>(n),
+                static_cast<int>(calls[i].w->value.dim(0)), e.kr(), false, true, e.scale, 1.0f);
+    }
+  }
+}
+
+// Backward of FusedForward. dx (may be null) is OVERWRITTEN with
+//   Σ_i dy_i W_i + g_i A_i,  g_i = scale_i · dy_i B_i  (one GEMM, beta = 0);
+// da_i += g_iᵀ x and db_i += scale_i · dy_iᵀ xa_i accumulate.
+void FusedBackward(Backend& be, float* dx, std::span<const LinearCall> calls,
+                   std::span<const float* const> dys, const float* x, int64_t n, float* g) {
+  const int in = static_cast<int>(calls[0].w->value.dim(1));
+  const int rows = static_cast<int>(n);
+  std::vector<Backend::MatmulPart> parts;
+  for (size_t i = 0; i < calls.size(); ++i) {
+    parts.push_back({dys[i], calls[i].w->value.data, nullptr,
+                     static_cast<int>(calls[i].w->value.dim(0))});
+  }
+  for (size_t i = 0; i < calls.size(); ++i) {
+    const int out = static_cast<int>(calls[i].w->value.dim(0));
+    for (const AdapterEntry& e : *calls[i].entries) {
+      const int r = e.kr();
+      if (dx != nullptr || e.da) {
+        be.Matmul(g, dys[i], e.b.data, rows, r, out, false, false, e.scale, 0.0f);
+        if (e.da) be.Matmul(e.da.data, g, x, r, in, rows, true, false, 1.0f, 1.0f);
+        parts.push_back({g, e.a.data, nullptr, r});
+        g += n * r;
+      }
+      if (e.db) {
+        be.Matmul(e.db.data, dys[i], (*calls[i].xa)[0].data, out, r, rows, true, false, e.scale,
+                  1.0f);
+      }
+    }
+  }
+  if (dx != nullptr) be.MatmulSplitK(dx, parts, rows, in, 1.0f, 0.0f);
 }
 
 }  // namespace
@@ -979,29 +1087,45 @@ absl::Status Model::ForwardTrunk(const int32_t* tokens, int B, int T, bool train
                                       : act_.x_final.data;
     auto call = [&](Proj p, const Param* bias) {
       return LinearCall{w.proj(p), bias, &plan.entries(l, p), &a.lora_xa[static_cast<int>(p)],
-                        &a.lora_mask[static_cast<int>(p)]};
+                        &a.lora_mask[static_cast<int>(p)],
+                        bf16_compute_ && !w.proj(p)->trainable()};
     };
     auto linear = [&](float* y, const float* x, Proj p, const Param* bias) {
       LinearWithPlanForward(*backend_, y, x, call(p, bias), N, plan, training, tmp, lora_scratch);
     };
     backend_->RmsNormForward(a.n1.data, a.rstd1.data, a.x.data, w.input_norm.value.data,
                              static_cast<int>(N), C, c.rms_norm_eps);
-    linear(a.q.data, a.n1.data, Proj::kQ, &w.q_bias);
-    linear(a.k.data, a.n1.data, Proj::kK, &w.k_bias);
-    linear(a.v.data, a.n1.data, Proj::kV, &w.v_bias);
+    // A group of projections on one input: fused, or one by one.
+    auto group = [&](const float* x, std::initializer_list<Proj> ps,
+                     std::initializer_list<const Param*> biases, std::initializer_list<float*> ys) {
+      std::vector<LinearCall> calls;
+      auto b = biases.begin();
+      for (Proj p : ps) calls.push_back(call(p, *b++));
+      const bool fuse = fuse_projections_ &&
+                        std::all_of(calls.begin(), calls.end(), [](const LinearCall& lc) { return Fusable(lc); });
+      if (fuse) {
+        FusedForward(*backend_, x, calls, std::vector<float*>(ys), N);
+        return;
+      }
+      auto y = ys.begin();
+      b = biases.begin();
+      for (Proj p : ps) linear(*y++, x, p, *b++);
+    };
+    group(a.n1.data, {Proj::kQ, Proj::kK, Proj::kV}, {&w.q_bias, &w.k_bias, &w.v_bias},
+          {a.q.data, a.k.data, a.v.data});
     backend_->RopeForward(a.q.data, a.q.data, act_.cos.data, act_.sin.data, B, T, s.num_heads, HD);
     backend_->RopeForward(a.k.data, a.k.data, act_.cos.data, act_.sin.data, B, T, s.num_kv_heads,
                           HD);
     backend_->AttentionForward(a.att.data, a.attn_saved.data, a.q.data, a.k.data, a.v.data, B, T,
                                s.num_heads, s.num_kv_heads, HD);
-    linear(a.h.data, a.att.data, Proj::kO, &w.o_bias);
+    group(a.att.data, {Proj::kO}, {&w.o_bias}, {a.h.data});
     backend_->Add(a.h.data, a.h.data, a.x.data, N * C);
     backend_->RmsNormForward(a.n2.data, a.rstd2.data, a.h.data, w.post_norm.value.data,
                              static_cast<int>(N), C, c.rms_norm_eps);
-    linear(a.gate.data, a.n2.data, Proj::kGate, &w.gate_bias);
-    linear(a.up.data, a.n2.data, Proj::kUp, &w.up_bias);
+    group(a.n2.data, {Proj::kGate, Proj::kUp}, {&w.gate_bias, &w.up_bias},
+          {a.gate.data, a.up.data});
     backend_->SwiGluForward(a.act.data, a.gate.data, a.up.data, N * s.intermediate);
-    linear(out, a.act.data, Proj::kDown, &w.down_bias);
+    group(a.act.data, {Proj::kDown}, {&w.down_bias}, {out});
     backend_->Add(out, out, a.h.data, N * C);
     ReleaseGroup(LayerGroup(l));
   }
@@ -1072,25 +1196,51 @@ absl::Status Model::Backward(float grad_scale) {
                   kv_out = int64_t{s.num_kv_heads} * HD;
     auto linear = [&](float* d_in, const float* dy, const float* x, Proj p, const Param* bias) {
       const LinearCall call{w.proj(p), bias, &plan.entries(l, p), &a.lora_xa[static_cast<int>(p)],
-                            &a.lora_mask[static_cast<int>(p)]};
+                            &a.lora_mask[static_cast<int>(p)],
+                            bf16_compute_ && !w.proj(p)->trainable()};
       LinearWithPlanBackward(*backend_, d_in, dy, x, call, N, tmp, lora_scratch);
     };
+    // A group of projections on one input x: d_in (may be null) is
+    // overwritten with the sum of their input gradients; fused (one GEMM
+    // with beta = 0) or one by one after zeroing d_in.
+    auto group = [&](float* d_in, const float* x, std::initializer_list<Proj> ps,
+                     std::initializer_list<const Param*> biases,
+                     std::initializer_list<const float*> dys) {
+      std::vector<LinearCall> calls;
+      auto b = biases.begin();
+      for (Proj p : ps) {
+        calls.push_back(LinearCall{w.proj(p), *b++, &plan.entries(l, p),
+                                   &a.lora_xa[static_cast<int>(p)],
+                                   &a.lora_mask[static_cast<int>(p)],
+                                   bf16_compute_ && !w.proj(p)->trainable()});
+      }
+      const bool fuse = fuse_projections_ &&
+                        std::all_of(calls.begin(), calls.end(), [](const LinearCall& lc) { return Fusable(lc); });
+      if (fuse) {
+        FusedBackward(*backend_, d_in, calls, std::vector<const float*>(dys), x, N,
+                      scr_.fused_g.data);
+        return;
+      }
+      if (d_in != nullptr) {
+        backend_->Zero(d_in, N * calls[0].w->value.dim(1) * static_cast<int64_t>(sizeof(float)));
+      }
+      auto dy = dys.begin();
+      b = biases.begin();
+      for (Proj p : ps) linear(d_in, *dy++, x, p, *b++);
+    };
     // dx holds d(layer output). out = h + down(act).
-    zero_rows(scr_.dact, N * I);
-    linear(scr_.dact.data, dx, a.act.data, Proj::kDown, &w.down_bias);
+    group(scr_.dact.data, a.act.data, {Proj::kDown}, {&w.down_bias}, {dx});
     zero_rows(scr_.dgate, N * I);
     zero_rows(scr_.dup, N * I);
     backend_->SwiGluBackward(scr_.dgate.data, scr_.dup.data, scr_.dact.data, a.gate.data,
                              a.up.data, N * I);
-    zero_rows(scr_.dn, N * C);
-    linear(dn, scr_.dgate.data, a.n2.data, Proj::kGate, &w.gate_bias);
-    linear(dn, scr_.dup.data, a.n2.data, Proj::kUp, &w.up_bias);
+    group(dn, a.n2.data, {Proj::kGate, Proj::kUp}, {&w.gate_bias, &w.up_bias},
+          {scr_.dgate.data, scr_.dup.data});
     // dh = d(out) (residual) + rmsnorm backward.
     backend_->RmsNormBackward(dx, w.post_norm.grad.data, dn, a.h.data, w.post_norm.value.data,
                               a.rstd2.data, static_cast<int>(N), C);
     // h = x + o(att).
-    zero_rows(scr_.datt, N * q_out);
-    linear(scr_.datt.data, dx, a.att.data, Proj::kO, &w.o_bias);
+    group(scr_.datt.data, a.att.data, {Proj::kO}, {&w.o_bias}, {dx});
     zero_rows(scr_.dq, N * q_out);
     zero_rows(scr_.dk, N * kv_out);
     zero_rows(scr_.dv, N * kv_out);
@@ -1109,10 +1259,8 @@ absl::Status Model::Backward(float grad_scale) {
     // Below layer 0 the input gradient only matters for a trainable embedding.
     const bool need_dx = l > 0 || weights_.embed.trainable();
     float* dn_or_null = need_dx || w.input_norm.trainable() ? dn : nullptr;
-    if (dn_or_null) zero_rows(scr_.dn, N * C);
-    linear(dn_or_null, scr_.dq.data, a.n1.data, Proj::kQ, &w.q_bias);
-    linear(dn_or_null, scr_.dk.data, a.n1.data, Proj::kK, &w.k_bias);
-    linear(dn_or_null, scr_.dv.data, a.n1.data, Proj::kV, &w.v_bias);
+    group(dn_or_null, a.n1.data, {Proj::kQ, Proj::kK, Proj::kV},
+          {&w.q_bias, &w.k_bias, &w.v_bias}, {scr_.dq.data, scr_.dk.data, scr_.dv.data});
     if (dn_or_null) {
       backend_->RmsNormBackward(dx, w.input_norm.grad.data, dn, a.x.data,
                                 w.input_norm.value.data, a.rstd1.data, static_cast<int>(N), C);

@@ -171,6 +171,25 @@ struct ModelOptions {
   // tile by tile in forward and dX. Embedding, lm_head, norms and biases
   // stay f32. Save() writes the dequantised values as F32.
   DType frozen_dtype = DType::kDTypeF32;
+  // Fused projections: q/k/v (and gate/up) of a layer run as one GEMM over
+  // the logical [Wq;Wk;Wv] together with their LoRA A matrices, forward and
+  // backward (dX as one GEMM over [dq dk dv g] · [Wq;Wk;Wv;A], written with
+  // beta = 0 instead of zero-then-accumulate); o and down fuse with their
+  // own A the same way. The weights stay separate tensors (no copy: a
+  // sharded world's gathered views fuse as they are). A group fuses when
+  // every member is a frozen f32 matrix without bias and carries at most one
+  // plain LoRA entry without dropout; anything else runs per projection.
+  // Same losses and gradients as false within fp32 reassociation.
+  bool fuse_projections = true;
+  // compute: f32, or bf16 (the spec's train.compute): the frozen layer
+  // projections (q, k, v, o, gate, up, down; storage f32 or bf16) multiply
+  // as bf16 x bf16 with fp32 accumulation (AVX512_BF16 where the processor
+  // has it), their input activations (and, in backward, the output
+  // gradients) rounded to bf16 at the GEMM input. Adapters, trainable base
+  // weights, lm_head / embeddings, norms, softmax and the optimizer stay
+  // fp32. Refused (naming the field) with nf4 storage and on backends
+  // without SupportsBf16Compute().
+  DType compute = DType::kDTypeF32;
 };
 inline bool NothingTrainable(const std::string&) { return false; }
 inline bool EverythingTrainable(const std::string&) { return true; }
@@ -307,6 +326,7 @@ class Model {
     Tensor sel_b, sel_db, sel_gate, sel_dgate, sel_dh;
     Tensor lora_scratch;  // the adapter op's scratch (largest entry)
     Tensor lora_tmp;      // (B*T, max(in)) dropout path / masked input
+    Tensor fused_g;       // (B*T, Σ K·R of a fused group): scale · dy · B per entry
   };
 
   ModelConfig config_;
@@ -341,6 +361,8 @@ class Model {
   uint64_t cached_adapter_id_ = 0;
   LossHead last_head_;
   bool last_training_ = false;
+  bool fuse_projections_ = true;  // ModelOptions::fuse_projections
+  bool bf16_compute_ = false;     // ModelOptions::compute == bf16
 };
 
 }  // namespace sheaf

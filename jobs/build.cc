@@ -280,6 +280,7 @@ absl::StatusOr<ModelParts> BuildModel(const proto::JobSpec& spec, const ModelCon
   ModelOptions mopt;
   mopt.external_frozen = !all_weights && world_size > 1;
   mopt.frozen_dtype = options.frozen_dtype;
+  if (spec.train().compute() == "bf16") mopt.compute = DType::kDTypeBF16;  // train.compute
   // The file's headers against the config before anything is allocated
   // (a vocab_size of 2^24 in a bad config.json must not allocate first).
   if (!spec.base_model().empty()) RETURN_IF_ERROR(CheckWeightsMatchConfig(config, spec.base_model()));

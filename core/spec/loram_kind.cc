@@ -46,6 +46,10 @@ void ValidateLoram(const proto::JobSpec& spec, const proto::JobSpec& given, Prob
   if (l.quantize() != "none" && l.quantize() != "nf4") {
     problems.Add("loram.quantize", absl::StrCat("\"", l.quantize(), "\" is not none or nf4"));
   }
+  if (l.quantize() == "nf4" && spec.train().compute() == "bf16") {
+    problems.Add("train.compute",
+                 "bf16 is not supported with loram.quantize: nf4 (NF4 projections compute in fp32)");
+  }
   if (l.recover() != "zero" && l.recover() != "norm") {
     problems.Add("loram.recover", absl::StrCat("\"", l.recover(), "\" is not zero or norm"));
   }

@@ -50,6 +50,19 @@ TEST(LoramKindTest, ErrorsNameTheField) {
   EXPECT_THAT(Resolved("loram: {recover: ones}\n").status().message(),
               HasSubstr("loram.recover: \"ones\" is not zero or norm"));
   EXPECT_TRUE(Resolved("loram: {quantize: nf4}\n").ok());  // QLoRAM
+  {  // train.compute: bf16 with QLoRAM's NF4 projections is refused.
+    auto with_compute = [](const std::string& loram) -> absl::Status {
+      absl::StatusOr<proto::JobSpec> spec = ParseJobSpecYaml(
+          "base_model: m\noutput_dir: o\ndata: {train: [d]}\n"
+          "train: {max_steps: 2, compute: bf16}\n" + loram);
+      if (!spec.ok()) return spec.status();
+      ApplyDefaults(&*spec);
+      return ValidateJobSpec(*spec);
+    };
+    EXPECT_THAT(with_compute("loram: {quantize: nf4}\n").message(),
+                HasSubstr("train.compute: bf16 is not supported with loram.quantize: nf4"));
+    EXPECT_TRUE(with_compute("loram: {}\n").ok());
+  }
   EXPECT_THAT(Resolved("loram: {quantize: int8}\n").status().message(),
               HasSubstr("loram.quantize: \"int8\" is not none or nf4"));
   EXPECT_THAT(Resolved("loram: {align: {steps: 3}}\n").status().message(),

@@ -117,6 +117,11 @@ void CheckTrainAndSchedule(const proto::TrainSpec& train,
   CheckCount("train.threads", train.threads(), 0, lim::kMaxThreads, problems);
   CheckCount("train.log_every", train.log_every(), 1, lim::kMaxSteps,
              problems);
+  if (!train.compute().empty() && train.compute() != "f32" &&
+      train.compute() != "bf16") {
+    problems.Add("train.compute", absl::StrCat("\"", train.compute(),
+                                               "\" is not f32 or bf16"));
+  }
 
   CheckCount("schedule.warmup_steps", schedule.warmup_steps(), 0,
              lim::kMaxSteps, problems);

@@ -106,6 +106,30 @@ class Cpu final : public Backend {
               bool trans_b, float alpha, float beta) override {
     ops::Matmul(out, a, b, M, N, K, trans_a, trans_b, alpha, beta);
   }
+  void MatmulSplitN(std::span<const MatmulPart> parts, const float* x, int M, int K,
+                    float alpha, float beta) override {
+    std::vector<ops::GemmSegment> b, c;
+    int N = 0;
+    for (const MatmulPart& p : parts) {
+      if (p.size <= 0) continue;
+      b.push_back({p.b, K, N});
+      c.push_back({p.c, p.size, N});
+      N += p.size;
+    }
+    ops::GemmSplitN(M, N, K, alpha, x, K, b.data(), c.data(), static_cast<int>(b.size()), beta);
+  }
+  void MatmulSplitK(float* out, std::span<const MatmulPart> parts, int M, int N, float alpha,
+                    float beta) override {
+    std::vector<ops::GemmSegment> a, b;
+    int K = 0;
+    for (const MatmulPart& p : parts) {
+      if (p.size <= 0) continue;
+      a.push_back({p.a, p.size, K});
+      b.push_back({p.b, N, K});
+      K += p.size;
+    }
+    ops::GemmSplitK(M, N, K, alpha, a.data(), b.data(), static_cast<int>(a.size()), beta, out, N);
+  }
   void LinearForward(float* y, const float* x, const Tensor& w, const float* bias,
                      int n) override {
     const int out = static_cast<int>(w.dim(0)), in = static_cast<int>(w.dim(1));
@@ -133,6 +157,31 @@ class Cpu final : public Backend {
         return ops::LinearBackwardNf4(dx, dbias, dy, static_cast<const uint8_t*>(w.raw()), n, in,
                                       out);
       default: Die("LinearBackward", w);
+    }
+  }
+
+  bool SupportsBf16Compute() const override { return true; }
+  void LinearForwardBf16Compute(float* y, const float* x, const Tensor& w, const float* bias,
+                                int n) override {
+    const int out = static_cast<int>(w.dim(0)), in = static_cast<int>(w.dim(1));
+    switch (w.dtype) {
+      case kF32: return ops::LinearForwardBf16Compute(y, x, nullptr, w.data, bias, n, in, out);
+      case kBF16:
+        return ops::LinearForwardBf16Compute(y, x, static_cast<const uint16_t*>(w.raw()), nullptr,
+                                             bias, n, in, out);
+      default: Die("LinearForwardBf16Compute", w);
+    }
+  }
+  void LinearBackwardBf16Compute(float* dx, float* dbias, const float* dy, const Tensor& w,
+                                 int n) override {
+    const int out = static_cast<int>(w.dim(0)), in = static_cast<int>(w.dim(1));
+    switch (w.dtype) {
+      case kF32:
+        return ops::LinearBackwardBf16Compute(dx, dbias, dy, nullptr, w.data, n, in, out);
+      case kBF16:
+        return ops::LinearBackwardBf16Compute(dx, dbias, dy, static_cast<const uint16_t*>(w.raw()),
+                                              nullptr, n, in, out);
+      default: Die("LinearBackwardBf16Compute", w);
     }
   }
 

@@ -1,6 +1,8 @@
 #include "ops/cpu/cpu_features.h"
 
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -20,6 +22,7 @@ uint64_t Xgetbv0() {
 struct Features {
   bool avx512 = false;
   bool avx512_bf16 = false;
+  bool amx_bf16 = false;  // AMX-TILE + AMX-BF16, tile state enabled and granted
 };
 
 Features Detect() {
@@ -43,6 +46,13 @@ Features Detect() {
   f.avx512 = f512 && bw && vl && fma;
   __cpuid_count(7, 1, eax, ebx, ecx, edx);
   f.avx512_bf16 = f.avx512 && ((eax >> 5) & 1u);
+  __cpuid_count(7, 0, eax, ebx, ecx, edx);
+  const bool amx = ((edx >> 22) & 1u) && ((edx >> 24) & 1u);
+  // XCR0 bits 17, 18 (XTILECFG, XTILEDATA), and Linux's permission to use
+  // the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).
+  if (f.avx512_bf16 && amx && (xcr0 & 0x60000) == 0x60000) {
+    f.amx_bf16 = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  }
   return f;
 }
 
@@ -69,6 +79,7 @@ KernelIsa Choose() {
 
 bool CpuHasAvx512() { return Cpu().avx512; }
 bool CpuHasAvx512Bf16() { return Cpu().avx512_bf16; }
+bool CpuHasAmxBf16() { return Cpu().amx_bf16; }
 
 KernelIsa ActiveKernelIsa() {
   static const KernelIsa isa = Choose();
@@ -86,6 +97,11 @@ std::string DescribeKernels() {
   s += "; attention: tiled with per-row softmax statistics); cpu:";
   s += Cpu().avx512 ? " avx512f/bw/vl" : " no-avx512";
   if (Cpu().avx512_bf16) s += " avx512_bf16";
+  if (Cpu().amx_bf16) s += " amx_bf16";
+  s += "; compute bf16: ";
+  s += ActiveKernelIsa() != KernelIsa::kAvx512 || !Cpu().avx512_bf16
+           ? "portable (rounded operands, fp32 GEMM)"
+           : Cpu().amx_bf16 ? "AMX tiles (tdpbf16ps)" : "AVX512_BF16 (vdpbf16ps)";
   const char* core = std::getenv("OPENBLAS_CORETYPE");
   if (core != nullptr) s += std::string("; OPENBLAS_CORETYPE=") + core;
   return s;

@@ -17,6 +17,9 @@ namespace sheaf::ops {
 bool CpuHasAvx512();
 // AVX512_BF16 (vdpbf16ps) as well.
 bool CpuHasAvx512Bf16();
+// AMX-TILE and AMX-BF16 (tdpbf16ps), enabled by the OS, and this process
+// granted the tile data state (asked for on the first call).
+bool CpuHasAmxBf16();
 
 enum class KernelIsa { kPortable, kAvx512 };
 // The choice for this process (fixed at the first call).

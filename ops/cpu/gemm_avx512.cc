@@ -41,9 +41,24 @@ thread_local int64_t tls_a_cap = 0;
 thread_local float* tls_b = nullptr;
 thread_local int64_t tls_b_cap = 0;
 
+// A matrix given as row blocks of storage (see GemmSegments in the header):
+// storage row `idx` lives at seg.p + (idx - seg.begin) * seg.ld of the
+// segment holding it. A plain matrix is one segment beginning at 0.
+struct Rows {
+  const GemmSegment* seg;
+  int n;
+  // Segments are few (<= 8) and looked up once per packed row.
+  const float* Row(int idx) const {
+    int s = 0;
+    while (s + 1 < n && idx >= seg[s + 1].begin) ++s;
+    return seg[s].p + static_cast<int64_t>(idx - seg[s].begin) * seg[s].ld;
+  }
+};
+
 // Packs op(B)[p0 : p0+kc, j0 : j0+nc] into panels of kNr columns:
-// dst[panel][p][j], zero beyond nc.
-void PackB(float* dst, const float* b, int ldb, bool trans_b, int p0, int kc, int j0, int nc,
+// dst[panel][p][j], zero beyond nc. Storage rows of b are K rows (not
+// transposed) or N rows (transposed).
+void PackB(float* dst, const Rows& b, bool trans_b, int p0, int kc, int j0, int nc,
            int panel_begin, int panel_end) {
   for (int panel = panel_begin; panel < panel_end; ++panel) {
     const int jj = panel * kNr;
@@ -53,7 +68,7 @@ void PackB(float* dst, const float* b, int ldb, bool trans_b, int p0, int kc, in
       const __mmask16 m0 = static_cast<__mmask16>(w >= 16 ? 0xFFFF : (1u << w) - 1u);
       const __mmask16 m1 = static_cast<__mmask16>(w >= 32 ? 0xFFFF : w <= 16 ? 0 : (1u << (w - 16)) - 1u);
       for (int p = 0; p < kc; ++p) {
-        const float* src = b + static_cast<int64_t>(p0 + p) * ldb + j0 + jj;
+        const float* src = b.Row(p0 + p) + j0 + jj;
         _mm512_store_ps(out + p * kNr, _mm512_maskz_loadu_ps(m0, src));
         _mm512_store_ps(out + p * kNr + 16, _mm512_maskz_loadu_ps(m1, src + 16));
       }
@@ -63,7 +78,7 @@ void PackB(float* dst, const float* b, int ldb, bool trans_b, int p0, int kc, in
         for (int j = 0; j < kNr; ++j) out[p * kNr + j] = 0.0f;
       }
       for (int j = 0; j < w; ++j) {
-        const float* src = b + static_cast<int64_t>(j0 + jj + j) * ldb + p0;
+        const float* src = b.Row(j0 + jj + j) + p0;
         for (int p = 0; p < kc; ++p) out[p * kNr + j] = src[p];
       }
     }
@@ -71,8 +86,11 @@ void PackB(float* dst, const float* b, int ldb, bool trans_b, int p0, int kc, in
 }
 
 // Packs op(A)[i0 : i0+mc, p0 : p0+kc] into panels of kMr rows:
-// dst[panel][p][i], zero beyond mc.
-void PackA(float* dst, const float* a, int lda, bool trans_a, int i0, int mc, int p0, int kc) {
+// dst[panel][p][i], zero beyond mc. Not transposed, A may be split along K
+// into column blocks (acols: segment s holds columns [begin, next begin) of
+// op(A), row i at p + i * ld).
+void PackA(float* dst, const float* a, int lda, bool trans_a, const GemmSegment* acols,
+           int nacols, int i0, int mc, int p0, int kc) {
   const int panels = (mc + kMr - 1) / kMr;
   for (int panel = 0; panel < panels; ++panel) {
     const int ii = panel * kMr;
@@ -86,13 +104,29 @@ void PackA(float* dst, const float* a, int lda, bool trans_a, int i0, int mc, in
         for (; i < h; ++i) out[p * kMr + i] = src[i];
         for (; i < kMr; ++i) out[p * kMr + i] = 0.0f;
       }
-    } else {
+    } else if (acols == nullptr) {
       for (int i = 0; i < kMr; ++i) {
         if (i < h) {
           const float* src = a + static_cast<int64_t>(i0 + ii + i) * lda + p0;
           for (int p = 0; p < kc; ++p) out[p * kMr + i] = src[p];
         } else {
           for (int p = 0; p < kc; ++p) out[p * kMr + i] = 0.0f;
+        }
+      }
+    } else {
+      for (int i = 0; i < kMr; ++i) {
+        if (i >= h) {
+          for (int p = 0; p < kc; ++p) out[p * kMr + i] = 0.0f;
+          continue;
+        }
+        const int row = i0 + ii + i;
+        for (int s = 0; s < nacols; ++s) {
+          const int begin = acols[s].begin;
+          const int end = s + 1 < nacols ? acols[s + 1].begin : p0 + kc;
+          const int lo = begin > p0 ? begin : p0, hi = end < p0 + kc ? end : p0 + kc;
+          if (lo >= hi) continue;
+          const float* src = acols[s].p + static_cast<int64_t>(row) * acols[s].ld - begin;
+          for (int p = lo; p < hi; ++p) out[(p - p0) * kMr + i] = src[p];
         }
       }
     }
@@ -164,10 +198,38 @@ void Kernel(int kc, const float* ap, const float* bp, float* c, int ldc, int h, 
   }
 }
 
-}  // namespace
+// C column blocks: column j of C is column (j - begin) of segment s's
+// matrix (row i at p + i * ld). A tile that falls in one segment is written
+// in place; a tile that straddles segments is computed into a local tile and
+// merged element by element (the same alpha / beta rule as Kernel).
+void Tile(int kc, const float* ap, const float* bp, const GemmSegment* ccols, int nccols,
+          int row0, int col0, int h, int w, float alpha, float beta, bool first) {
+  int s = 0;
+  while (s + 1 < nccols && col0 >= ccols[s + 1].begin) ++s;
+  const int end = s + 1 < nccols ? ccols[s + 1].begin : 0x7fffffff;
+  float* cs = const_cast<float*>(ccols[s].p);
+  if (col0 + w <= end) {
+    Kernel(kc, ap, bp, cs + static_cast<int64_t>(row0) * ccols[s].ld + (col0 - ccols[s].begin),
+           ccols[s].ld, h, w, alpha, beta, first);
+    return;
+  }
+  alignas(64) float acc[kMr * kNr];
+  Kernel(kc, ap, bp, acc, kNr, kMr, kNr, 1.0f, 0.0f, true);
+  for (int j = 0; j < w; ++j) {
+    const int col = col0 + j;
+    while (s + 1 < nccols && col >= ccols[s + 1].begin) ++s;
+    float* base = const_cast<float*>(ccols[s].p) + (col - ccols[s].begin);
+    for (int i = 0; i < h; ++i) {
+      float* dst = base + static_cast<int64_t>(row0 + i) * ccols[s].ld;
+      const float v = alpha * acc[i * kNr + j];
+      *dst = !first ? *dst + v : beta != 0.0f ? v + beta * *dst : v;
+    }
+  }
+}
 
-void GemmAvx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* a,
-                int lda, const float* b, int ldb, float beta, float* c, int ldc) {
+void GemmCore(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* a,
+              int lda, const GemmSegment* acols, int nacols, const Rows& b, float beta,
+              const GemmSegment* ccols, int nccols) {
   const bool nested = omp_in_parallel() != 0;
   for (int j0 = 0; j0 < N; j0 += kNc) {
     const int nc = Min(kNc, N - j0);
@@ -182,28 +244,50 @@ void GemmAvx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, co
       {
 #pragma omp for schedule(static)
         for (int panel = 0; panel < panels_b; ++panel) {
-          PackB(bpack, b, ldb, trans_b, p0, kc, j0, nc, panel, panel + 1);
+          PackB(bpack, b, trans_b, p0, kc, j0, nc, panel, panel + 1);
         }
 #pragma omp for schedule(static)
         for (int blk = 0; blk < m_blocks; ++blk) {
           const int i0 = blk * kMc;
           const int mc = Min(kMc, M - i0);
           float* apack = ThreadBuffer(&tls_a, &tls_a_cap, static_cast<int64_t>(kMc) * kKc);
-          PackA(apack, a, lda, trans_a, i0, mc, p0, kc);
+          PackA(apack, a, lda, trans_a, acols, nacols, i0, mc, p0, kc);
           for (int panel = 0; panel < panels_b; ++panel) {
             const int jj = panel * kNr;
             const int w = Min(kNr, nc - jj);
             const float* bp = bpack + static_cast<int64_t>(panel) * kc * kNr;
             for (int ii = 0; ii < mc; ii += kMr) {
-              Kernel(kc, apack + static_cast<int64_t>(ii / kMr) * kc * kMr, bp,
-                     c + static_cast<int64_t>(i0 + ii) * ldc + j0 + jj, ldc, Min(kMr, mc - ii), w,
-                     alpha, beta, first);
+              Tile(kc, apack + static_cast<int64_t>(ii / kMr) * kc * kMr, bp, ccols, nccols,
+                   i0 + ii, j0 + jj, Min(kMr, mc - ii), w, alpha, beta, first);
             }
           }
         }
       }
     }
   }
+}
+
+}  // namespace
+
+void GemmAvx512(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* a,
+                int lda, const float* b, int ldb, float beta, float* c, int ldc) {
+  const GemmSegment bseg{b, ldb, 0};
+  const GemmSegment cseg{c, ldc, 0};
+  GemmCore(trans_a, trans_b, M, N, K, alpha, a, lda, nullptr, 0, Rows{&bseg, 1}, beta, &cseg, 1);
+}
+
+void GemmAvx512SplitN(int M, int N, int K, float alpha, const float* a, int lda,
+                      const GemmSegment* b_rows, const GemmSegment* c_cols, int nseg,
+                      float beta) {
+  GemmCore(false, true, M, N, K, alpha, a, lda, nullptr, 0, Rows{b_rows, nseg}, beta, c_cols,
+           nseg);
+}
+
+void GemmAvx512SplitK(int M, int N, int K, float alpha, const GemmSegment* a_cols,
+                      const GemmSegment* b_rows, int nseg, float beta, float* c, int ldc) {
+  const GemmSegment cseg{c, ldc, 0};
+  GemmCore(false, false, M, N, K, alpha, nullptr, 0, a_cols, nseg, Rows{b_rows, nseg}, beta,
+           &cseg, 1);
 }
 
 }  // namespace sheaf::ops

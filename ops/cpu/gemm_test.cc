@@ -155,6 +155,159 @@ TEST(GemmAvx512Test, SameBitsForAnyThreadCount) {
   EXPECT_EQ(results[0], results[2]);
 }
 
+// Grouped GEMMs (fused projections): segment widths that do and do not line
+// up with the 32-column panels and 256-deep K blocks (8, 37, 256, 3), against
+// the exact product with the bound of Check; each split GEMM runs on the
+// AVX-512 kernel directly and through the dispatcher.
+struct Split {
+  int M;
+  std::vector<int> sizes;  // n_s (SplitN) or k_s (SplitK)
+  int other;               // K (SplitN) or N (SplitK)
+  float alpha, beta;
+};
+
+std::vector<Split> Splits() {
+  return {{60, {64, 32, 32, 4, 3, 3}, 64, 1.0f, 0.0f},
+          {13, {8, 37, 256, 3}, 300, -0.5f, 1.0f},
+          {145, {256, 128, 128, 8, 8, 8}, 257, 1.0f, 0.0f},
+          {7, {1}, 5, 2.0f, 0.5f}};
+}
+
+void RunSplitN(const Split& t, bool direct, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  const int K = t.other;
+  int N = 0;
+  for (int n : t.sizes) N += n;
+  Vec a(size_t{1} * t.M * K), bcat(size_t{1} * N * K), c0(size_t{1} * t.M * N);
+  for (float& x : a) x = dist(rng);
+  for (float& x : bcat) x = dist(rng);
+  for (float& x : c0) x = t.beta == 0.0f ? std::numeric_limits<float>::quiet_NaN() : dist(rng);
+  // Separate B_s and C_s buffers (contiguous each), as the model's weights.
+  std::vector<Vec> bs, cs;
+  std::vector<GemmSegment> bseg, cseg;
+  int begin = 0;
+  for (int n : t.sizes) {
+    bs.emplace_back(bcat.begin() + int64_t{begin} * K, bcat.begin() + int64_t{begin + n} * K);
+    Vec c(size_t{1} * t.M * n);
+    for (int i = 0; i < t.M; ++i) {
+      for (int j = 0; j < n; ++j) c[size_t{1} * i * n + j] = c0[size_t{1} * i * N + begin + j];
+    }
+    cs.push_back(c);
+    begin += n;
+  }
+  begin = 0;
+  for (size_t s = 0; s < t.sizes.size(); ++s) {
+    bseg.push_back({bs[s].data(), K, begin});
+    cseg.push_back({cs[s].data(), t.sizes[s], begin});
+    begin += t.sizes[s];
+  }
+  if (direct) {
+    GemmAvx512SplitN(t.M, N, K, t.alpha, a.data(), K, bseg.data(), cseg.data(),
+                     static_cast<int>(bseg.size()), t.beta);
+  } else {
+    GemmSplitN(t.M, N, K, t.alpha, a.data(), K, bseg.data(), cseg.data(),
+               static_cast<int>(bseg.size()), t.beta);
+  }
+  Vec out(c0.size());
+  begin = 0;
+  for (size_t s = 0; s < t.sizes.size(); ++s) {
+    const int n = t.sizes[s];
+    for (int i = 0; i < t.M; ++i) {
+      for (int j = 0; j < n; ++j) out[size_t{1} * i * N + begin + j] = cs[s][size_t{1} * i * n + j];
+    }
+    begin += n;
+  }
+  const Case whole{t.M, N, K, false, true, t.alpha, t.beta, 0};
+  Problem in{a, bcat, c0, K, K, N};
+  Check(whole, in, out, std::string(direct ? "GemmAvx512SplitN " : "GemmSplitN ") + Name(whole));
+}
+
+void RunSplitK(const Split& t, bool direct, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  const int N = t.other;
+  int K = 0;
+  for (int k : t.sizes) K += k;
+  Vec acat(size_t{1} * t.M * K), bcat(size_t{1} * K * N), c(size_t{1} * t.M * N);
+  for (float& x : acat) x = dist(rng);
+  for (float& x : bcat) x = dist(rng);
+  for (float& x : c) x = t.beta == 0.0f ? std::numeric_limits<float>::quiet_NaN() : dist(rng);
+  std::vector<Vec> as, bs;
+  std::vector<GemmSegment> aseg, bseg;
+  int begin = 0;
+  for (int k : t.sizes) {
+    Vec a(size_t{1} * t.M * k);
+    for (int i = 0; i < t.M; ++i) {
+      for (int p = 0; p < k; ++p) a[size_t{1} * i * k + p] = acat[size_t{1} * i * K + begin + p];
+    }
+    as.push_back(a);
+    bs.emplace_back(bcat.begin() + int64_t{begin} * N, bcat.begin() + int64_t{begin + k} * N);
+    begin += k;
+  }
+  begin = 0;
+  for (size_t s = 0; s < t.sizes.size(); ++s) {
+    aseg.push_back({as[s].data(), t.sizes[s], begin});
+    bseg.push_back({bs[s].data(), N, begin});
+    begin += t.sizes[s];
+  }
+  Vec out = c;
+  if (direct) {
+    GemmAvx512SplitK(t.M, N, K, t.alpha, aseg.data(), bseg.data(), static_cast<int>(aseg.size()),
+                     t.beta, out.data(), N);
+  } else {
+    GemmSplitK(t.M, N, K, t.alpha, aseg.data(), bseg.data(), static_cast<int>(aseg.size()),
+               t.beta, out.data(), N);
+  }
+  const Case whole{t.M, N, K, false, false, t.alpha, t.beta, 0};
+  Problem in{acat, bcat, c, K, N, N};
+  Check(whole, in, out, std::string(direct ? "GemmAvx512SplitK " : "GemmSplitK ") + Name(whole));
+}
+
+TEST(GemmSplitTest, SplitNAndSplitKMatchTheExactProduct) {
+  uint32_t seed = 500;
+  for (const Split& t : Splits()) {
+    for (bool direct : {false, true}) {
+      if (direct && !CpuHasAvx512()) continue;
+      RunSplitN(t, direct, seed++);
+      RunSplitK(t, direct, seed++);
+    }
+  }
+  if (!CpuHasAvx512()) GTEST_SKIP() << "no AVX-512: only the portable split GEMMs were checked";
+}
+
+// Each element of a SplitN product is the one GemmAvx512 computes for its
+// own block (the same K order): fusing q/k/v changes no bit of their
+// products.
+TEST(GemmSplitTest, SplitNEqualsSeparateGemmsBitForBit) {
+  if (!CpuHasAvx512()) GTEST_SKIP() << "no AVX-512 on this processor";
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  const int M = 100, K = 300;
+  const std::vector<int> sizes = {64, 32, 32};
+  Vec a(size_t{1} * M * K);
+  for (float& x : a) x = dist(rng);
+  std::vector<Vec> bs, fused, alone;
+  std::vector<GemmSegment> bseg, cseg;
+  int begin = 0;
+  for (int n : sizes) {
+    Vec b(size_t{1} * n * K);
+    for (float& x : b) x = dist(rng);
+    bs.push_back(b);
+    fused.emplace_back(size_t{1} * M * n);
+    alone.emplace_back(size_t{1} * M * n);
+  }
+  for (size_t s = 0; s < sizes.size(); ++s) {
+    bseg.push_back({bs[s].data(), K, begin});
+    cseg.push_back({fused[s].data(), sizes[s], begin});
+    GemmAvx512(false, true, M, sizes[s], K, 1.0f, a.data(), K, bs[s].data(), K, 0.0f,
+               alone[s].data(), sizes[s]);
+    begin += sizes[s];
+  }
+  GemmAvx512SplitN(M, begin, K, 1.0f, a.data(), K, bseg.data(), cseg.data(), 3, 0.0f);
+  for (size_t s = 0; s < sizes.size(); ++s) EXPECT_EQ(fused[s], alone[s]) << "segment " << s;
+}
+
 TEST(KernelChoiceTest, DescribesTheChoiceInOneLine) {
   const std::string d = DescribeKernels();
   EXPECT_EQ(d.find('\n'), std::string::npos);

@@ -42,6 +42,7 @@
 #include "base/rng.h"
 #include "ops/cpu/cpu_features.h"
 #include "ops/cpu/gemm_avx512.h"
+#include "ops/cpu/gemm_bf16.h"
 #include "ops/cpu/kernel_util.h"
 #include "ops/cpu/vec_avx512.h"
 
@@ -95,6 +96,39 @@ void Gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
               trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, a,
               std::max(1, lda), b, std::max(1, ldb), beta, c, std::max(1, ldc));
+}
+
+void GemmSplitN(int M, int N, int K, float alpha, const float* a, int lda,
+                const GemmSegment* b_rows, const GemmSegment* c_cols, int nseg,
+                float beta) {
+  if (M <= 0 || N <= 0 || nseg <= 0) return;
+  if (K > 0 && UseAvx512Gemm(M, N, K)) {
+    GemmAvx512SplitN(M, N, K, alpha, a, lda, b_rows, c_cols, nseg, beta);
+    return;
+  }
+  for (int s = 0; s < nseg; ++s) {
+    const int n = (s + 1 < nseg ? c_cols[s + 1].begin : N) - c_cols[s].begin;
+    Gemm(false, true, M, n, K, alpha, a, lda, b_rows[s].p, b_rows[s].ld, beta,
+         const_cast<float*>(c_cols[s].p), c_cols[s].ld);
+  }
+}
+
+void GemmSplitK(int M, int N, int K, float alpha, const GemmSegment* a_cols,
+                const GemmSegment* b_rows, int nseg, float beta, float* c, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K > 0 && nseg > 0 && UseAvx512Gemm(M, N, K)) {
+    GemmAvx512SplitK(M, N, K, alpha, a_cols, b_rows, nseg, beta, c, ldc);
+    return;
+  }
+  if (nseg == 0) {
+    Gemm(false, false, M, N, 0, alpha, nullptr, 1, nullptr, 1, beta, c, ldc);
+    return;
+  }
+  for (int s = 0; s < nseg; ++s) {
+    const int k = (s + 1 < nseg ? a_cols[s + 1].begin : K) - a_cols[s].begin;
+    Gemm(false, false, M, N, k, alpha, a_cols[s].p, a_cols[s].ld, b_rows[s].p, b_rows[s].ld,
+         s == 0 ? beta : 1.0f, c, ldc);
+  }
 }
 
 namespace {
@@ -250,6 +284,101 @@ void LinearBackwardBf16(float* dx, float* dbias, const float* dy,
     AddColumnSums(dbias, n, out, [=](int i, int c) {
       return static_cast<double>(dy[static_cast<int64_t>(i) * out + c]);
     });
+  }
+}
+
+// ----------------------------------------------------------------------------
+// compute: bf16
+
+bool Bf16DotActive() {
+  static const bool on = ActiveKernelIsa() == KernelIsa::kAvx512 && CpuHasAvx512Bf16();
+  return on;
+}
+
+void RoundToBf16(float* out, const float* in, int64_t n) {
+  const bool use_threads = n >= kMinParallelWork;
+#pragma omp parallel for schedule(static) if (use_threads)
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, &in[i], 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+      u |= 0x00400000u;
+    } else {
+      u = (u + 0x7fffu + ((u >> 16) & 1u));
+    }
+    u &= 0xffff0000u;
+    std::memcpy(&out[i], &u, 4);
+  }
+}
+
+namespace {
+// AMX tiles where the processor and the OS allow them, else vdpbf16ps.
+void GemmBf16(bool trans_w, int M, int N, int K, const float* a, int lda, const uint16_t* w16,
+              const float* w32, int ldw, float beta, float* c, int ldc) {
+  static const bool amx = CpuHasAmxBf16();
+  (amx ? GemmBf16Amx : GemmBf16Avx512)(trans_w, M, N, K, 1.0f, a, lda, w16, w32, ldw, beta, c,
+                                       ldc);
+}
+float* RoundBuffer(int slot, int64_t floats) {
+  thread_local std::vector<float> buffers[2];
+  std::vector<float>& b = buffers[slot];
+  if (static_cast<int64_t>(b.size()) < floats) b.resize(static_cast<size_t>(floats));
+  return b.data();
+}
+}  // namespace
+
+void LinearForwardBf16Compute(float* y, const float* x, const uint16_t* w16,
+                              const float* w32, const float* bias, int n, int in,
+                              int out) {
+  if (Bf16DotActive()) {
+    float beta = 0.0f;
+    if (bias != nullptr) {
+      const bool use_threads = static_cast<int64_t>(n) * out >= kMinParallelWork;
+#pragma omp parallel for schedule(static) if (use_threads)
+      for (int i = 0; i < n; ++i) {
+        std::memcpy(y + static_cast<int64_t>(i) * out, bias, sizeof(float) * out);
+      }
+      beta = 1.0f;
+    }
+    if (n > 0 && out > 0 && in > 0) {
+      GemmBf16(true, n, out, in, x, in, w16, w32, in, beta, y, out);
+    } else {
+      Gemm(false, true, n, out, 0, 1.0f, x, in, w32, in, beta, y, out);
+    }
+    return;
+  }
+  float* xr = RoundBuffer(0, static_cast<int64_t>(n) * in);
+  RoundToBf16(xr, x, static_cast<int64_t>(n) * in);
+  if (w16 != nullptr) {
+    LinearForwardBf16(y, xr, w16, bias, n, in, out);
+  } else {
+    float* wr = RoundBuffer(1, static_cast<int64_t>(out) * in);
+    RoundToBf16(wr, w32, static_cast<int64_t>(out) * in);
+    LinearForward(y, xr, wr, bias, n, in, out);
+  }
+}
+
+void LinearBackwardBf16Compute(float* dx, float* dbias, const float* dy,
+                               const uint16_t* w16, const float* w32, int n,
+                               int in, int out) {
+  if (dbias != nullptr) {
+    AddColumnSums(dbias, n, out, [=](int i, int c) {
+      return static_cast<double>(dy[static_cast<int64_t>(i) * out + c]);
+    });
+  }
+  if (dx == nullptr || n <= 0 || in <= 0 || out <= 0) return;
+  if (Bf16DotActive()) {
+    GemmBf16(false, n, in, out, dy, out, w16, w32, in, 1.0f, dx, in);
+    return;
+  }
+  float* dyr = RoundBuffer(0, static_cast<int64_t>(n) * out);
+  RoundToBf16(dyr, dy, static_cast<int64_t>(n) * out);
+  if (w16 != nullptr) {
+    LinearBackwardBf16(dx, nullptr, dyr, w16, n, in, out);
+  } else {
+    float* wr = RoundBuffer(1, static_cast<int64_t>(out) * in);
+    RoundToBf16(wr, w32, static_cast<int64_t>(out) * in);
+    Gemm(false, false, n, in, out, 1.0f, dyr, out, wr, in, 1.0f, dx, in);
   }
 }
 

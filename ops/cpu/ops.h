@@ -20,6 +20,8 @@
 
 #include <cstdint>
 
+#include "ops/cpu/gemm_avx512.h"  // GemmSegment
+
 namespace sheaf::ops {
 
 // Threads used by OpenBLAS and by our OpenMP loops. n <= 0 means "all cores".
@@ -49,6 +51,18 @@ void Gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
           const float* a, int lda, const float* b, int ldb, float beta,
           float* c, int ldc);
 
+// Grouped GEMMs for fused projections (segments as in gemm_avx512.h):
+// SplitN: C_s[M, n_s] = alpha * A[M,K] @ B_s^T + beta * C_s over nseg
+//   segments (N = sum n_s), A read once; SplitK: C[M,N] = alpha *
+//   sum_s A_s[M, k_s] @ B_s[k_s, N] + beta * C (K = sum k_s). On the
+//   AVX-512 path one GEMM; portable: one Gemm per segment (SplitK adds them
+//   into C in segment order).
+void GemmSplitN(int M, int N, int K, float alpha, const float* a, int lda,
+                const GemmSegment* b_rows, const GemmSegment* c_cols, int nseg,
+                float beta);
+void GemmSplitK(int M, int N, int K, float alpha, const GemmSegment* a_cols,
+                const GemmSegment* b_rows, int nseg, float beta, float* c, int ldc);
+
 // y[N,OUT] = x[N,IN] @ w[OUT,IN]^T + bias[OUT] (bias may be null).
 void LinearForward(float* y, const float* x, const float* w, const float* bias,
                    int n, int in, int out);
@@ -65,6 +79,21 @@ void LinearForwardBf16(float* y, const float* x, const uint16_t* w16,
                        const float* bias, int n, int in, int out);
 void LinearBackwardBf16(float* dx, float* dbias, const float* dy,
                         const uint16_t* w16, int n, int in, int out);
+// compute: bf16 (frozen matmuls): as LinearForward / LinearBackward without
+// dw, with x (dy) and the weight rounded to bf16 (nearest even) and fp32
+// accumulation. The weight is w16 (raw bf16 bits, used as is) or w32 (fp32,
+// rounded). dbias sums the unrounded dy. AVX512_BF16 dot products
+// (gemm_bf16.h) when Bf16DotActive(), else a portable path: the rounded
+// operands in the fp32 GEMM (same products, exact; sums in another order).
+bool Bf16DotActive();
+void LinearForwardBf16Compute(float* y, const float* x, const uint16_t* w16,
+                              const float* w32, const float* bias, int n, int in,
+                              int out);
+void LinearBackwardBf16Compute(float* dx, float* dbias, const float* dy,
+                               const uint16_t* w16, const float* w32, int n,
+                               int in, int out);
+// fp32 values rounded to bf16 precision (nearest even), as fp32, over n.
+void RoundToBf16(float* out, const float* in, int64_t n);
 // bf16 bits -> fp32 (exact) over n values.
 void WidenBf16(float* out, const uint16_t* in, int64_t n);
 
