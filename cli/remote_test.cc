@@ -223,15 +223,25 @@ class RemoteTest : public ::testing::Test {
     return result;
   }
 
-  // Submits the test spec; returns the id.
+  // Submits the test spec; returns the id. stdout is the id alone; stderr
+  // is empty, or (when no world seen can run the job, which is most of
+  // these tests: their worlds register after submitting) exactly one line,
+  // the coordinator's waiting warning naming this job.
   std::string Submit(std::vector<std::string> extra = {}) {
     std::vector<std::string> args = {"submit", spec_path_};
     args.insert(args.end(), extra.begin(), extra.end());
     Result r = Sheaf(args);
+    last_submit_err_ = r.err;
     EXPECT_EQ(r.code, 0) << r.err;
-    EXPECT_EQ(r.err, "");
     EXPECT_TRUE(absl::EndsWith(r.out, "\n")) << r.out;
-    return std::string(absl::StripSuffix(r.out, "\n"));
+    std::string id(absl::StripSuffix(r.out, "\n"));
+    if (!r.err.empty()) {
+      EXPECT_TRUE(absl::StartsWith(r.err, absl::StrCat("sheaf: warning: job ", id,
+                                                       " accepted, but ")))
+          << r.err;
+      EXPECT_EQ(Lines(r.err).size(), 1u) << r.err;
+    }
+    return id;
   }
 
   proto::Job StatusJson(const std::string& id) {
@@ -245,6 +255,7 @@ class RemoteTest : public ::testing::Test {
   std::unique_ptr<LocalCoordinator> local_;
   std::map<std::string, std::string> env_;
   std::string spec_path_;
+  std::string last_submit_err_;  // stderr of the last Submit()
 };
 
 // ------------------------------------------------------------- submit
@@ -254,6 +265,10 @@ TEST_F(RemoteTest, SubmitPrintsOnlyTheIdAndStatusShowsTheJob) {
                                  "--max-world", "4", "--memory", "1G"});
   EXPECT_TRUE(absl::StartsWith(id, "job-")) << id;
   EXPECT_EQ(id.size(), 20u) << id;
+  // No world has registered: submit says the job waits, and why.
+  EXPECT_EQ(last_submit_err_,
+            absl::StrCat("sheaf: warning: job ", id, " accepted, but no world has been seen in "
+                         "the last 3m (none registered, or all gone); the job waits for one\n"));
 
   Result r = Sheaf({"status", id});
   ASSERT_EQ(r.code, 0) << r.err;

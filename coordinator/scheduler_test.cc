@@ -734,6 +734,8 @@ TEST_F(SchedulerTest, WallClockStepsForwardDoNotExpireAHealthyLease) {
 // A 1 h backward step left a dead world's job RUNNING for over 109 s (TTL
 // 10 s): now it expires one TTL of monotonic time after its last renewal.
 TEST_F(SchedulerTest, AWallClockStepBackDoesNotKeepADeadLease) {
+  revive_window_ = absl::ZeroDuration();  // the late beat is the old rule
+  Restart();
   ASSERT_TRUE(scheduler_->Submit(NewJob("job-1")).ok());
   const std::string world = Register(1);
   std::optional<proto::Lease> lease = AcquireNow(world);

@@ -450,6 +450,10 @@ TEST_F(WorkerTest, ALostLeaseStopsTheJobWithoutCompletingIt) {
   coordinator::LocalCoordinatorOptions options;
   options.clock = &clock;
   options.scheduler.lease_ttl = absl::Seconds(3);
+  // No revival: with it (the default) the world's next heartbeat would get
+  // the expired lease back, as nobody else took the job (scheduler.h);
+  // scheduler_test covers revival, this test the world's side of a loss.
+  options.scheduler.revive_window = absl::ZeroDuration();
   Start(options);
   const std::string id = Submit(JobYaml(100000, 0), "lost");
   auto world = RunWorld(Options());

@@ -34,7 +34,12 @@ struct Fixture {
   LossHead head;
 
   Fixture() {
-    auto m = Model::Create(config, NothingTrainable);
+    // Unfused projections: a bank entry is never fusable, so plain LoRA is
+    // compared on the same (unfused) kernels; fused against unfused is
+    // model_fused_test's business.
+    ModelOptions unfused;
+    unfused.fuse_projections = false;
+    auto m = Model::Create(config, NothingTrainable, unfused);
     EXPECT_TRUE(m.ok()) << m.status();
     model = std::move(*m);
     model->InitRandom(3, 0.3f);
