@@ -17,6 +17,7 @@ PKGS=(
   libsentencepiece-dev libpcre2-dev libdnnl-dev valgrind python3-venv python3-pip
   docker.io debootstrap slurm-wlm munge
   man-db groff-base bsdextrautils
+  clang-14 libclang-rt-14-dev
 )
 
 missing=()

@@ -4,6 +4,7 @@
 #include "base/file.h"
 #include "base/utf8.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <deque>
 #include <limits>
 #include <set>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -499,6 +501,58 @@ absl::Status ApplyOverride(const std::string& text, proto::JobSpec* spec) {
   return absl::OkStatus();  // Not reached: parts is not empty.
 }
 
+// Where each document of a YAML stream starts (events are otherwise ignored).
+class DocumentStarts : public YAML::EventHandler {
+ public:
+  std::vector<YAML::Mark> starts;
+  void OnDocumentStart(const YAML::Mark& mark) override { starts.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+// The documents of `yaml`, without YAML::LoadAll: yaml-cpp 0.7's LoadAll
+// never returns on a stream whose next token starts no node (a document of
+// just "," -- yaml-cpp issue 1040): each call yields a null document without
+// consuming the token, and memory grows until the process dies (found by
+// fuzz/spec_fuzz). Here a document that starts where the previous one did is
+// a parse error at that token.
+absl::StatusOr<std::vector<YAML::Node>> LoadDocuments(const Origin& origin,
+                                                      const std::string& yaml) {
+  {
+    std::istringstream stream(yaml);
+    YAML::Parser parser(stream);
+    DocumentStarts handler;
+    while (parser.HandleNextDocument(handler)) {
+      const std::vector<YAML::Mark>& s = handler.starts;
+      if (s.size() >= 2 && s[s.size() - 1].pos == s[s.size() - 2].pos) {
+        const YAML::Mark& at = s.back();
+        const std::string token =
+            at.pos >= 0 && static_cast<size_t>(at.pos) < yaml.size()
+                ? absl::CEscape(yaml.substr(static_cast<size_t>(at.pos), 1))
+                : std::string("end of input");
+        return NodeError(origin, at, "",
+                         absl::StrCat("malformed YAML: unexpected '", token, "'"));
+      }
+    }
+    if (handler.starts.size() > 1) {
+      return NodeError(origin, handler.starts[1], "",
+                       absl::StrCat("expected one YAML document, got ",
+                                    handler.starts.size()));
+    }
+    if (handler.starts.empty()) return std::vector<YAML::Node>{};
+  }
+  return std::vector<YAML::Node>{YAML::Load(yaml)};
+}
+
 // `source_prefix` starts errors found in the YAML text ("job.yaml:" or "").
 absl::StatusOr<proto::JobSpec> Parse(const std::string& yaml,
                                      const std::vector<std::string>& overrides,
@@ -506,12 +560,7 @@ absl::StatusOr<proto::JobSpec> Parse(const std::string& yaml,
   const Origin origin{source_prefix, /*has_marks=*/true};
   proto::JobSpec spec;
   try {
-    std::vector<YAML::Node> documents = YAML::LoadAll(yaml);
-    if (documents.size() > 1) {
-      return NodeError(
-          origin, documents[1].Mark(), "",
-          absl::StrCat("expected one YAML document, got ", documents.size()));
-    }
+    ASSIGN_OR_RETURN(std::vector<YAML::Node> documents, LoadDocuments(origin, yaml));
     if (!documents.empty()) {
       RETURN_IF_ERROR(MergeMessage(origin, documents[0], &spec, ""));
     }

@@ -195,6 +195,21 @@ TEST(ParseJobSpecYamlTest, MalformedYamlHasLineAndColumn) {
               HasSubstr("expected one YAML document, got 2"));
 }
 
+// Found by fuzz/spec_fuzz: yaml-cpp 0.7's LoadAll never returned on a
+// document that is a lone ',' (memory grew until the process died), so a
+// spec file or submitted spec text "," hung the CLI or the coordinator. Now
+// an error at the token (a hang fails this test by its timeout).
+TEST(ParseJobSpecYamlTest, TokenThatStartsNoNodeIsAnErrorNotAHang) {
+  EXPECT_THAT(ParseError(","), StartsWith("1:1: malformed YAML: unexpected ','"));
+  EXPECT_THAT(ParseError("# comment\n, val\nname: x\n"),
+              StartsWith("2:1: malformed YAML: unexpected ','"));
+  EXPECT_THAT(ParseError("lora: {}\n...\n,\n"),
+              StartsWith("3:1: malformed YAML: unexpected ','"));
+  // Streams of several documents are still counted.
+  EXPECT_THAT(ParseError("lora: {}\n---\nlora: {}\n---\nname: x\n"),
+              HasSubstr("expected one YAML document, got 3"));
+}
+
 TEST(OverrideTest, Scalar) {
   absl::StatusOr<proto::JobSpec> spec =
       ParseJobSpecYaml(kLora, {"optimizer.lr=1e-4", "name=renamed"});
