@@ -61,7 +61,7 @@ int32_t NextToken(const float* logits, int V, double temperature, double top_p, 
 int RunGenerate(const std::vector<std::string>& args) {
   absl::StatusOr<ParsedArgs> parsed = ParseArgs(
       args, {{"adapter"}, {"prompt"}, {"prompt-ids"}, {"max-new-tokens"}, {"temperature"}, {"top-p"},
-             {"seed"}, {"tokenizer"}, {"threads"}, {"print-ids", false}});
+             {"seed"}, {"tokenizer"}, {"threads"}, {"print-ids", false}, {"no-kv-cache", false}});
   if (!parsed.ok()) return Usage(std::string(parsed.status().message()));
   if (parsed->positional.size() != 1) return Usage("takes exactly one MODEL_DIR");
   const std::string model_dir = parsed->positional[0];
@@ -126,12 +126,35 @@ int RunGenerate(const std::vector<std::string>& args) {
   std::mt19937_64 rng(static_cast<uint64_t>(*seed));
   std::vector<int32_t> generated;
   const int V = config->vocab_size;
-  // No KV cache yet: each step runs the whole sequence (O(T^2) per token).
+  if (static_cast<int>(ids.size()) > limit) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "the prompt has ", ids.size(), " tokens; the model takes at most ", limit)));
+  }
+  // With the KV cache (default) the prompt runs once and each new token is
+  // one position against the cached keys and values; --no-kv-cache reruns
+  // the whole sequence per token (O(T^2) per token; for comparison).
+  const bool use_cache = !parsed->Has("no-kv-cache");
+  const int cache_len = static_cast<int>(std::min<int64_t>(limit, static_cast<int64_t>(ids.size()) + *max_new));
+  absl::StatusOr<Model::KvCache> cache =
+      use_cache ? (*model)->NewKvCache(cache_len) : absl::StatusOr<Model::KvCache>(Model::KvCache{});
+  if (!cache.ok()) return Fail(cache.status());
+  size_t fed = 0;  // tokens of ids already in the cache
   for (int64_t step = 0; step < *max_new && static_cast<int>(ids.size()) < limit; ++step) {
     const int T = static_cast<int>(ids.size());
-    absl::StatusOr<LossStats> st = (*model)->Forward(ids.data(), nullptr, 1, T, adapter.get(), false);
-    if (!st.ok()) return Fail(st.status());
-    const int32_t next = NextToken((*model)->logits() + static_cast<int64_t>(T - 1) * V, V, temperature, top_p, rng);
+    const float* last = nullptr;
+    if (use_cache) {
+      const int n = static_cast<int>(ids.size() - fed);
+      if (absl::Status s = (*model)->ForwardCached(ids.data() + fed, n, adapter.get(), *cache); !s.ok()) {
+        return Fail(s);
+      }
+      fed = ids.size();
+      last = (*model)->logits() + static_cast<int64_t>(n - 1) * V;
+    } else {
+      absl::StatusOr<LossStats> st = (*model)->Forward(ids.data(), nullptr, 1, T, adapter.get(), false);
+      if (!st.ok()) return Fail(st.status());
+      last = (*model)->logits() + static_cast<int64_t>(T - 1) * V;
+    }
+    const int32_t next = NextToken(last, V, temperature, top_p, rng);
     ids.push_back(next);
     generated.push_back(next);
     if (next == eos) break;

@@ -10,9 +10,10 @@ namespace sheaf::cli {
 inline constexpr const char* kGenerateUsage =
     "  generate MODEL_DIR [--adapter DIR] (--prompt TEXT | --prompt-ids IDS)\n"
     "           [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]\n"
-    "           [--tokenizer NAME] [--threads N] [--print-ids]\n"
+    "           [--tokenizer NAME] [--threads N] [--print-ids] [--no-kv-cache]\n"
     "                          continue a prompt (greedy at temperature 0, the\n"
-    "                          default; else top-p sampling); stops at EOS\n";
+    "                          default; else top-p sampling); stops at EOS; a KV\n"
+    "                          cache unless --no-kv-cache\n";
 
 int RunGenerate(const std::vector<std::string>& args);
 

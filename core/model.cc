@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <string_view>
 #include <filesystem>
 #include <optional>
 #include <random>
@@ -631,26 +633,32 @@ void Model::PlanActivations(int B, int T, const AdapterPlan& plan, const LossHea
   scratch_.Allocate();
   for (auto& [t, slot] : acts_binds) *t = acts_.view(slot);
   for (auto& [t, slot] : scratch_binds) *t = scratch_.view(slot);
-  if (c.rope_scaling.none()) {
-    backend_->RopeTables(act_.cos.data, act_.sin.data, T, static_cast<int>(HD), c.rope_theta);
-  } else {
-    // Scaled frequencies: the tables are made here, on the host (Create
-    // refuses rope_scaling on a backend whose memory is not host memory).
-    const std::vector<float> inv = RopeInvFreq(static_cast<int>(HD), c.rope_theta, c.rope_scaling);
-    const int64_t half = HD / 2;
-    for (int64_t t = 0; t < T; ++t) {
-      for (int64_t i = 0; i < half; ++i) {
-        const float angle = static_cast<float>(t) * inv[static_cast<size_t>(i)];
-        act_.cos.data[t * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
-        act_.sin.data[t * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
-      }
-    }
-  }
+  FillRopeTables(act_.cos.data, act_.sin.data, T);
   planned_B_ = B;
   planned_T_ = T;
   planned_layout_ = std::move(layout);
   planned_M_ = plan_M;
   planned_J_ = plan_J;
+}
+
+void Model::FillRopeTables(float* cos, float* sin, int64_t T) {
+  const ModelConfig& c = config_;
+  const int64_t HD = c.head_dim;
+  if (c.rope_scaling.none()) {
+    backend_->RopeTables(cos, sin, static_cast<int>(T), static_cast<int>(HD), c.rope_theta);
+    return;
+  }
+  // Scaled frequencies: the tables are made here, on the host (Create
+  // refuses rope_scaling on a backend whose memory is not host memory).
+  const std::vector<float> inv = RopeInvFreq(static_cast<int>(HD), c.rope_theta, c.rope_scaling);
+  const int64_t half = HD / 2;
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(t) * inv[static_cast<size_t>(i)];
+      cos[t * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+      sin[t * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+    }
+  }
 }
 
 namespace {
@@ -806,8 +814,7 @@ LossHead LossHead::SelectedRows(std::vector<int32_t> rows, std::vector<int32_t> 
   return h;
 }
 
-absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* targets, int B,
-                                         int T, LoraAdapter* adapter, bool training) {
+absl::Status Model::UseAdapterPlan(LoraAdapter* adapter) {
   // The adapter's K = 1 plan is built once per adapter, in last_plan_, and
   // only its dropout stream is refreshed per call: building and copying a
   // plan costs ~1 us per module, which this path, called every micro-step,
@@ -822,8 +829,120 @@ absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* t
   } else if (adapter != nullptr) {
     last_plan_.set_dropout(adapter->dropout_seed(), adapter->dropout_row_offset());
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LossStats> Model::Forward(const int32_t* tokens, const int32_t* targets, int B,
+                                         int T, LoraAdapter* adapter, bool training) {
+  RETURN_IF_ERROR(UseAdapterPlan(adapter));
   return Forward(tokens, targets, B, T, last_plan_, training);
 }
+
+absl::StatusOr<Model::KvCache> Model::NewKvCache(int max_len) const {
+  const ModelConfig& c = config_;
+  if (max_len < 1) return absl::InvalidArgumentError(absl::StrCat("KV cache length ", max_len, " < 1"));
+  if (max_len > c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache length ", max_len,
+                                                   " exceeds max_position_embeddings ",
+                                                   c.max_position_embeddings));
+  }
+  KvCache cache;
+  cache.max_len = max_len;
+  for (const LayerShape& s : c.layers) {
+    const size_t row = static_cast<size_t>(s.num_kv_heads) * static_cast<size_t>(c.head_dim);
+    cache.k.emplace_back(static_cast<size_t>(max_len) * row, 0.0f);
+    cache.v.emplace_back(static_cast<size_t>(max_len) * row, 0.0f);
+  }
+  const size_t half = static_cast<size_t>(c.head_dim / 2);
+  cache.cos.assign(static_cast<size_t>(max_len) * half, 0.0f);
+  cache.sin.assign(static_cast<size_t>(max_len) * half, 0.0f);
+  // The tables need the backend (RopeTables), which is not const.
+  const_cast<Model*>(this)->FillRopeTables(cache.cos.data(), cache.sin.data(), max_len);
+  return cache;
+}
+
+absl::Status Model::ForwardCached(const int32_t* tokens, int n, LoraAdapter* adapter,
+                                  KvCache& cache) {
+  const ModelConfig& c = config_;
+  if (std::string_view(backend_->name()) != "cpu") {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the KV cache is host-only so far; backend ", backend_->name(), " keeps device memory"));
+  }
+  if (n < 1) return absl::InvalidArgumentError("ForwardCached: no tokens");
+  if (cache.k.size() != c.layers.size() || cache.cos.size() != static_cast<size_t>(cache.max_len) * (c.head_dim / 2)) {
+    return absl::InvalidArgumentError("ForwardCached: the cache was made for another model");
+  }
+  const int end = cache.len + n;
+  if (end > cache.max_len) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache full: ", cache.len, " + ", n,
+                                                   " positions > its length ", cache.max_len));
+  }
+  if (c.sliding_window > 0 && end > c.sliding_window) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sequence length ", end, " exceeds the config's sliding_window ", c.sliding_window,
+        ": sliding-window attention is not implemented"));
+  }
+  for (int i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token ", tokens[i], " at position ",
+                                                     cache.len + i, " is outside the vocabulary [0, ",
+                                                     c.vocab_size, ")"));
+    }
+  }
+  RETURN_IF_ERROR(UseAdapterPlan(adapter));
+  RETURN_IF_ERROR(last_plan_.Validate(c, n));
+  PlanActivations(1, n, last_plan_, LossHead::Lm());
+  RETURN_IF_ERROR(ForwardTrunk(tokens, 1, n, /*training=*/false, /*will_backward=*/false, &cache));
+  const LinearCall call{&weights_.lm_head, nullptr, &last_plan_.lm_head(), &act_.head_xa,
+                        &act_.head_mask};
+  LinearWithPlanForward(*backend_, act_.logits.data, act_.nf.data, call, n, last_plan_, false,
+                        scr_.lora_tmp.data, scr_.lora_scratch.data);
+  last_training_ = false;
+  ReleaseGroup(kEdgeGroup);
+  cache.len = end;
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Attention of n new rows (positions p0 .. p0 + n - 1) over a cache holding
+// keys and values of positions 0 .. p0 + n - 1 (the new ones written):
+// out [n, NH*HD] = softmax(q kᵀ / sqrt(HD), causal) v, the sums in double.
+void CachedAttention(float* out, const float* q, const float* k, const float* v, int n, int p0,
+                     int NH, int KVH, int HD) {
+  const int group = NH / KVH;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(HD));
+  const int64_t kv_row = int64_t{KVH} * HD, q_row = int64_t{NH} * HD;
+  std::vector<double> score(static_cast<size_t>(p0 + n));
+  std::vector<double> acc(static_cast<size_t>(HD));
+  for (int i = 0; i < n; ++i) {
+    const int last = p0 + i;  // attends to 0..last
+    for (int h = 0; h < NH; ++h) {
+      const float* qi = q + i * q_row + int64_t{h} * HD;
+      const int64_t koff = int64_t{h / group} * HD;
+      double mx = -std::numeric_limits<double>::infinity();
+      for (int j = 0; j <= last; ++j) {
+        const float* kj = k + j * kv_row + koff;
+        double dot = 0;
+        for (int d = 0; d < HD; ++d) dot += static_cast<double>(qi[d]) * kj[d];
+        score[static_cast<size_t>(j)] = dot * scale;
+        mx = std::max(mx, score[static_cast<size_t>(j)]);
+      }
+      double sum = 0;
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int j = 0; j <= last; ++j) {
+        const double p = std::exp(score[static_cast<size_t>(j)] - mx);
+        sum += p;
+        const float* vj = v + j * kv_row + koff;
+        for (int d = 0; d < HD; ++d) acc[static_cast<size_t>(d)] += p * vj[d];
+      }
+      float* oi = out + i * q_row + int64_t{h} * HD;
+      for (int d = 0; d < HD; ++d) oi[d] = static_cast<float>(acc[static_cast<size_t>(d)] / sum);
+    }
+  }
+}
+
+}  // namespace
 
 absl::Status Model::CheckHead(const LossHead& head, int64_t N) const {
   if (head.kind == LossHead::Kind::kLossHeadLm) return absl::OkStatus();
@@ -1060,7 +1179,7 @@ void Model::SelectedHeadEntriesBackward(const LossHead& head) {
 // Embedding, layers and the final norm: act_.nf holds the final hidden
 // states. Leaves the edge group acquired (the head reads lm_head).
 absl::Status Model::ForwardTrunk(const int32_t* tokens, int B, int T, bool training,
-                                 bool will_backward) {
+                                 bool will_backward, KvCache* cache) {
   const ModelConfig& c = config_;
   const int64_t N = int64_t{B} * T;
   const int C = c.hidden_size, HD = c.head_dim;
@@ -1113,11 +1232,27 @@ absl::Status Model::ForwardTrunk(const int32_t* tokens, int B, int T, bool train
     };
     group(a.n1.data, {Proj::kQ, Proj::kK, Proj::kV}, {&w.q_bias, &w.k_bias, &w.v_bias},
           {a.q.data, a.k.data, a.v.data});
-    backend_->RopeForward(a.q.data, a.q.data, act_.cos.data, act_.sin.data, B, T, s.num_heads, HD);
-    backend_->RopeForward(a.k.data, a.k.data, act_.cos.data, act_.sin.data, B, T, s.num_kv_heads,
-                          HD);
-    backend_->AttentionForward(a.att.data, a.attn_saved.data, a.q.data, a.k.data, a.v.data, B, T,
-                               s.num_heads, s.num_kv_heads, HD);
+    if (cache != nullptr) {
+      // Positions cache->len ..: the tables from there; k and v appended.
+      const int64_t off = int64_t{cache->len} * (HD / 2), row = int64_t{s.num_kv_heads} * HD;
+      const float* cos = cache->cos.data() + off;
+      const float* sin = cache->sin.data() + off;
+      backend_->RopeForward(a.q.data, a.q.data, cos, sin, 1, T, s.num_heads, HD);
+      backend_->RopeForward(a.k.data, a.k.data, cos, sin, 1, T, s.num_kv_heads, HD);
+      float* kc = cache->k[static_cast<size_t>(l)].data();
+      float* vc = cache->v[static_cast<size_t>(l)].data();
+      std::memcpy(kc + cache->len * row, a.k.data, static_cast<size_t>(T * row) * sizeof(float));
+      std::memcpy(vc + cache->len * row, a.v.data, static_cast<size_t>(T * row) * sizeof(float));
+      CachedAttention(a.att.data, a.q.data, kc, vc, T, cache->len, s.num_heads, s.num_kv_heads,
+                      HD);
+    } else {
+      backend_->RopeForward(a.q.data, a.q.data, act_.cos.data, act_.sin.data, B, T, s.num_heads,
+                            HD);
+      backend_->RopeForward(a.k.data, a.k.data, act_.cos.data, act_.sin.data, B, T,
+                            s.num_kv_heads, HD);
+      backend_->AttentionForward(a.att.data, a.attn_saved.data, a.q.data, a.k.data, a.v.data, B,
+                                 T, s.num_heads, s.num_kv_heads, HD);
+    }
     group(a.att.data, {Proj::kO}, {&w.o_bias}, {a.h.data});
     backend_->Add(a.h.data, a.h.data, a.x.data, N * C);
     backend_->RmsNormForward(a.n2.data, a.rstd2.data, a.h.data, w.post_norm.value.data,

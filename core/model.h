@@ -245,6 +245,25 @@ class Model {
   // whole optimizer step).
   absl::Status Backward(float grad_scale);
 
+  // Incremental decoding (sheaf generate): a KV cache holds, per layer, the
+  // post-RoPE keys and the values of every position seen so far, and
+  // ForwardCached runs only the new tokens [n] of one sequence (B = 1)
+  // against it: positions cache.len .. cache.len + n - 1, causal within the
+  // new block, attending to everything cached. logits() then holds [n, V].
+  // The cache is filled from position 0 (the prompt as one block, then one
+  // token per step) and is valid for one adapter: changing the adapter
+  // needs a new cache. Host backends only (FailedPrecondition otherwise);
+  // InvalidArgument past max_len, max_position_embeddings or the sliding
+  // window, and for tokens outside the vocabulary.
+  struct KvCache {
+    int max_len = 0;
+    int len = 0;                          // positions filled
+    std::vector<std::vector<float>> k, v;  // per layer [max_len, KVH*HD]
+    std::vector<float> cos, sin;          // RoPE tables [max_len, HD/2]
+  };
+  absl::StatusOr<KvCache> NewKvCache(int max_len) const;
+  absl::Status ForwardCached(const int32_t* tokens, int n, LoraAdapter* adapter, KvCache& cache);
+
   // logits [B*T, V] of the last Forward with the LM head (null after one
   // with the selected-rows head, which never forms them).
   const float* logits() const { return act_.logits.data; }
@@ -280,8 +299,14 @@ class Model {
   SelectedRowsArgs HeadArgs(const LossHead& head, int64_t N) const;
   // Embedding, layers, final norm (into act_.nf) under last_plan_; leaves
   // the edge group acquired for the head.
+  // With a cache (B = 1, no training): RoPE at the cache's positions and
+  // attention over the cached keys and values (ForwardCached).
   absl::Status ForwardTrunk(const int32_t* tokens, int B, int T, bool training,
-                            bool will_backward);
+                            bool will_backward, KvCache* cache = nullptr);
+  // The adapter's K = 1 plan into last_plan_ (cached per adapter).
+  absl::Status UseAdapterPlan(LoraAdapter* adapter);
+  // RoPE tables [T, HD/2] for positions 0..T-1 (scaled on the host).
+  void FillRopeTables(float* cos, float* sin, int64_t T);
   // lm_head entries of last_plan_ on the selected rows and columns.
   void SelectedHeadEntriesForward(const LossHead& head, bool training);
   void SelectedHeadEntriesBackward(const LossHead& head);

@@ -188,6 +188,11 @@ def generate_checks(args, models):
                  "--max-new-tokens", "10", "--threads", "1"])
         got = [int(x) for x in p.stdout.strip().split(",") if x] if p.returncode == 0 else None
         check("generate greedy == transformers (prompt %s)" % prompt, got == ref, "%s vs %s" % (got, ref))
+        p = run([args.sheaf, "generate", d, "--prompt-ids", ",".join(map(str, prompt)),
+                 "--max-new-tokens", "10", "--threads", "1", "--no-kv-cache"])
+        nocache = [int(x) for x in p.stdout.strip().split(",") if x] if p.returncode == 0 else None
+        check("generate greedy: KV cache == no cache (prompt %s)" % prompt, nocache == got,
+              "%s vs %s" % (nocache, got))
     p = run([args.sheaf, "generate", d, "--prompt-ids", "1,5", "--max-new-tokens", "6",
              "--temperature", "0.8", "--top-p", "0.9", "--seed", "3"])
     p2 = run([args.sheaf, "generate", d, "--prompt-ids", "1,5", "--max-new-tokens", "6",

@@ -558,6 +558,19 @@ absl::StatusOr<proto::JobSpec> Parse(const std::string& yaml,
                                      const std::vector<std::string>& overrides,
                                      const std::string& source_prefix) {
   const Origin origin{source_prefix, /*has_marks=*/true};
+  // Proto string fields must hold UTF-8 (fuzz finding: bytes such as 0xb3
+  // inside a scalar parsed, then came back from JobSpecToYaml as U+FFFD).
+  if (const size_t bad = FindInvalidUtf8(yaml); bad != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source_prefix.empty() ? "spec:" : source_prefix, " not valid UTF-8 (byte ", bad,
+        "); a spec is UTF-8 text"));
+  }
+  for (const std::string& override_text : overrides) {
+    if (const size_t bad = FindInvalidUtf8(override_text); bad != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("override: not valid UTF-8 (byte ", bad,
+                                                     "); a spec is UTF-8 text"));
+    }
+  }
   proto::JobSpec spec;
   try {
     ASSIGN_OR_RETURN(std::vector<YAML::Node> documents, LoadDocuments(origin, yaml));

@@ -335,6 +335,23 @@ TEST(ParseJobSpecFileTest, InvalidUtf8IsOneClearMessage) {
   EXPECT_THAT(spec.status().message(), HasSubstr("latin1.yaml: not valid UTF-8 (byte 9)"));
 }
 
+// Fuzz finding (tools/fuzz.sh spec): invalid UTF-8 inside a scalar of spec
+// text (not a file) parsed, and JobSpecToYaml then wrote U+FFFD in its
+// place, so the round trip changed the spec. Refused by every entry point.
+TEST(ParseJobSpecYamlTest, InvalidUtf8IsRefusedInTextAndOverrides) {
+  absl::StatusOr<proto::JobSpec> spec =
+      ParseJobSpecYaml("base_model: tiny\ndata: {train: [\"\xb3\xb3x.txt\"]}\nlora:\n");
+  EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(spec.status().message(), HasSubstr("spec: not valid UTF-8 (byte 33)"));
+  spec = ParseJobSpecYaml("base_model: tiny\nlora:\n", {"name=caf\xe9"});
+  EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(spec.status().message(), HasSubstr("override: not valid UTF-8 (byte 8)"));
+  // Valid multi-byte text is kept and round-trips.
+  spec = ParseJobSpecYaml("name: \"caf\xc3\xa9 \xe6\x97\xa5\"\nbase_model: tiny\nlora:\n");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->name(), "caf\xc3\xa9 \xe6\x97\xa5");
+}
+
 void ExpectRoundTrip(const proto::JobSpec& spec) {
   const std::string yaml = JobSpecToYaml(spec);
   absl::StatusOr<proto::JobSpec> back = ParseJobSpecYaml(yaml);
