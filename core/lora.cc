@@ -1,6 +1,7 @@
 #include "core/lora.h"
 
 #include <algorithm>
+#include <cctype>
 #include <atomic>
 #include <cmath>
 #include <filesystem>
@@ -24,11 +25,103 @@ namespace {
 constexpr const char* kProjNames[kNumProj] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                               "gate_proj", "up_proj", "down_proj"};
 
+// std::regex backtracks, and some patterns take exponential time (fuzz
+// finding: target_modules ".**\\.1..." hung the reader). Refused before
+// compiling: patterns over 1024 characters, a quantifier right after a
+// quantifier (Python's re refuses those too, "multiple repeat"; a lazy
+// "*?" "+?" "??" "}?" is allowed), and a repeated group that itself
+// contains a quantifier, such as "(a+)*" (Python accepts these; PEFT
+// patterns have no need of them; an optional group "(.*\\.)?" is fine). Empty string: the pattern is fine.
+std::string UnsafePatternReason(const std::string& p) {
+  if (p.size() > 1024) return "is longer than 1024 characters";
+  struct Frame {
+    bool has_quantifier = false;
+  };
+  std::vector<Frame> groups(1);
+  // What the next quantifier would apply to.
+  enum class Prev { kNothing, kAtom, kGroup, kQuantifier, kLazy };
+  Prev prev = Prev::kNothing;
+  bool closed_group_quantified_inside = false;
+  auto quantifier_len = [&](size_t i) -> size_t {  // 0: not a quantifier at i
+    const char ch = p[i];
+    if (ch == '*' || ch == '+' || ch == '?') return 1;
+    if (ch != '{') return 0;
+    size_t j = i + 1;
+    const size_t digits_start = j;
+    while (j < p.size() && std::isdigit(static_cast<unsigned char>(p[j]))) ++j;
+    if (j == digits_start) return 0;
+    if (j < p.size() && p[j] == ',') {
+      ++j;
+      while (j < p.size() && std::isdigit(static_cast<unsigned char>(p[j]))) ++j;
+    }
+    return j < p.size() && p[j] == '}' ? j - i + 1 : 0;
+  };
+  for (size_t i = 0; i < p.size();) {
+    const char ch = p[i];
+    if (const size_t q = quantifier_len(i); q > 0 && prev != Prev::kNothing) {
+      if (prev == Prev::kQuantifier && ch == '?' && q == 1) {
+        prev = Prev::kLazy;
+        ++i;
+        continue;
+      }
+      if (prev == Prev::kQuantifier || prev == Prev::kLazy) {
+        return absl::StrCat("repeats a repetition at character ", i,
+                            " (\"", p.substr(i - 1, 2), "\"; Python's re refuses it too)");
+      }
+      if (prev == Prev::kGroup && closed_group_quantified_inside && ch != '?') {
+        return absl::StrCat("repeats a group that itself repeats (character ", i,
+                            "): matching could take exponential time");
+      }
+      groups.back().has_quantifier = true;
+      prev = Prev::kQuantifier;
+      i += q;
+      continue;
+    }
+    if (ch == '\\') {
+      i += 2;
+      prev = Prev::kAtom;
+      continue;
+    }
+    if (ch == '[') {
+      size_t j = i + 1;
+      if (j < p.size() && p[j] == '^') ++j;
+      if (j < p.size() && p[j] == ']') ++j;
+      while (j < p.size() && p[j] != ']') j += p[j] == '\\' ? 2 : 1;
+      i = j + 1;
+      prev = Prev::kAtom;
+      continue;
+    }
+    if (ch == '(') {
+      groups.emplace_back();
+      prev = Prev::kNothing;
+      ++i;
+      if (i < p.size() && p[i] == '?') {  // (?: (?= (?!
+        i += 2;
+      }
+      continue;
+    }
+    if (ch == ')' && groups.size() > 1) {
+      closed_group_quantified_inside = groups.back().has_quantifier;
+      groups.pop_back();
+      if (closed_group_quantified_inside) groups.back().has_quantifier = true;
+      prev = Prev::kGroup;
+      ++i;
+      continue;
+    }
+    prev = ch == '|' ? Prev::kNothing : Prev::kAtom;
+    ++i;
+  }
+  return "";
+}
+
 // PEFT's get_pattern_key: re.match(rf"(.*\.)?({pattern})$", name). The
 // pattern is a raw regex fragment, on purpose (PEFT users write
 // "layers.[0-3].*q_proj"). std::regex reports a bad pattern by exception;
 // Validate turns that into a Status, so later calls cannot throw.
 absl::StatusOr<bool> PatternMatches(const std::string& pattern, const std::string& name) {
+  if (const std::string why = UnsafePatternReason(pattern); !why.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("not a supported regular expression: it ", why));
+  }
   try {
     const std::regex re("(.*\\.)?(" + pattern + ")", std::regex::ECMAScript);
     return std::regex_match(name, re);
@@ -119,6 +212,10 @@ constexpr FieldRule kAdapterFields[] = {
 // layers" (+ lm_head); a selection of another form is refused.
 absl::Status TargetsFromRegex(const std::string& pattern, const ModelConfig& config,
                               const std::string& source, LoraOptions* o) {
+  if (const std::string why = UnsafePatternReason(pattern); !why.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": target_modules: \"", pattern.substr(0, 80),
+                                                   pattern.size() > 80 ? "...": "", "\" is not a supported regular expression: it ", why));
+  }
   std::regex re;
   try {
     re = std::regex(pattern, std::regex::ECMAScript);

@@ -192,6 +192,36 @@ TEST(LoraOptions, BadPatternsAreErrorsNamingThePattern) {
   EXPECT_NE(std::string(o.Validate(c).message()).find("adapter.num_experts"), std::string::npos);
 }
 
+// Fuzz finding (tools/fuzz.sh peft_config): target_modules ".**\\.1..."
+// kept std::regex backtracking for longer than the fuzzer's 10 s limit.
+// Patterns that can take exponential time are refused before compiling,
+// naming the pattern; the forms PEFT configs use still match.
+TEST(LoraOptions, PatternsThatCanTakeExponentialTimeAreRefused) {
+  const ModelConfig c = SmallConfig();
+  for (const char* bad : {".**\\.1\\.self_attn", "q_proj+*", "(a+)*q_proj", "((ab)*c)+",
+                          "(x{2,})+", "(?:a|b*){2,5}"}) {
+    LoraOptions o;
+    o.rank_pattern = {{bad, 2}};
+    absl::Status s = o.Validate(c);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(std::string(s.message()).find("not a supported regular expression"), std::string::npos)
+        << bad << ": " << s;
+    EXPECT_NE(std::string(s.message()).find(bad), std::string::npos) << s;
+  }
+  LoraOptions o;
+  o.rank_pattern = {{std::string(1025, 'a'), 2}};
+  EXPECT_NE(std::string(o.Validate(c).message()).find("longer than 1024"), std::string::npos);
+  // Accepted, and matching as PEFT's patterns do.
+  o.rank = 4;
+  o.rank_pattern = {{"(.*\\.)?layers\\.[0-1]\\..*?q_proj", 2}, {"mlp\\.(up|down)_proj", 3},
+                    {"layers\\.\\d+\\.self_attn\\.v_proj{1}", 5}, {"[*+]", 9}};
+  EXPECT_TRUE(o.Validate(c).ok()) << o.Validate(c);
+  EXPECT_EQ(o.RankFor("model.layers.1.self_attn.q_proj"), 2);
+  EXPECT_EQ(o.RankFor("model.layers.0.mlp.down_proj"), 3);
+  EXPECT_EQ(o.RankFor("model.layers.0.self_attn.v_proj"), 5);
+  EXPECT_EQ(o.RankFor("model.layers.0.self_attn.k_proj"), 4);
+}
+
 TEST(LoraAdapter, RankAndAlphaPerModule) {
   const ModelConfig c = SmallConfig();
   LoraOptions o;

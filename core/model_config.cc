@@ -211,8 +211,14 @@ absl::Status ModelConfig::Validate() const {
   if (head_dim <= 0 || head_dim % 2 != 0) {
     return FieldError(src, "head_dim", absl::StrCat("must be a positive even number, got ", head_dim));
   }
-  if (rms_norm_eps <= 0) return FieldError(src, "rms_norm_eps", "must be > 0");
-  if (rope_theta <= 0) return FieldError(src, "rope_theta", "must be > 0");
+  // Finite as 32-bit floats (fuzz finding: an eps of 1e85 became inf, and
+  // config.json written back said null).
+  if (!(rms_norm_eps > 0) || !std::isfinite(rms_norm_eps)) {
+    return FieldError(src, "rms_norm_eps", "must be > 0 and fit a 32-bit float");
+  }
+  if (!(rope_theta > 0) || !std::isfinite(rope_theta)) {
+    return FieldError(src, "rope_theta", "must be > 0 and fit a 32-bit float");
+  }
   if (max_position_embeddings <= 0) return FieldError(src, "max_position_embeddings", "must be > 0");
   if (static_cast<int>(layers.size()) != num_layers) {
     return FieldError(src, "num_hidden_layers", "does not match the number of layer shapes");
@@ -362,17 +368,19 @@ absl::StatusOr<RopeScaling> ParseRopeScaling(const Json& rs, absl::string_view s
     out.type = type == "linear" ? RopeScaling::Type::kRopeScalingLinear
                                 : RopeScaling::Type::kRopeScalingLlama3;
     const Json* f = rs.Find("factor");
-    if (f == nullptr || !f->is_number() || !(f->as_double() >= 1.0)) {
-      return FieldError(source, "rope_scaling.factor", "must be a number >= 1");
+    if (f == nullptr || !f->is_number() || !(f->as_double() >= 1.0) ||
+        !std::isfinite(static_cast<float>(f->as_double()))) {
+      return FieldError(source, "rope_scaling.factor", "must be a number >= 1 (a 32-bit float)");
     }
     out.factor = static_cast<float>(f->as_double());
     allowed.push_back("factor");
     if (type == "llama3") {
       auto number = [&](const char* key, float* dst) -> absl::Status {
         const Json* v = rs.Find(key);
-        if (v == nullptr || !v->is_number() || !(v->as_double() > 0)) {
+        if (v == nullptr || !v->is_number() || !(v->as_double() > 0) ||
+            !std::isfinite(static_cast<float>(v->as_double()))) {
           return FieldError(source, absl::StrCat("rope_scaling.", key),
-                            "must be a positive number (required by llama3)");
+                            "must be a positive number that fits a 32-bit float (required by llama3)");
         }
         *dst = static_cast<float>(v->as_double());
         allowed.push_back(key);

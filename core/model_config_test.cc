@@ -179,6 +179,31 @@ TEST(ModelConfig, LlamaBiasesAreQkvAndOprojAndMlp) {
   EXPECT_EQ(c->NumParams() - qkv_only.NumParams(), 16 + 8 + 8 + 16);
 }
 
+// Fuzz finding (tools/fuzz.sh model_config): numbers beyond a 32-bit float
+// became inf (rms_norm_eps 1e85 parsed; config.json written back said
+// null). Each such field is refused by name.
+TEST(ModelConfig, NumbersBeyondFloatAreRefusedByName) {
+  for (const char* field : {"rms_norm_eps", "rope_theta"}) {
+    auto c = ParseModelConfig(With("LlamaForCausalLM", absl::StrCat("\"", field, "\": 1.5e85")), "f.json");
+    ASSERT_FALSE(c.ok()) << field;
+    EXPECT_NE(c.status().message().find(field), std::string::npos) << c.status();
+    EXPECT_NE(c.status().message().find("32-bit float"), std::string::npos) << c.status();
+  }
+  auto f = ParseModelConfig(With("LlamaForCausalLM", R"("rope_scaling": {"type": "linear", "factor": 1e60})"), "f.json");
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(f.status().message().find("rope_scaling.factor"), std::string::npos) << f.status();
+  auto l3 = ParseModelConfig(With("LlamaForCausalLM", R"("rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+      "low_freq_factor": 1.0, "high_freq_factor": 1e60, "original_max_position_embeddings": 100})"), "3.json");
+  ASSERT_FALSE(l3.ok());
+  EXPECT_NE(l3.status().message().find("rope_scaling.high_freq_factor"), std::string::npos) << l3.status();
+  // The largest finite values still parse and round-trip.
+  auto ok = ParseModelConfig(With("LlamaForCausalLM", R"("rope_theta": 1e30)"), "ok.json");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  auto again = ParseModelConfig(ok->ToJson(), "again.json");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->rope_theta, ok->rope_theta);
+}
+
 TEST(ModelConfig, RopeScalingLinearAndLlama3) {
   auto lin = ParseModelConfig(With("LlamaForCausalLM", R"("rope_scaling": {"type": "linear", "factor": 2.0})"), "l.json");
   ASSERT_TRUE(lin.ok()) << lin.status();
