@@ -43,7 +43,7 @@ int ExitCodeFor(int code) {
 
 int RunLogits(const std::vector<std::string>& args) {
   absl::StatusOr<ParsedArgs> parsed =
-      ParseArgs(args, {{"model"}, {"adapter"}, {"tokens"}, {"out"}, {"threads"}});
+      ParseArgs(args, {{"model"}, {"adapter"}, {"tokens"}, {"out"}, {"threads"}, {"grads", false}});
   if (!parsed.ok()) return Usage(std::string(parsed.status().message()));
   if (!parsed->positional.empty()) return Usage("unexpected argument " + parsed->positional[0]);
   const std::string model_dir = parsed->Last("model"), adapter_dir = parsed->Last("adapter");
@@ -84,11 +84,37 @@ int RunLogits(const std::vector<std::string>& args) {
     adapter = std::move(*a);
     if (absl::Status s = CheckAdapterBaseCopies(**model, *adapter); !s.ok()) return Fail(s);
   }
-  absl::StatusOr<LossStats> st =
-      (*model)->Forward(tokens.data(), nullptr, B, T, adapter.get(), /*training=*/false);
+  // --grads: the mean next-token loss (transformers' labels = input_ids)
+  // and its gradient with respect to the adapter, for reference checks.
+  const bool grads = parsed->Has("grads");
+  std::vector<int32_t> targets;
+  if (grads) {
+    if (adapter == nullptr) return Usage("--grads needs --adapter");
+    if (T < 2) return Usage("--grads needs rows of at least 2 tokens");
+    if (adapter->options().dropout > 0) {
+      return Usage("--grads needs an adapter without dropout (lora_dropout 0): dropout makes "
+                   "the gradient random");
+    }
+    targets.assign(tokens.size(), kIgnoreIndex);
+    for (int b = 0; b < B; ++b) {
+      for (int t = 0; t + 1 < T; ++t) {
+        targets[static_cast<size_t>(b) * T + t] = tokens[static_cast<size_t>(b) * T + t + 1];
+      }
+    }
+  }
+  absl::StatusOr<LossStats> st = (*model)->Forward(
+      tokens.data(), grads ? targets.data() : nullptr, B, T, adapter.get(), /*training=*/grads);
   if (!st.ok()) return Fail(st.status());
   const int V = config->vocab_size;
-  const float* logits = (*model)->logits();
+  const std::vector<float> logits_copy((*model)->logits(),
+                                       (*model)->logits() + static_cast<int64_t>(B) * T * V);
+  const float* logits = logits_copy.data();
+  if (grads) {
+    adapter->grads().Zero();
+    if (absl::Status s = (*model)->Backward(1.0f / static_cast<float>(st->tokens)); !s.ok()) {
+      return Fail(s);
+    }
+  }
   // Per-token loss of predicting token t+1 at position t (log-softmax in
   // double: the dump is a reference for others).
   std::vector<float> loss(static_cast<size_t>(B) * static_cast<size_t>(std::max(T - 1, 1)), 0.0f);
@@ -111,6 +137,14 @@ int RunLogits(const std::vector<std::string>& args) {
   w.Add("logits", lshape, logits);
   w.Add("per_token_loss", pshape, loss.data());
   w.Add("tokens", tshape, ids.data());
+  if (grads) {
+    for (LoraModule* m : adapter->all_modules()) {
+      const std::vector<int64_t> ashape = {m->da.dim(0), m->da.dim(1)};
+      const std::vector<int64_t> bshape = {m->db.dim(0), m->db.dim(1)};
+      w.Add(m->name + ".lora_A.weight.grad", ashape, m->da.data);
+      w.Add(m->name + ".lora_B.weight.grad", bshape, m->db.data);
+    }
+  }
   if (absl::Status s = w.Write(out, {{"format", "pt"}, {"model", model_dir}}); !s.ok()) return Fail(s);
   std::printf("wrote %s: logits [%d, %d, %d], mean loss %.6f\n", out.c_str(), B, T, V,
               [&] {

@@ -11,8 +11,10 @@ namespace sheaf::cli {
 
 inline constexpr const char* kLogitsUsage =
     "  logits --model DIR [--adapter DIR] --tokens ROWS --out FILE.safetensors [--threads N]\n"
-    "                          dump logits [B,T,V] and per-token losses [B,T-1] (f32);\n"
-    "                          ROWS: ids, comma-separated, rows split by ';'\n";
+    "         [--grads]        dump logits [B,T,V] and per-token losses [B,T-1] (f32);\n"
+    "                          ROWS: ids, comma-separated, rows split by ';'; --grads\n"
+    "                          (with --adapter) adds the adapter's gradients of the\n"
+    "                          mean next-token loss, MODULE.lora_A.weight.grad ...\n";
 
 // Returns the process exit code (0, 1 work failed, 2 bad usage or input).
 int RunLogits(const std::vector<std::string>& args);

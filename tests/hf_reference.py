@@ -226,6 +226,41 @@ def sheaf_adapter_checks(args, models):
         compare("sheaf adapter %s: peft merge_and_unload == unmerged" % name, ref, hf_logits(pm.merge_and_unload()))
 
 
+def grad_check(args, pm, base_dir, ad, name):
+    """Adapter gradients of the mean next-token loss on TOKENS: sheaf
+    (`sheaf logits --grads`) against PyTorch autograd through transformers +
+    PEFT. Both fp32; the bound is 1e-4 normwise per tensor (fp32 summation
+    order gives ~1e-6; a wrong scale, a missing term or a transposed factor
+    is off by 1e-1 or more)."""
+    pm.train()
+    pm.zero_grad()
+    ids = torch.tensor(TOKENS)
+    loss = pm(ids, labels=ids).loss
+    loss.backward()
+    ref = {}
+    for n, p in pm.named_parameters():
+        if "lora_" in n and p.grad is not None:
+            key = n.replace("base_model.model.", "", 1).replace(".default", "") + ".grad"
+            ref[key] = p.grad.float()
+    pm.eval()
+    out = os.path.join(args.work, "grads_%s.safetensors" % name)
+    p = run([args.sheaf, "logits", "--model", base_dir, "--adapter", ad, "--grads", "--threads", "1",
+             "--tokens", ";".join(",".join(str(t) for t in row) for row in TOKENS), "--out", out])
+    if p.returncode != 0:
+        check("adapter gradients %s: sheaf logits --grads" % name, False, p.stderr.strip()[-200:])
+        return
+    got = {k: v for k, v in load_file(out).items() if k.endswith(".grad")}
+    check("adapter gradients %s: the same tensors as PEFT's" % name, set(got) == set(ref),
+          str(sorted(set(got) ^ set(ref)))[:200])
+    worst = 0.0
+    for k in sorted(set(got) & set(ref)):
+        r = ref[k]
+        err = float((got[k] - r).norm() / max(float(r.norm()), 1e-12))
+        worst = max(worst, err)
+    check("adapter gradients %s == PyTorch autograd (normwise <= 1e-4)" % name,
+          worst <= 1e-4 and len(got) > 0, "worst %.2e over %d tensors" % (worst, len(got)))
+
+
 def adapter_checks(args, models):
     base = models["llama_bias_rope3"]
     base_dir = os.path.join(args.work, "llama_bias_rope3")
@@ -250,6 +285,7 @@ def adapter_checks(args, models):
         ref = hf_logits(pm)
         compare("peft adapter %s (sheaf logits --adapter)" % name, ref,
                 sheaf_logits(args, base_dir, adapter=ad)[0])
+        grad_check(args, pm, base_dir, ad, name)
         # sheaf merge -> transformers loads the merged dir
         md = os.path.join(args.work, "merged_" + name)
         p = run([args.sheaf, "merge", base_dir, ad, md])
