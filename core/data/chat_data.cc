@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 #include "core/json.h"
 
 namespace sheaf {
@@ -106,29 +107,19 @@ absl::StatusOr<ChatFormat> ResolveChatTemplate(const std::string& name,
       "the same"));
 }
 
-absl::StatusOr<std::vector<ChatMessage>> ParseChatLine(const std::string& line,
-                                                       const std::string& where) {
-  absl::StatusOr<Json> j = Json::Parse(line);
-  if (!j.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": not JSON: ", j.status().message()));
-  if (!j->is_object()) return absl::InvalidArgumentError(absl::StrCat(where, ": not a JSON object"));
-  const Json* messages = nullptr;
-  for (const auto& [k, v] : j->items()) {
-    if (k == "messages") {
-      messages = &v;
-    } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": unknown key \"", k, "\" (a chat line has only \"messages\")"));
-    }
+namespace {
+
+// A JSON list of {"role", "content"} messages; `field` names it in errors
+// ("messages", "prompt", "completion").
+absl::Status ParseMessages(const Json& list, const std::string& where, const std::string& field,
+                           std::vector<ChatMessage>* out) {
+  if (!list.is_array() || list.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": \"", field, "\" must be a non-empty list of {\"role\", \"content\"}"));
   }
-  if (messages == nullptr || !messages->is_array() || messages->empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": \"messages\" must be a non-empty list of {\"role\", \"content\"}"));
-  }
-  std::vector<ChatMessage> out;
-  bool assistant = false;
-  for (size_t i = 0; i < messages->size(); ++i) {
-    const Json& m = (*messages)[i];
-    const std::string at = absl::StrCat(where, ": messages[", i, "]");
+  for (size_t i = 0; i < list.size(); ++i) {
+    const Json& m = list[i];
+    const std::string at = absl::StrCat(where, ": ", field, "[", i, "]");
     if (!m.is_object()) return absl::InvalidArgumentError(absl::StrCat(at, ": not an object"));
     const Json* role = nullptr;
     const Json* content = nullptr;
@@ -153,9 +144,80 @@ absl::StatusOr<std::vector<ChatMessage>> ParseChatLine(const std::string& line,
       return absl::InvalidArgumentError(
           absl::StrCat(at, ".role: unknown role \"", r, "\" (use system, user or assistant)"));
     }
-    assistant |= r == "assistant";
-    out.push_back({r, content->as_string()});
+    out->push_back({r, content->as_string()});
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<ChatMessage>> ParseChatLine(const std::string& line,
+                                                       const std::string& where) {
+  absl::StatusOr<Json> j = Json::Parse(line);
+  if (!j.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": not JSON: ", j.status().message()));
+  if (!j->is_object()) return absl::InvalidArgumentError(absl::StrCat(where, ": not a JSON object"));
+  const Json* messages = nullptr;
+  const Json* prompt = nullptr;
+  const Json* completion = nullptr;
+  for (const auto& [k, v] : j->items()) {
+    if (k == "messages") {
+      messages = &v;
+    } else if (k == "prompt") {
+      prompt = &v;
+    } else if (k == "completion") {
+      completion = &v;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": unknown key \"", k,
+          "\" (a chat line has \"messages\", or \"prompt\" and \"completion\")"));
+    }
+  }
+  std::vector<ChatMessage> out;
+  if (messages != nullptr) {
+    if (prompt != nullptr || completion != nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": \"messages\" together with \"prompt\"/\"completion\"; use one form"));
+    }
+    RETURN_IF_ERROR(ParseMessages(*messages, where, "messages", &out));
+  } else if (prompt != nullptr || completion != nullptr) {
+    // Instruction data: the prompt is the user's turn (or a list of
+    // messages before the answer), the completion the assistant's (or a list
+    // of assistant messages); both rendered by the chat template.
+    if (prompt == nullptr || completion == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": \"", prompt == nullptr ? "prompt" : "completion", "\" is missing (a line with \"",
+          prompt == nullptr ? "completion" : "prompt", "\" needs both)"));
+    }
+    if (prompt->is_string()) {
+      out.push_back({"user", prompt->as_string()});
+    } else if (prompt->is_array()) {
+      RETURN_IF_ERROR(ParseMessages(*prompt, where, "prompt", &out));
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": \"prompt\" must be a string or a list of messages"));
+    }
+    const size_t first_completion = out.size();
+    if (completion->is_string()) {
+      out.push_back({"assistant", completion->as_string()});
+    } else if (completion->is_array()) {
+      RETURN_IF_ERROR(ParseMessages(*completion, where, "completion", &out));
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": \"completion\" must be a string or a list of messages"));
+    }
+    for (size_t i = first_completion; i < out.size(); ++i) {
+      if (out[i].role != "assistant") {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": completion[", i - first_completion,
+                                                       "].role: the completion's messages must be the assistant's"));
+      }
+    }
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": \"messages\" must be a non-empty list of {\"role\", \"content\"} (or give "
+        "\"prompt\" and \"completion\")"));
+  }
+  bool assistant = false;
+  for (const ChatMessage& m : out) assistant |= m.role == "assistant";
   if (!assistant) {
     return absl::InvalidArgumentError(
         absl::StrCat(where, ": no assistant message (nothing to train on)"));

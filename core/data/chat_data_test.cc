@@ -4,6 +4,8 @@
 // apply_chat_template is in tests/hf_reference_test.
 #include "core/data/chat_data.h"
 
+#include <algorithm>
+
 #include <filesystem>
 #include <fstream>
 
@@ -105,6 +107,65 @@ TEST(ChatData, MalformedLinesNameFileAndLine) {
     EXPECT_TRUE(absl::IsInvalidArgument(c.status())) << c.status();
     EXPECT_NE(Message(c.status()).find("data.train: " + file + ":3: "), std::string::npos) << c.status();
     EXPECT_NE(Message(c.status()).find(want), std::string::npos) << c.status();
+  }
+}
+
+// Instruction data: {"prompt", "completion"} is the user's turn and the
+// assistant's answer (strings), or lists of messages before the answer and
+// the answer's assistant messages; rendered by the same template, so the
+// loss mask lands on the completion only.
+TEST(ChatData, PromptCompletionLinesAreUserAndAssistantTurns) {
+  auto pairs = [](const std::vector<ChatMessage>& ms) {
+    std::vector<std::pair<std::string, std::string>> out;
+    for (const ChatMessage& m : ms) out.emplace_back(m.role, m.content);
+    return out;
+  };
+  using P = std::vector<std::pair<std::string, std::string>>;
+  auto a = ParseChatLine(R"({"prompt": "2+2?", "completion": "4"})", "f:1");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(pairs(*a), (P{{"user", "2+2?"}, {"assistant", "4"}}));
+  auto b = ParseChatLine(R"({"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "q"}],)"
+                         R"( "completion": [{"role": "assistant", "content": "A"}]})", "f:2");
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(pairs(*b), (P{{"system", "S"}, {"user", "q"}, {"assistant", "A"}}));
+
+  // The same rows as the messages form, token for token and mask for mask.
+  const std::string dir = Dir("prompt_completion");
+  std::unique_ptr<BpeTokenizer> tok = Tokenizer(dir);
+  ASSERT_NE(tok, nullptr);
+  std::ofstream(dir + "/pc.jsonl") << R"({"prompt": "hi", "completion": "ok"})" "\n";
+  std::ofstream(dir + "/m.jsonl")
+      << R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]})" "\n";
+  auto pc = LoadChatCorpus({dir + "/pc.jsonl"}, ChatFormat::kChatFormatChatMl, *tok, 97, "data.train");
+  auto m = LoadChatCorpus({dir + "/m.jsonl"}, ChatFormat::kChatFormatChatMl, *tok, 97, "data.train");
+  ASSERT_TRUE(pc.ok() && m.ok());
+  ASSERT_EQ((*pc)->doc_size(0), (*m)->doc_size(0));
+  std::vector<int32_t> x((*pc)->doc_size(0)), y(x.size());
+  std::vector<uint8_t> xm(x.size()), ym(x.size());
+  (*pc)->CopyTokens(0, 0, static_cast<int64_t>(x.size()), x.data());
+  (*m)->CopyTokens(0, 0, static_cast<int64_t>(y.size()), y.data());
+  (*pc)->CopyLossMask(0, 0, static_cast<int64_t>(x.size()), xm.data());
+  (*m)->CopyLossMask(0, 0, static_cast<int64_t>(y.size()), ym.data());
+  EXPECT_EQ(x, y);
+  EXPECT_EQ(xm, ym);
+  EXPECT_GT(std::count(xm.begin(), xm.end(), uint8_t{1}), 0);  // "ok" and its end-of-turn
+  EXPECT_LT(std::count(xm.begin(), xm.end(), uint8_t{1}), static_cast<long>(xm.size()));
+
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {R"({"prompt": "q"})", "\"completion\" is missing"},
+      {R"({"completion": "a"})", "\"prompt\" is missing"},
+      {R"({"prompt": 3, "completion": "a"})", "\"prompt\" must be a string or a list of messages"},
+      {R"({"prompt": "q", "completion": [{"role": "user", "content": "a"}]})",
+       "completion[0].role: the completion's messages must be the assistant's"},
+      {R"({"prompt": "q", "completion": "a", "messages": []})", "use one form"},
+      {R"({"prompt": [{"role": "user", "content": "q", "x": 1}], "completion": "a"})",
+       "prompt[0]: unknown key \"x\""},
+  };
+  for (const auto& [line, want] : bad) {
+    auto r = ParseChatLine(line, "f:9");
+    ASSERT_FALSE(r.ok()) << line;
+    EXPECT_NE(Message(r.status()).find("f:9: "), std::string::npos) << r.status();
+    EXPECT_NE(Message(r.status()).find(want), std::string::npos) << r.status();
   }
 }
 
