@@ -558,9 +558,9 @@ absl::Status Scheduler::MaybeReviveInTxn(StoreTxn& txn, absl::string_view lease_
   job.set_world_id(lease.world_id);
   job.set_last_error(absl::StrCat(
       "attempt ", lease.attempt, ": world ", lease.world_id,
-      " reconnected after its lease had expired (no heartbeat for ",
-      absl::FormatDuration(absl::Trunc(in_from, absl::Seconds(1))),
-      "); nobody had the job since, so it goes on"));
+      " reconnected after its lease had expired (",
+      absl::FormatDuration(absl::Trunc(in_from, absl::Milliseconds(1))),
+      " after the expiry); nobody had the job since, so it goes on"));
   job.set_updated_unix_ms(ToMs(now));
   RETURN_IF_ERROR(txn.UpdateJob(job, from));
   transitions->push_back({job, from, in_from, job.last_error()});
