@@ -56,9 +56,10 @@ Local commands:
   eval --model DIR [--adapter DIR] --data PATH [--seq-len N] [--max-seqs N]
        [--threads N] [--tokenizer NAME]
                           mean loss and perplexity of a model (+ adapter)
-  merge [--dtype bf16|f32|f16] BASE_DIR ADAPTER_DIR OUT_DIR
+  merge [--dtype bf16|f32|f16] [--max-shard-size SIZE] BASE_DIR ADAPTER_DIR OUT_DIR
                           write BASE with the PEFT adapter merged into it
-                          (dtype default: the base's; tokenizer files copied)
+                          (dtype default: the base's; tokenizer files copied;
+                          shards with an index above SIZE, default 5G)
 %ARITH%  data tokenize --out FILE.tok [--model DIR] [--tokenizer NAME|FILE]
                 [--format text|paragraphs|jsonl] PATH...
                           tokenise a corpus once for mmap reads (the model's
@@ -250,7 +251,7 @@ SafetensorsDtype BaseDtype(const std::string& dir) {
 }
 
 int Merge(const std::vector<std::string>& args_in) {
-  absl::StatusOr<ParsedArgs> parsed = ParseArgs(args_in, {{"dtype"}});
+  absl::StatusOr<ParsedArgs> parsed = ParseArgs(args_in, {{"dtype"}, {"max-shard-size"}});
   if (!parsed.ok()) return Usage(absl::StrCat("merge: ", parsed.status().message()));
   const std::vector<std::string>& args = parsed->positional;
   if (args.size() != 3) return Usage("merge takes BASE_DIR ADAPTER_DIR OUT_DIR");
@@ -266,6 +267,14 @@ int Merge(const std::vector<std::string>& args_in) {
   } else if (out_dtype != SafetensorsDtype::kDtypeBF16 && out_dtype != SafetensorsDtype::kDtypeF16) {
     out_dtype = SafetensorsDtype::kDtypeF32;
   }
+  // transformers' save_pretrained default (max_shard_size "5GB").
+  int64_t max_shard = int64_t{5} * 1000 * 1000 * 1000;
+  if (parsed->Has("max-shard-size")) {
+    absl::StatusOr<int64_t> b = ParseByteSize("max-shard-size", parsed->Last("max-shard-size"));
+    if (!b.ok()) return Usage(std::string(b.status().message()));
+    if (*b < 1) return Usage("merge: --max-shard-size must be > 0");
+    max_shard = *b;
+  }
   if (absl::Status s = CheckWeightsMatchConfig(*config, args[0]); !s.ok()) return FailInput(s);
   absl::StatusOr<std::unique_ptr<Model>> model = Model::Create(*config, NothingTrainable);
   if (!model.ok()) return FailInput(model.status());
@@ -274,7 +283,7 @@ int Merge(const std::vector<std::string>& args_in) {
   if (!a.ok()) return Fail(a.status(), 2);
   if (absl::Status s = CheckAdapterBaseCopies(**model, **a); !s.ok()) return Fail(s, 2);
   if (absl::Status s = (*model)->MergeAdapter(**a); !s.ok()) return Fail(s, 2);
-  if (absl::Status s = (*model)->Save(args[2], out_dtype); !s.ok()) return Fail(s);
+  if (absl::Status s = (*model)->Save(args[2], out_dtype, max_shard); !s.ok()) return Fail(s);
   // The tokenizer and generation files beside the merged model, so that
   // AutoTokenizer / generate work on it as on the base.
   absl::StatusOr<std::vector<std::string>> copied = CopyHfSideFiles(args[0], args[2]);

@@ -6,6 +6,7 @@
 #include <limits>
 #include <string_view>
 #include <filesystem>
+#include <list>
 #include <optional>
 #include <random>
 #include <set>
@@ -14,7 +15,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/backend.h"
 #include "core/quant/nf4.h"
@@ -383,6 +386,19 @@ absl::Status Model::Save(const std::string& dir, SafetensorsDtype file_dtype) co
   return SaveImpl(dir, file_dtype);
 }
 
+absl::Status Model::Save(const std::string& dir, SafetensorsDtype file_dtype,
+                         int64_t max_shard_bytes) const {
+  if (max_shard_bytes < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("Save: max_shard_bytes ", max_shard_bytes, " < 1"));
+  }
+  if (file_dtype != SafetensorsDtype::kDtypeF32 && file_dtype != SafetensorsDtype::kDtypeBF16 &&
+      file_dtype != SafetensorsDtype::kDtypeF16) {
+    return absl::InvalidArgumentError(absl::StrCat("Save: dtype ", SafetensorsDtypeName(file_dtype),
+                                                   " (use F32, BF16 or F16)"));
+  }
+  return SaveImpl(dir, file_dtype, max_shard_bytes);
+}
+
 namespace {
 
 absl::Status WriteTextAtomically(const std::string& path, const std::string& text) {
@@ -407,7 +423,8 @@ const char* TorchDtypeName(SafetensorsDtype d) {
 
 }  // namespace
 
-absl::Status Model::SaveImpl(const std::string& dir, std::optional<SafetensorsDtype> all) const {
+absl::Status Model::SaveImpl(const std::string& dir, std::optional<SafetensorsDtype> all,
+                             int64_t max_shard_bytes) const {
   if (frozen_.data() == nullptr && frozen_.num_slots() > 0) {
     return absl::FailedPreconditionError("cannot save a model whose frozen weights are sharded");
   }
@@ -428,8 +445,18 @@ absl::Status Model::SaveImpl(const std::string& dir, std::optional<SafetensorsDt
     g += "  \"_from_model_config\": true\n}\n";
     RETURN_IF_ERROR(WriteTextAtomically(dir + "/generation_config.json", g));
   }
-  SafetensorsWriter writer;
-  std::vector<std::vector<float>> widened;  // bf16 tensors, written back as BF16 (exact)
+  struct Out {
+    std::string name;
+    std::vector<int64_t> shape;
+    const float* data;
+    SafetensorsDtype dtype;
+  };
+  std::vector<Out> outs;  // every tensor, in the order of all()
+  auto add = [&outs](const std::string& name, std::span<const int64_t> shape, const float* data,
+                     SafetensorsDtype dtype) {
+    outs.push_back({name, std::vector<int64_t>(shape.begin(), shape.end()), data, dtype});
+  };
+  std::list<std::vector<float>> widened;  // bf16 tensors, written back as BF16 (exact); stable
   for (Param* p : const_cast<ModelWeights&>(weights_).all()) {
     if (p->value.dtype == DType::kDTypeNF4) {
       // NF4 has no safetensors dtype: the dequantised values, as F32 (exact:
@@ -437,19 +464,79 @@ absl::Status Model::SaveImpl(const std::string& dir, std::optional<SafetensorsDt
       widened.emplace_back(static_cast<size_t>(p->value.numel()));
       quant::DequantizeNf4(static_cast<const uint8_t*>(p->value.raw()), 0, p->value.numel(),
                            widened.back().data());
-      writer.Add(p->name, p->value.shape, widened.back().data(),
-                 all ? *all : SafetensorsDtype::kDtypeF32);
+      add(p->name, p->value.shape, widened.back().data(),
+          all ? *all : SafetensorsDtype::kDtypeF32);
     } else if (p->value.dtype == DType::kDTypeBF16) {
       widened.emplace_back(static_cast<size_t>(p->value.numel()));
       const uint16_t* bits = static_cast<const uint16_t*>(p->value.raw());
       for (size_t i = 0; i < widened.back().size(); ++i) widened.back()[i] = Bf16ToF32(bits[i]);
-      writer.Add(p->name, p->value.shape, widened.back().data(),
-                 all ? *all : SafetensorsDtype::kDtypeBF16);
+      add(p->name, p->value.shape, widened.back().data(),
+          all ? *all : SafetensorsDtype::kDtypeBF16);
     } else {
-      writer.Add(p->name, p->value.shape, p->value.data, all ? *all : SafetensorsDtype::kDtypeF32);
+      add(p->name, p->value.shape, p->value.data, all ? *all : SafetensorsDtype::kDtypeF32);
     }
   }
-  return writer.Write(dir + "/model.safetensors", {{"format", "pt"}});
+  // Shards: tensors in order, a new shard when the next would not fit.
+  auto bytes_of = [](const Out& o) {
+    int64_t n = 1;
+    for (int64_t d : o.shape) n *= d;
+    return n * (o.dtype == SafetensorsDtype::kDtypeF32 ? 4 : 2);
+  };
+  std::vector<std::vector<size_t>> shards(1);
+  int64_t total = 0, in_shard = 0;
+  for (size_t i = 0; i < outs.size(); ++i) {
+    const int64_t b = bytes_of(outs[i]);
+    if (max_shard_bytes > 0 && !shards.back().empty() && in_shard + b > max_shard_bytes) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    shards.back().push_back(i);
+    in_shard += b;
+    total += b;
+  }
+  const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
+  // Shards of an earlier save that this one does not rewrite.
+  auto remove_stale_shards = [&](int keep) {
+    const std::string suffix = absl::StrFormat("-of-%05d.safetensors", keep);
+    std::vector<std::filesystem::path> stale;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      const std::string name = e.path().filename().string();
+      const bool shard = name.size() == 32 && name.rfind("model-", 0) == 0 &&
+                         name.compare(11, 4, "-of-") == 0 && absl::EndsWith(name, ".safetensors");
+      if (shard && (keep == 0 || !absl::EndsWith(name, suffix))) stale.push_back(e.path());
+    }
+    for (const auto& path : stale) std::filesystem::remove(path, ec);
+  };
+  if (shards.size() == 1) {
+    SafetensorsWriter w;
+    for (const Out& o : outs) w.Add(o.name, o.shape, o.data, o.dtype);
+    RETURN_IF_ERROR(w.Write(single, {{"format", "pt"}}));
+    std::filesystem::remove(index, ec);  // a stale index would win over the file
+    remove_stale_shards(0);
+    return absl::OkStatus();
+  }
+  const int n = static_cast<int>(shards.size());
+  std::vector<std::pair<std::string, std::string>> weight_map;
+  for (int s = 0; s < n; ++s) {
+    const std::string file = absl::StrFormat("model-%05d-of-%05d.safetensors", s + 1, n);
+    SafetensorsWriter w;
+    for (size_t i : shards[static_cast<size_t>(s)]) {
+      w.Add(outs[i].name, outs[i].shape, outs[i].data, outs[i].dtype);
+      weight_map.emplace_back(outs[i].name, file);
+    }
+    RETURN_IF_ERROR(w.Write(dir + "/" + file, {{"format", "pt"}}));
+  }
+  std::sort(weight_map.begin(), weight_map.end());
+  std::string text = absl::StrCat("{\n  \"metadata\": {\"total_size\": ", total, "},\n  \"weight_map\": {\n");
+  for (size_t i = 0; i < weight_map.size(); ++i) {
+    absl::StrAppend(&text, "    \"", weight_map[i].first, "\": \"", weight_map[i].second, "\"",
+                    i + 1 < weight_map.size() ? ",\n" : "\n");
+  }
+  text += "  }\n}\n";
+  RETURN_IF_ERROR(WriteTextAtomically(index, text));
+  std::filesystem::remove(single, ec);  // a stale single file beside the shards
+  remove_stale_shards(n);
+  return absl::OkStatus();
 }
 
 namespace {

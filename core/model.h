@@ -222,6 +222,13 @@ class Model {
   // as transformers' save_pretrained of a model in that dtype), and
   // config.json's torch_dtype saying so.
   absl::Status Save(const std::string& dir, SafetensorsDtype file_dtype) const;
+  // As Save(dir, file_dtype), in shards of at most max_shard_bytes of
+  // tensor data when the whole is larger (a tensor larger than that gets a
+  // shard of its own), as transformers' save_pretrained(max_shard_size):
+  // model-00001-of-0000N.safetensors ... and model.safetensors.index.json
+  // ({"metadata": {"total_size"}, "weight_map"}). One file when it fits.
+  absl::Status Save(const std::string& dir, SafetensorsDtype file_dtype,
+                    int64_t max_shard_bytes) const;
 
   // Runs the model on tokens [B*T] with the adapter plan's entries on the
   // projections, then the loss head. With the LM head, targets [B*T] (may be
@@ -291,7 +298,8 @@ class Model {
 
  private:
   explicit Model(const ModelConfig& config) : config_(config) {}
-  absl::Status SaveImpl(const std::string& dir, std::optional<SafetensorsDtype> all) const;
+  absl::Status SaveImpl(const std::string& dir, std::optional<SafetensorsDtype> all,
+                        int64_t max_shard_bytes = 0) const;  // 0: one file
   // Plans activations for (B, T), the plan's layout and the head; keeps the
   // current plan when it fits.
   void PlanActivations(int B, int T, const AdapterPlan& plan, const LossHead& head);

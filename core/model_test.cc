@@ -3,11 +3,17 @@
 // LoRA merge equivalence.
 #include "core/model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <functional>
 #include <cstring>
 #include <random>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "gtest/gtest.h"
 
 namespace sheaf {
@@ -365,6 +371,58 @@ ModelConfig Bf16Config() {
   c.attention_bias = true;
   c.layers = {{4, 2, 96}, {4, 2, 96}};
   return c;
+}
+
+// Save with a shard limit: shards and an index above it (transformers'
+// layout), one file below; both load back to the same weights bit for bit.
+TEST(Model, SaveShardsAboveTheLimitAndLoadsBack) {
+  const ModelConfig c = Bf16Config();
+  auto src = Model::Create(c, NothingTrainable);
+  ASSERT_TRUE(src.ok()) << src.status();
+  (*src)->InitRandom(5, 0.3f);
+  int64_t total = 0, largest = 0;
+  for (Param* p : (*src)->weights().all()) {
+    total += p->value.numel() * 4;
+    largest = std::max<int64_t>(largest, p->value.numel() * 4);
+  }
+  const std::string dir = ::testing::TempDir() + "/sharded_model";
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE((*src)->Save(dir, SafetensorsDtype::kDtypeF32, total / 3).ok());
+  EXPECT_FALSE(std::filesystem::exists(dir + "/model.safetensors"));
+  ASSERT_TRUE(std::filesystem::exists(dir + "/model.safetensors.index.json"));
+  int shards = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("model-", 0) == 0) {
+      ++shards;
+      EXPECT_LE(static_cast<int64_t>(std::filesystem::file_size(e.path())),
+                std::max(total / 3, largest) + 64 * 1024) << name;  // + the header
+    }
+  }
+  EXPECT_GE(shards, 3);
+  std::ifstream index_file(dir + "/model.safetensors.index.json");
+  const std::string index((std::istreambuf_iterator<char>(index_file)), std::istreambuf_iterator<char>());
+  EXPECT_NE(index.find(absl::StrCat("\"total_size\": ", total)), std::string::npos) << index;
+  EXPECT_NE(index.find(absl::StrFormat("model-00001-of-%05d.safetensors", shards)), std::string::npos);
+  auto back = Model::Create(c, NothingTrainable);
+  ASSERT_TRUE(back.ok());
+  ASSERT_TRUE((*back)->LoadWeights(dir).ok());
+  for (size_t i = 0; i < (*src)->weights().all().size(); ++i) {
+    const Param* a = (*src)->weights().all()[i];
+    const Param* b = (*back)->weights().all()[i];
+    ASSERT_EQ(a->value.numel(), b->value.numel()) << a->name;
+    EXPECT_EQ(std::memcmp(a->value.data, b->value.data, a->value.numel() * 4), 0) << a->name;
+  }
+  // Saving again under a limit it fits: one file, and the stale index goes.
+  ASSERT_TRUE((*src)->Save(dir, SafetensorsDtype::kDtypeF32, total * 2).ok());
+  EXPECT_TRUE(std::filesystem::exists(dir + "/model.safetensors"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/model.safetensors.index.json"));
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    EXPECT_NE(e.path().filename().string().rfind("model-", 0), 0u) << "stale shard " << e.path();
+  }
+  auto again = Model::Create(c, NothingTrainable);
+  ASSERT_TRUE((*again)->LoadWeights(dir).ok());
+  EXPECT_FALSE((*src)->Save(dir, SafetensorsDtype::kDtypeF32, 0).ok());
 }
 
 TEST(Model, Bf16FrozenWeightsGiveTheLossOfTheWidenedWeightsInHalfTheMemory) {

@@ -313,6 +313,19 @@ def adapter_checks(args, models):
         dt = {str(v.dtype) for v in st.values()}
         want_t = "torch.bfloat16" if want == "BF16" else "torch.float32"
         check("sheaf merge %s keeps dtype %s" % (" ".join(flag) or "(default)", want), dt == {want_t}, str(dt))
+    # --max-shard-size: shards + index that transformers loads, equal to the one-file merge.
+    out = os.path.join(args.work, "merged_sharded")
+    p = run([args.sheaf, "merge", "--max-shard-size", "20K", base_dir, ad, out])
+    shards = sorted(f for f in os.listdir(out) if f.startswith("model-")) if p.returncode == 0 else []
+    check("sheaf merge --max-shard-size 20K writes shards and an index",
+          len(shards) >= 2 and os.path.exists(os.path.join(out, "model.safetensors.index.json"))
+          and not os.path.exists(os.path.join(out, "model.safetensors")), str(shards))
+    if shards:
+        sharded = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager")
+        compare("sharded sheaf merge loaded by transformers == one-file merge",
+                hf_logits(AutoModelForCausalLM.from_pretrained(os.path.join(args.work, "merged_regex_targets"),
+                                                               attn_implementation="eager")),
+                hf_logits(sharded))
     # PEFT saved the base lm_head beside an lm_head LoRA; a copy that
     # differs from the base would override it in PEFT: refused.
     from safetensors.torch import save_file
