@@ -571,9 +571,22 @@ absl::StatusOr<proto::JobSpec> Parse(const std::string& yaml,
                                                      "); a spec is UTF-8 text"));
     }
   }
+  // YAML line breaks are CR LF, CR or LF (YAML 1.2, b-break); yaml-cpp
+  // misreads a lone CR (fuzz finding: "key: value   \r  # comment" kept the
+  // trailing blanks in the value, which then did not survive the round
+  // trip). Both become LF here, so line numbers in errors count them too.
+  std::string text;
+  text.reserve(yaml.size());
+  for (size_t i = 0; i < yaml.size(); ++i) {
+    if (yaml[i] != '\r') {
+      text.push_back(yaml[i]);
+    } else if (i + 1 >= yaml.size() || yaml[i + 1] != '\n') {
+      text.push_back('\n');
+    }
+  }
   proto::JobSpec spec;
   try {
-    ASSIGN_OR_RETURN(std::vector<YAML::Node> documents, LoadDocuments(origin, yaml));
+    ASSIGN_OR_RETURN(std::vector<YAML::Node> documents, LoadDocuments(origin, text));
     if (!documents.empty()) {
       RETURN_IF_ERROR(MergeMessage(origin, documents[0], &spec, ""));
     }

@@ -352,6 +352,24 @@ TEST(ParseJobSpecYamlTest, InvalidUtf8IsRefusedInTextAndOverrides) {
   EXPECT_EQ(spec->name(), "caf\xc3\xa9 \xe6\x97\xa5");
 }
 
+// Fuzz finding (tools/fuzz.sh spec): a lone CR ended a line for the YAML
+// spec but not for yaml-cpp, so "gate_input: crm_final   \r  # comment"
+// parsed with the blanks in the value. CR LF and lone CR are line breaks.
+TEST(ParseJobSpecYamlTest, CrAndCrLfAreLineBreaks) {
+  for (const char* text : {"name: job   \r# a comment\rbase_model: tiny\rlora:\r",
+                           "name: job   \r\n# a comment\r\nbase_model: tiny\r\nlora:\r\n"}) {
+    absl::StatusOr<proto::JobSpec> spec = ParseJobSpecYaml(text);
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    EXPECT_EQ(spec->name(), "job");
+    EXPECT_EQ(spec->base_model(), "tiny");
+    EXPECT_TRUE(spec->has_lora());
+  }
+  // Errors still name the line, counting CRs as breaks.
+  absl::StatusOr<proto::JobSpec> bad = ParseJobSpecYaml("name: a\rbase_model: tiny\rnope: 1\rlora:\r");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), StartsWith("3:1: nope")) << bad.status();
+}
+
 void ExpectRoundTrip(const proto::JobSpec& spec) {
   const std::string yaml = JobSpecToYaml(spec);
   absl::StatusOr<proto::JobSpec> back = ParseJobSpecYaml(yaml);
