@@ -58,6 +58,16 @@ std::string UnsafePatternReason(const std::string& p) {
   };
   for (size_t i = 0; i < p.size();) {
     const char ch = p[i];
+    if (const size_t q = quantifier_len(i); q > 1) {
+      // A counted repetition: at most 1000 (libstdc++ builds one state per
+      // count and overflows on long numbers).
+      for (size_t j = i + 1, digits = 0; j < i + q; ++j) {
+        digits = std::isdigit(static_cast<unsigned char>(p[j])) ? digits + 1 : 0;
+        if (digits > 3 && !(digits == 4 && p.compare(j - 3, 4, "1000") == 0)) {
+          return absl::StrCat("repeats more than 1000 times at character ", i);
+        }
+      }
+    }
     if (const size_t q = quantifier_len(i); q > 0 && prev != Prev::kNothing) {
       if (prev == Prev::kQuantifier && ch == '?' && q == 1) {
         prev = Prev::kLazy;
@@ -78,6 +88,11 @@ std::string UnsafePatternReason(const std::string& p) {
       continue;
     }
     if (ch == '\\') {
+      // Backreferences: nothing PEFT needs, and libstdc++ overflows on
+      // long ones (fuzz finding: "\\888...8" is signed overflow, UB).
+      if (i + 1 < p.size() && p[i + 1] >= '1' && p[i + 1] <= '9') {
+        return absl::StrCat("uses a backreference at character ", i, " (not supported)");
+      }
       i += 2;
       prev = Prev::kAtom;
       continue;

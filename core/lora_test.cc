@@ -193,13 +193,15 @@ TEST(LoraOptions, BadPatternsAreErrorsNamingThePattern) {
 }
 
 // Fuzz finding (tools/fuzz.sh peft_config): target_modules ".**\\.1..."
-// kept std::regex backtracking for longer than the fuzzer's 10 s limit.
+// kept std::regex backtracking for longer than the fuzzer's 10 s limit, and
+// "\\888...8" (a backreference) overflowed a signed integer in libstdc++.
 // Patterns that can take exponential time are refused before compiling,
 // naming the pattern; the forms PEFT configs use still match.
 TEST(LoraOptions, PatternsThatCanTakeExponentialTimeAreRefused) {
   const ModelConfig c = SmallConfig();
   for (const char* bad : {".**\\.1\\.self_attn", "q_proj+*", "(a+)*q_proj", "((ab)*c)+",
-                          "(x{2,})+", "(?:a|b*){2,5}"}) {
+                          "(x{2,})+", "(?:a|b*){2,5}", "q\\1", "self_attn\\888888888888888888888",
+                          "q{1001}", "q{2,99999999999999999999}"}) {
     LoraOptions o;
     o.rank_pattern = {{bad, 2}};
     absl::Status s = o.Validate(c);
@@ -214,7 +216,7 @@ TEST(LoraOptions, PatternsThatCanTakeExponentialTimeAreRefused) {
   // Accepted, and matching as PEFT's patterns do.
   o.rank = 4;
   o.rank_pattern = {{"(.*\\.)?layers\\.[0-1]\\..*?q_proj", 2}, {"mlp\\.(up|down)_proj", 3},
-                    {"layers\\.\\d+\\.self_attn\\.v_proj{1}", 5}, {"[*+]", 9}};
+                    {"layers\\.\\d+\\.self_attn\\.v_proj{1}", 5}, {"[*+]", 9}, {"x{1000}", 9}};
   EXPECT_TRUE(o.Validate(c).ok()) << o.Validate(c);
   EXPECT_EQ(o.RankFor("model.layers.1.self_attn.q_proj"), 2);
   EXPECT_EQ(o.RankFor("model.layers.0.mlp.down_proj"), 3);
