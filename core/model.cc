@@ -3,14 +3,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <limits>
-#include <string_view>
 #include <filesystem>
+#include <limits>
 #include <list>
 #include <optional>
 #include <random>
 #include <set>
 #include <span>
+#include <string_view>
 
 #include <sys/mman.h>
 #include <unistd.h>
