@@ -571,6 +571,32 @@ absl::StatusOr<proto::JobSpec> Parse(const std::string& yaml,
                                                      "); a spec is UTF-8 text"));
     }
   }
+  // Control characters are not YAML text (YAML 1.2 c-printable: tab, LF,
+  // CR, and no other C0, DEL or C1 character); fuzz finding: a NUL inside a
+  // list item came back from JobSpecToYaml as a different string.
+  auto find_control = [](const std::string& t) -> size_t {
+    for (size_t i = 0; i < t.size(); ++i) {
+      const unsigned char c = static_cast<unsigned char>(t[i]);
+      if ((c < 0x20 && c != '\t' && c != '\n' && c != '\r') || c == 0x7f) return i;
+      if (c == 0xc2 && i + 1 < t.size()) {
+        const unsigned char d = static_cast<unsigned char>(t[i + 1]);
+        if (d >= 0x80 && d <= 0x9f && d != 0x85) return i;
+      }
+    }
+    return std::string::npos;
+  };
+  if (const size_t bad = find_control(yaml); bad != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source_prefix.empty() ? "spec:" : source_prefix, " control character 0x",
+        absl::Hex(static_cast<unsigned char>(yaml[bad]), absl::kZeroPad2), " at byte ", bad,
+        "; a spec is text"));
+  }
+  for (const std::string& override_text : overrides) {
+    if (const size_t bad = find_control(override_text); bad != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("override '", override_text.substr(0, bad),
+                                                     "...': control character at byte ", bad));
+    }
+  }
   // YAML line breaks are CR LF, CR or LF (YAML 1.2, b-break); yaml-cpp
   // misreads a lone CR (fuzz finding: "key: value   \r  # comment" kept the
   // trailing blanks in the value, which then did not survive the round

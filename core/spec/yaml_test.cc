@@ -352,6 +352,26 @@ TEST(ParseJobSpecYamlTest, InvalidUtf8IsRefusedInTextAndOverrides) {
   EXPECT_EQ(spec->name(), "caf\xc3\xa9 \xe6\x97\xa5");
 }
 
+// Fuzz finding (tools/fuzz.sh spec): a NUL inside a list item parsed and
+// did not survive JobSpecToYaml. Control characters other than tab, LF and
+// CR are not YAML text and are refused, naming the byte.
+TEST(ParseJobSpecYamlTest, ControlCharactersAreRefused) {
+  const std::string with_nul("base_model: tiny\nlora: {adapter: {targets: [q_proj, \x01\0_proj]}}\n", 63);
+  absl::StatusOr<proto::JobSpec> spec = ParseJobSpecYaml(with_nul);
+  ASSERT_FALSE(spec.ok());
+  EXPECT_THAT(std::string(spec.status().message()), HasSubstr("control character 0x01 at byte 52"));
+  spec = ParseJobSpecYaml("name: a\x7f\nbase_model: tiny\nlora:\n");
+  EXPECT_THAT(std::string(spec.status().message()), HasSubstr("control character 0x7f"));
+  spec = ParseJobSpecYaml("name: a\xc2\x9b\nbase_model: tiny\nlora:\n");  // C1 (CSI)
+  EXPECT_THAT(std::string(spec.status().message()), HasSubstr("control character 0xc2"));
+  spec = ParseJobSpecYaml("base_model: tiny\nlora:\n", {"name=a\x1b[31m"});
+  EXPECT_THAT(std::string(spec.status().message()), HasSubstr("control character at byte 6"));
+  // Tabs in comments, and NEL / non-breaking spaces in text, stay allowed.
+  spec = ParseJobSpecYaml("name: \"a\xc2\xa0" "b\"\t# tab\nbase_model: tiny\nlora:\n");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->name(), "a\xc2\xa0" "b");
+}
+
 // Fuzz finding (tools/fuzz.sh spec): a lone CR ended a line for the YAML
 // spec but not for yaml-cpp, so "gate_input: crm_final   \r  # comment"
 // parsed with the blanks in the value. CR LF and lone CR are line breaks.
