@@ -106,10 +106,12 @@ int RunLogits(const std::vector<std::string>& args) {
       tokens.data(), grads ? targets.data() : nullptr, B, T, adapter.get(), /*training=*/grads);
   if (!st.ok()) return Fail(st.status());
   const int V = config->vocab_size;
-  const std::vector<float> logits_copy((*model)->logits(),
-                                       (*model)->logits() + static_cast<int64_t>(B) * T * V);
-  const float* logits = logits_copy.data();
+  // Backward reuses activation memory: keep the logits it may overwrite.
+  std::vector<float> logits_copy;
+  const float* logits = (*model)->logits();
   if (grads) {
+    logits_copy.assign(logits, logits + static_cast<int64_t>(B) * T * V);
+    logits = logits_copy.data();
     adapter->grads().Zero();
     if (absl::Status s = (*model)->Backward(1.0f / static_cast<float>(st->tokens)); !s.ok()) {
       return Fail(s);

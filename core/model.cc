@@ -5,12 +5,10 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
-#include <list>
 #include <optional>
 #include <random>
 #include <set>
 #include <span>
-#include <string_view>
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -456,7 +454,7 @@ absl::Status Model::SaveImpl(const std::string& dir, std::optional<SafetensorsDt
                      SafetensorsDtype dtype) {
     outs.push_back({name, std::vector<int64_t>(shape.begin(), shape.end()), data, dtype});
   };
-  std::list<std::vector<float>> widened;  // bf16 tensors, written back as BF16 (exact); stable
+  std::vector<std::vector<float>> widened;  // bf16 tensors, written back as BF16 (exact)
   for (Param* p : const_cast<ModelWeights&>(weights_).all()) {
     if (p->value.dtype == DType::kDTypeNF4) {
       // NF4 has no safetensors dtype: the dequantised values, as F32 (exact:
@@ -728,7 +726,7 @@ void Model::PlanActivations(int B, int T, const AdapterPlan& plan, const LossHea
   planned_J_ = plan_J;
 }
 
-void Model::FillRopeTables(float* cos, float* sin, int64_t T) {
+void Model::FillRopeTables(float* cos, float* sin, int64_t T) const {
   const ModelConfig& c = config_;
   const int64_t HD = c.head_dim;
   if (c.rope_scaling.none()) {
@@ -943,15 +941,14 @@ absl::StatusOr<Model::KvCache> Model::NewKvCache(int max_len) const {
   const size_t half = static_cast<size_t>(c.head_dim / 2);
   cache.cos.assign(static_cast<size_t>(max_len) * half, 0.0f);
   cache.sin.assign(static_cast<size_t>(max_len) * half, 0.0f);
-  // The tables need the backend (RopeTables), which is not const.
-  const_cast<Model*>(this)->FillRopeTables(cache.cos.data(), cache.sin.data(), max_len);
+  FillRopeTables(cache.cos.data(), cache.sin.data(), max_len);
   return cache;
 }
 
 absl::Status Model::ForwardCached(const int32_t* tokens, int n, LoraAdapter* adapter,
                                   KvCache& cache) {
   const ModelConfig& c = config_;
-  if (std::string_view(backend_->name()) != "cpu") {
+  if (backend_->device() != Device::kDeviceCpu) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the KV cache is host-only so far; backend ", backend_->name(), " keeps device memory"));
   }

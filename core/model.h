@@ -314,7 +314,7 @@ class Model {
   // The adapter's K = 1 plan into last_plan_ (cached per adapter).
   absl::Status UseAdapterPlan(LoraAdapter* adapter);
   // RoPE tables [T, HD/2] for positions 0..T-1 (scaled on the host).
-  void FillRopeTables(float* cos, float* sin, int64_t T);
+  void FillRopeTables(float* cos, float* sin, int64_t T) const;
   // lm_head entries of last_plan_ on the selected rows and columns.
   void SelectedHeadEntriesForward(const LossHead& head, bool training);
   void SelectedHeadEntriesBackward(const LossHead& head);

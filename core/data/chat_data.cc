@@ -188,23 +188,19 @@ absl::StatusOr<std::vector<ChatMessage>> ParseChatLine(const std::string& line,
           where, ": \"", prompt == nullptr ? "prompt" : "completion", "\" is missing (a line with \"",
           prompt == nullptr ? "completion" : "prompt", "\" needs both)"));
     }
-    if (prompt->is_string()) {
-      out.push_back({"user", prompt->as_string()});
-    } else if (prompt->is_array()) {
-      RETURN_IF_ERROR(ParseMessages(*prompt, where, "prompt", &out));
-    } else {
+    // A string is one message of `role`; a list is messages as they are.
+    auto take = [&](const Json& v, const char* field, const char* role) -> absl::Status {
+      if (v.is_string()) {
+        out.push_back({role, v.as_string()});
+        return absl::OkStatus();
+      }
+      if (v.is_array()) return ParseMessages(v, where, field, &out);
       return absl::InvalidArgumentError(
-          absl::StrCat(where, ": \"prompt\" must be a string or a list of messages"));
-    }
+          absl::StrCat(where, ": \"", field, "\" must be a string or a list of messages"));
+    };
+    RETURN_IF_ERROR(take(*prompt, "prompt", "user"));
     const size_t first_completion = out.size();
-    if (completion->is_string()) {
-      out.push_back({"assistant", completion->as_string()});
-    } else if (completion->is_array()) {
-      RETURN_IF_ERROR(ParseMessages(*completion, where, "completion", &out));
-    } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": \"completion\" must be a string or a list of messages"));
-    }
+    RETURN_IF_ERROR(take(*completion, "completion", "assistant"));
     for (size_t i = first_completion; i < out.size(); ++i) {
       if (out[i].role != "assistant") {
         return absl::InvalidArgumentError(absl::StrCat(where, ": completion[", i - first_completion,

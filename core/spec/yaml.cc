@@ -565,12 +565,6 @@ absl::StatusOr<proto::JobSpec> Parse(const std::string& yaml,
         source_prefix.empty() ? "spec:" : source_prefix, " not valid UTF-8 (byte ", bad,
         "); a spec is UTF-8 text"));
   }
-  for (const std::string& override_text : overrides) {
-    if (const size_t bad = FindInvalidUtf8(override_text); bad != std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat("override: not valid UTF-8 (byte ", bad,
-                                                     "); a spec is UTF-8 text"));
-    }
-  }
   // Control characters are not YAML text (YAML 1.2 c-printable: tab, LF,
   // CR, and no other C0, DEL or C1 character); fuzz finding: a NUL inside a
   // list item came back from JobSpecToYaml as a different string.
@@ -592,6 +586,10 @@ absl::StatusOr<proto::JobSpec> Parse(const std::string& yaml,
         "; a spec is text"));
   }
   for (const std::string& override_text : overrides) {
+    if (const size_t bad = FindInvalidUtf8(override_text); bad != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("override: not valid UTF-8 (byte ", bad,
+                                                     "); a spec is UTF-8 text"));
+    }
     if (const size_t bad = find_control(override_text); bad != std::string::npos) {
       return absl::InvalidArgumentError(absl::StrCat("override '", override_text.substr(0, bad),
                                                      "...': control character at byte ", bad));
@@ -773,11 +771,7 @@ absl::StatusOr<proto::JobSpec> ParseJobSpecFile(
     }
     return contents.status();
   }
-  if (const size_t bad = FindInvalidUtf8(*contents); bad != std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": not valid UTF-8 (byte ", bad, "); a spec is UTF-8 text"));
-  }
-  return Parse(*contents, overrides, path + ":");
+  return Parse(*contents, overrides, path + ":");  // refuses invalid UTF-8, naming the path
 }
 
 std::string JobSpecToYaml(const proto::JobSpec& spec) {
