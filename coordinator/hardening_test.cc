@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -16,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -117,6 +119,7 @@ class Coordinator {
         absl::StrCat("127.0.0.1:", port()), grpc::InsecureChannelCredentials()));
   }
   const TokenAuthenticator* auth() const { return auth_.get(); }
+  const std::string& dir() const { return dir_; }
 
  private:
   std::string dir_;
@@ -290,6 +293,93 @@ TEST(FetchStreamsTest, AStalledGrpcReaderIsCutOffAndAnActiveOneIsNot) {
   EXPECT_EQ(bytes, 3 << 20);
 }
 
+
+// ---------------------------------------------------------------- Item 8
+
+std::string ReadRunfile(const std::string& rel) {
+  const char* base = std::getenv("TEST_SRCDIR");
+  std::ifstream f(absl::StrCat(base ? base : ".", "/sheaf/", rel), std::ios::binary);
+  std::stringstream text;
+  text << f.rdbuf();
+  return text.str();
+}
+
+// A config.json that claims a model far larger than its weights used to be
+// accepted with a memory estimate no world could hold, and then waited
+// forever (never leased, so the lie was never found). The coordinator now
+// reads the weights' headers (not the weights) beneath the model root at
+// submit and refuses the job naming the tensor; a FIFO config is refused
+// without blocking; a model whose files the coordinator cannot see is still
+// accepted (workers check again).
+TEST(LyingConfigTest, AConfigThatDisagreesWithItsWeightsIsRefusedAtSubmit) {
+  Coordinator c;
+  const std::string config = ReadRunfile("models/tiny-en/config.json");
+  const std::string weights = ReadRunfile("models/tiny-en/model.safetensors");
+  ASSERT_FALSE(config.empty());
+  ASSERT_GT(weights.size(), 1000u);
+  auto model = [&](const std::string& name, const std::string& config_text) {
+    fs::create_directories(c.dir() + "/models/" + name);
+    std::ofstream(c.dir() + "/models/" + name + "/model.safetensors", std::ios::binary) << weights;
+    if (!config_text.empty()) {
+      std::ofstream(c.dir() + "/models/" + name + "/config.json") << config_text;
+    }
+  };
+  auto with = [&](const std::string& key, const std::string& value) {
+    std::string text = config;
+    const std::string needle = "\"" + key + "\":";
+    const size_t at = text.find(needle);
+    EXPECT_NE(at, std::string::npos) << key;
+    text.replace(at, text.find_first_of(",}", at) - at, needle + " " + value);
+    return text;
+  };
+  model("real", config);
+  model("hidden", with("hidden_size", "16777216"));
+  model("layers", with("num_hidden_layers", "4096"));
+  model("fifo", "");
+  ASSERT_EQ(mkfifo((c.dir() + "/models/fifo/config.json").c_str(), 0644), 0);
+  fs::create_directories(c.dir() + "/models/half");
+  std::ofstream(c.dir() + "/models/half/config.json") << config;
+  std::ofstream(c.dir() + "/models/half/model.safetensors", std::ios::binary)
+      << weights.substr(0, 6);
+
+  auto submit = [&](const std::string& base) {
+    proto::SubmitJobRequest request;
+    *request.mutable_spec() = GoodSpec();
+    request.mutable_spec()->set_base_model(base);
+    return c.service().SubmitJob(Caller::Tenant("alice"), request);
+  };
+  auto real = submit("real");
+  ASSERT_TRUE(real.ok()) << real.status();
+  EXPECT_TRUE(real->job().has_memory_estimate());
+
+  auto hidden = submit("hidden");
+  ASSERT_FALSE(hidden.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(hidden.status())) << hidden.status();
+  EXPECT_TRUE(absl::StrContains(hidden.status().message(), "base_model: hidden: tensor "))
+      << hidden.status();
+  EXPECT_TRUE(absl::StrContains(hidden.status().message(), "config.json implies"))
+      << hidden.status();
+
+  auto layers = submit("layers");
+  ASSERT_FALSE(layers.ok());
+  EXPECT_TRUE(absl::StrContains(layers.status().message(), "is missing")) << layers.status();
+
+  const auto start = std::chrono::steady_clock::now();
+  auto fifo = submit("fifo");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  ASSERT_FALSE(fifo.ok());
+  EXPECT_TRUE(absl::StrContains(fifo.status().message(), "not a regular file")) << fifo.status();
+
+  auto half = submit("half");
+  ASSERT_FALSE(half.ok());
+  EXPECT_TRUE(absl::StrContains(half.status().message(), "model.safetensors: shorter than"))
+      << half.status();
+
+  // No config.json the coordinator can see: accepted, no estimate.
+  auto unseen = submit("tiny");
+  ASSERT_TRUE(unseen.ok()) << unseen.status();
+  EXPECT_FALSE(unseen->job().has_memory_estimate());
+}
 
 // --------------------------------------------------------------- Item 10
 

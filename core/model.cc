@@ -58,41 +58,6 @@ std::vector<Param*> ModelWeights::all() {
   return out;
 }
 
-std::vector<ExpectedTensor> ExpectedTensors(const ModelConfig& config) {
-  const int64_t C = config.hidden_size, HD = config.head_dim, V = config.vocab_size;
-  std::vector<ExpectedTensor> out;
-  out.push_back({"model.embed_tokens.weight", {V, C}});
-  for (int l = 0; l < config.num_layers; ++l) {
-    const LayerShape& s = config.layers[static_cast<size_t>(l)];
-    const std::string pre = absl::StrCat("model.layers.", l, ".");
-    const int64_t q = int64_t{s.num_heads} * HD, kv = int64_t{s.num_kv_heads} * HD,
-                  I = s.intermediate;
-    out.push_back({pre + "input_layernorm.weight", {C}});
-    out.push_back({pre + "self_attn.q_proj.weight", {q, C}});
-    out.push_back({pre + "self_attn.k_proj.weight", {kv, C}});
-    out.push_back({pre + "self_attn.v_proj.weight", {kv, C}});
-    if (config.attention_bias) {
-      out.push_back({pre + "self_attn.q_proj.bias", {q}});
-      out.push_back({pre + "self_attn.k_proj.bias", {kv}});
-      out.push_back({pre + "self_attn.v_proj.bias", {kv}});
-    }
-    out.push_back({pre + "self_attn.o_proj.weight", {C, q}});
-    if (config.o_proj_bias) out.push_back({pre + "self_attn.o_proj.bias", {C}});
-    out.push_back({pre + "post_attention_layernorm.weight", {C}});
-    out.push_back({pre + "mlp.gate_proj.weight", {I, C}});
-    out.push_back({pre + "mlp.up_proj.weight", {I, C}});
-    out.push_back({pre + "mlp.down_proj.weight", {C, I}});
-    if (config.mlp_bias) {
-      out.push_back({pre + "mlp.gate_proj.bias", {I}});
-      out.push_back({pre + "mlp.up_proj.bias", {I}});
-      out.push_back({pre + "mlp.down_proj.bias", {C}});
-    }
-  }
-  out.push_back({"model.norm.weight", {C}});
-  if (!config.tie_word_embeddings) out.push_back({"lm_head.weight", {V, C}});
-  return out;
-}
-
 absl::Status CheckWeightsMatchConfig(const ModelConfig& config, const std::string& dir) {
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsModel> st, SafetensorsModel::Open(dir));
   std::set<std::string> expected;

@@ -102,14 +102,6 @@ struct LossStats {
   double mean() const { return tokens ? loss_sum / static_cast<double>(tokens) : 0.0; }
 };
 
-// The base tensors `config` needs, by Hugging Face name, with their shapes,
-// in Model's order (weights().all()); computed without allocating anything.
-struct ExpectedTensor {
-  std::string name;
-  std::vector<int64_t> shape;
-};
-std::vector<ExpectedTensor> ExpectedTensors(const ModelConfig& config);
-
 // Checks a model directory's safetensors headers against `config` before
 // anything is allocated: every expected tensor present with its shape, and
 // no tensor that nothing would read (an error naming it: a bias or a layer

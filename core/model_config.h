@@ -88,6 +88,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text,
 // Reads `<dir>/config.json`.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir);
 
+// The base tensors `config` needs, by Hugging Face name, with their shapes,
+// in the order core/model.h's Model keeps them (weights().all()); computed without allocating anything.
+struct ExpectedTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+std::vector<ExpectedTensor> ExpectedTensors(const ModelConfig& config);
+
 }  // namespace sheaf
 
 #endif  // SHEAF_CORE_MODEL_CONFIG_H_
