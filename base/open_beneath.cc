@@ -1,5 +1,6 @@
 #include "base/open_beneath.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <sys/stat.h>
@@ -10,6 +11,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <algorithm>
 #include <deque>
 #include <filesystem>
 #include <memory>
@@ -294,6 +296,77 @@ absl::StatusOr<int> OpenInsideRoots(const std::string& path, int flags, int mode
 
 absl::StatusOr<int> OpenForReading(const std::string& path) {
   return OpenInsideRoots(path, O_RDONLY);
+}
+
+namespace {
+
+absl::Status ListInto(const std::string& dir, int depth, std::vector<std::string>* files) {
+  constexpr int kMaxDepth = 64;
+  if (depth > kMaxDepth) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, ": more than ", kMaxDepth, " levels of folders"));
+  }
+  absl::StatusOr<int> fd = OpenInsideRoots(dir, O_RDONLY | O_DIRECTORY);
+  if (!fd.ok()) return fd.status();
+  DIR* d = ::fdopendir(*fd);
+  if (d == nullptr) {
+    const int error = errno;
+    ::close(*fd);
+    return absl::Status(absl::ErrnoToStatusCode(error),
+                        absl::StrCat("cannot list folder ", dir, ": ", std::strerror(error)));
+  }
+  std::vector<std::string> subdirs;
+  absl::Status status;
+  for (;;) {
+    errno = 0;
+    const dirent* e = ::readdir(d);
+    if (e == nullptr) {
+      if (errno != 0) {
+        status = absl::Status(absl::ErrnoToStatusCode(errno),
+                              absl::StrCat("cannot list folder ", dir, ": ", std::strerror(errno)));
+      }
+      break;
+    }
+    const std::string name = e->d_name;
+    if (name.empty() || name[0] == '.') continue;  // also "." and ".."
+    unsigned char type = e->d_type;
+    if (type == DT_UNKNOWN) {
+      struct stat st;
+      if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+      type = S_ISDIR(st.st_mode) ? DT_DIR : S_ISREG(st.st_mode) ? DT_REG : S_ISLNK(st.st_mode) ? DT_LNK : DT_UNKNOWN;
+    }
+    if (type == DT_DIR) {
+      subdirs.push_back(name);
+    } else if (type == DT_REG) {
+      files->push_back(absl::StrCat(dir, "/", name));
+    } else if (type == DT_LNK) {
+      // Where it leads is only looked at to skip directory links; the open
+      // of a file link decides whether it stays inside.
+      struct stat st;
+      if (::fstatat(::dirfd(d), e->d_name, &st, 0) == 0 && S_ISREG(st.st_mode)) {
+        files->push_back(absl::StrCat(dir, "/", name));
+      }
+    }
+  }
+  ::closedir(d);  // closes *fd
+  if (!status.ok()) return status;
+  for (const std::string& sub : subdirs) {
+    absl::Status s = ListInto(absl::StrCat(dir, "/", sub), depth + 1, files);
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::string>> ListFilesInsideRoots(const std::string& dir) {
+  std::string root = dir;
+  while (root.size() > 1 && root.back() == '/') root.pop_back();
+  std::vector<std::string> files;
+  absl::Status s = ListInto(root, 0, &files);
+  if (!s.ok()) return s;
+  std::sort(files.begin(), files.end());
+  return files;
 }
 
 }  // namespace sheaf

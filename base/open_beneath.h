@@ -85,6 +85,18 @@ void SetUseOpenat2ForTesting(bool use);
 // OpenInsideRoots(path, O_RDONLY).
 absl::StatusOr<int> OpenForReading(const std::string& path);
 
+// The regular files below the directory `dir` (recursively; names that
+// start with "." are skipped, files and folders alike), as `dir` + "/" +
+// relative path, sorted. Each directory is opened with OpenInsideRoots and
+// listed through its descriptor, so a folder exchanged for a symlink out of
+// the root (renameat2) is refused instead of listed: no name from outside
+// the roots is ever returned. Symlinks to directories are not followed (a
+// cycle would never end); symlinks to files are returned like files (their
+// open, through OpenInsideRoots, judges where they lead). Errors name the
+// directory (relative to its root inside one); more than 64 levels of
+// folders is kInvalidArgument.
+absl::StatusOr<std::vector<std::string>> ListFilesInsideRoots(const std::string& dir);
+
 }  // namespace sheaf
 
 #endif  // SHEAF_BASE_OPEN_BENEATH_H_

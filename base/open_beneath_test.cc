@@ -170,6 +170,67 @@ TEST_P(OpenBeneathTest, SwappedDirectoryRaceNeverEscapes) {
   EXPECT_GT(inside + refused, 0);
 }
 
+TEST_P(OpenBeneathTest, ListsFilesBelowAFolderSkippingDotNamesAndFolderLinks) {
+  ASSERT_TRUE(SetOpenRoots({{"data root", root_.string()}}).ok());
+  Write(root_ / "docs/sub/b.txt", "b");
+  Write(root_ / "docs/.hidden.txt", "h");
+  Write(root_ / "docs/.git/c.txt", "c");
+  fs::create_symlink(root_ / "docs/a.txt", root_ / "docs/link.txt");          // inside
+  fs::create_symlink(base_ / "outside/secret.txt", root_ / "docs/out.txt");  // leads out
+  fs::create_directory_symlink(root_ / "docs/sub", root_ / "docs/sublink");  // not followed
+  absl::StatusOr<std::vector<std::string>> files =
+      ListFilesInsideRoots((root_ / "docs").string() + "/");
+  ASSERT_TRUE(files.ok()) << files.status();
+  const std::string d = (root_ / "docs").string();
+  // File links are listed (their open judges them); folder links and
+  // dot-names are not.
+  EXPECT_EQ(*files, (std::vector<std::string>{d + "/a.txt", d + "/link.txt", d + "/out.txt",
+                                              d + "/sub/b.txt"}));
+  // A folder that is itself a symlink out is refused, naming it relatively.
+  fs::create_directory_symlink(base_ / "outside", root_ / "away");
+  absl::StatusOr<std::vector<std::string>> away = ListFilesInsideRoots((root_ / "away").string());
+  ASSERT_FALSE(away.ok());
+  EXPECT_EQ(away.status().code(), absl::StatusCode::kPermissionDenied) << away.status();
+  EXPECT_THAT(away.status().message(), HasSubstr("away"));
+  EXPECT_THAT(away.status().message(), Not(HasSubstr((base_ / "outside").string())));
+}
+
+// The attack of issue 9 item 2 on a listing: data/dir (real) and data/link
+// (-> outside) exchanged in a loop. recursive_directory_iterator on the
+// path listed the outside folder's names (then the opens were refused);
+// a listing through a descriptor opened beneath the root never does.
+TEST_P(OpenBeneathTest, ListingDuringAnExchangeRaceNeverShowsOutsideNames) {
+  ASSERT_TRUE(SetOpenRoots({{"data root", root_.string()}}).ok());
+  Write(root_ / "data/dir/inside.txt", "inside");
+  Write(base_ / "outside/dir/secret.txt", "SECRET");
+  fs::create_directory_symlink(base_ / "outside/dir", root_ / "data/link");
+  std::atomic<bool> stop{false};
+  std::thread swapper([&] {
+    const std::string a = (root_ / "data/dir").string(), b = (root_ / "data/link").string();
+    while (!stop.load()) {
+      syscall(SYS_renameat2, AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(), RENAME_EXCHANGE);
+    }
+  });
+  int outside_names = 0, listed = 0, refused = 0;
+  for (int i = 0; i < 3000; ++i) {
+    absl::StatusOr<std::vector<std::string>> files =
+        ListFilesInsideRoots((root_ / "data/dir").string());
+    if (!files.ok()) {
+      ++refused;
+      EXPECT_THAT(files.status().message(), Not(HasSubstr("secret")));
+      continue;
+    }
+    ++listed;
+    for (const std::string& f : *files) outside_names += f.find("secret") != std::string::npos;
+  }
+  stop = true;
+  swapper.join();
+  std::printf("listing race: 3000 listings, %d listed, %d refused, %d outside names\n", listed,
+              refused, outside_names);
+  EXPECT_EQ(outside_names, 0);
+  EXPECT_GT(listed, 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Openat2AndWalk, OpenBeneathTest, ::testing::Bool(),
                          [](const auto& info) { return info.param ? "openat2" : "walk"; });
 

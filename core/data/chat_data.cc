@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/open_beneath.h"
 #include "base/status.h"
 #include "core/json.h"
 
@@ -28,20 +29,13 @@ absl::StatusOr<std::vector<std::string>> FilesOf(const std::string& path, const 
   const fs::file_status st = fs::status(path, ec);
   if (!fs::exists(st)) return absl::NotFoundError(absl::StrCat(key, ": no such file or directory: ", path));
   if (!fs::is_directory(st)) return std::vector<std::string>{path};
-  std::vector<std::string> files;
-  fs::recursive_directory_iterator it(path, ec), end;
-  for (; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (!name.empty() && name[0] == '.') {
-      if (it->is_directory(ec)) it.disable_recursion_pending();
-      continue;
-    }
-    if (it->is_regular_file(ec)) files.push_back(it->path().string());
+  // Listed beneath the roots (base/open_beneath.h), dot-names skipped.
+  absl::StatusOr<std::vector<std::string>> files = ListFilesInsideRoots(path);
+  if (!files.ok()) {
+    return absl::Status(files.status().code(), absl::StrCat(key, ": ", files.status().message()));
   }
-  if (ec) return absl::InvalidArgumentError(absl::StrCat(key, ": cannot list ", path, ": ", ec.message()));
-  std::sort(files.begin(), files.end());
-  if (files.empty()) return absl::InvalidArgumentError(absl::StrCat(key, ": ", path, " has no files"));
-  return files;
+  if (files->empty()) return absl::InvalidArgumentError(absl::StrCat(key, ": ", path, " has no files"));
+  return *std::move(files);
 }
 
 }  // namespace

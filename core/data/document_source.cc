@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/file.h"
+#include "base/open_beneath.h"
 #include "base/status.h"
 #include "core/json.h"
 
@@ -119,32 +120,16 @@ absl::Status VisitJsonl(const std::string& path, bool split_blank_lines,
 absl::Status VisitFolder(const std::string& path, bool split_blank_lines,
                          int64_t* emitted,
                          absl::FunctionRef<absl::Status(Document)> visit) {
-  std::vector<std::string> files;
-  std::error_code ec;
-  // Not following directory symlinks: a link cycle would never end, and a
-  // corpus folder should hold its files, not point at other trees.
-  fs::recursive_directory_iterator it(path, ec), end;
-  if (ec) {
-    return absl::ErrnoToStatus(ec.value(),
-                               absl::StrCat("cannot list folder ", path));
-  }
-  for (; it != end; it.increment(ec)) {
-    if (ec) {
-      return absl::ErrnoToStatus(ec.value(),
-                                 absl::StrCat("cannot list folder ", path));
-    }
-    const std::string name = it->path().filename().string();
-    if (absl::StartsWith(name, ".")) {
-      if (it->is_directory(ec)) it.disable_recursion_pending();
-      continue;
-    }
-    if (it->is_regular_file(ec)) files.push_back(it->path().string());
-  }
+  // Listed through descriptors opened beneath the roots
+  // (base/open_beneath.h): a folder swapped for a symlink out is refused,
+  // not listed. Directory symlinks are not followed (a link cycle would
+  // never end, and a corpus folder should hold its files, not point at
+  // other trees); names starting with "." are skipped.
+  ASSIGN_OR_RETURN(const std::vector<std::string> files, ListFilesInsideRoots(path));
   if (files.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("folder ", path, " contains no files"));
   }
-  std::sort(files.begin(), files.end());
   for (const std::string& file : files) {
     ASSIGN_OR_RETURN(const std::string text, ReadFileToString(file));
     RETURN_IF_ERROR(EmitText(text, file, split_blank_lines,
