@@ -87,6 +87,9 @@ absl::Status FromGrpc(const grpc::Status& s) {
 
 }  // namespace
 
+const char* AliceToken() { return kAliceToken; }
+const char* WorkerToken() { return kWorkerToken; }
+
 std::string Runfile(const std::string& rel) {
   for (const char* var : {"TEST_SRCDIR", "RUNFILES_DIR"}) {
     if (const char* base = std::getenv(var)) {

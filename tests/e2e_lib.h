@@ -27,6 +27,11 @@
 
 namespace sheaf::e2e {
 
+// The bearer tokens the cluster's tokens file gives tenant alice and the
+// worker worlds.
+const char* AliceToken();
+const char* WorkerToken();
+
 // $TEST_SRCDIR/sheaf/<rel> (or next to the binary when run by hand).
 std::string Runfile(const std::string& rel);
 

@@ -18,6 +18,7 @@ PKGS=(
   docker.io debootstrap slurm-wlm munge
   man-db groff-base bsdextrautils
   clang-14 libclang-rt-14-dev
+  libfaketime
 )
 
 missing=()
