@@ -92,16 +92,9 @@ Scheduler::~Scheduler() {
   if (sweeper_.joinable()) sweeper_.join();
 }
 
-void Scheduler::Shutdown() {
-  absl::MutexLock lock(&wake_mu_);
-  shutdown_ = true;
-  ++wake_generation_;
-}
+void Scheduler::Shutdown() { wake_.Stop(); }
 
-void Scheduler::Wake() {
-  absl::MutexLock lock(&wake_mu_);
-  ++wake_generation_;
-}
+void Scheduler::Wake() { wake_.Wake(); }
 
 void Scheduler::Notify(const std::vector<Transition>& transitions) {
   if (observer_ == nullptr) return;
@@ -112,16 +105,7 @@ void Scheduler::Notify(const std::vector<Transition>& transitions) {
 
 void Scheduler::SweepLoop() {
   while (true) {
-    {
-      absl::MutexLock lock(&wake_mu_);
-      auto stopped = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(wake_mu_) {
-        return shutdown_;
-      };
-      if (wake_mu_.AwaitWithTimeout(absl::Condition(&stopped),
-                                    options_.sweep_interval)) {
-        return;
-      }
-    }
+    if (wake_.SleepUnlessStopped(options_.sweep_interval)) return;
     // A storage error here is retried at the next sweep; the calls that
     // need the store report it to their callers.
     ExpireLeases().IgnoreError();
@@ -449,13 +433,12 @@ absl::StatusOr<std::optional<proto::Lease>> Scheduler::Acquire(
     absl::string_view world_id, absl::Time deadline,
     const std::function<bool()>& cancelled) {
   ASSIGN_OR_RETURN(WorldRecord world, FindWorld(world_id));
+  // The caller's deadline as monotonic time: a wall-clock step during the
+  // poll neither ends it early nor stretches it.
+  const absl::Time mono_deadline = MonotonicNow() + (deadline - absl::Now());
   while (true) {
-    uint64_t generation = 0;
-    {
-      absl::MutexLock lock(&wake_mu_);
-      if (shutdown_) return std::optional<proto::Lease>();
-      generation = wake_generation_;
-    }
+    if (wake_.stopped()) return std::optional<proto::Lease>();
+    const uint64_t generation = wake_.generation();
     // The caller may be gone (a world killed during its long poll): never
     // hand it a lease it would not receive.
     if (cancelled && cancelled()) return std::optional<proto::Lease>();
@@ -463,17 +446,11 @@ absl::StatusOr<std::optional<proto::Lease>> Scheduler::Acquire(
     ASSIGN_OR_RETURN(std::optional<proto::Lease> lease,
                      TryLease(world, cancelled));
     if (lease.has_value()) return lease;
-    const absl::Time now = absl::Now();
-    if (now >= deadline || (cancelled && cancelled())) return lease;
+    const absl::Duration left = mono_deadline - MonotonicNow();
+    if (left <= absl::ZeroDuration() || (cancelled && cancelled())) return lease;
     // Sleep until a job may have come (Wake), or for one sweep interval:
     // leases expire by the clock, which nobody signals.
-    absl::MutexLock lock(&wake_mu_);
-    auto woken = [this, generation]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(wake_mu_) {
-      return wake_generation_ != generation;
-    };
-    wake_mu_.AwaitWithDeadline(
-        absl::Condition(&woken),
-        std::min(deadline, now + options_.sweep_interval));
+    wake_.SleepUntilWoken(std::min(left, options_.sweep_interval), generation);
   }
 }
 

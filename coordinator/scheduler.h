@@ -65,6 +65,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/monotonic_sleep.h"
 #include "coordinator/clock.h"
 #include "coordinator/store.h"
 #include "core/spec/memory_estimate.h"
@@ -242,10 +243,11 @@ class Scheduler {
   absl::flat_hash_map<std::string, WorldRecord> worlds_
       ABSL_GUARDED_BY(worlds_mu_);
 
-  // Bumped whenever a job may have become available, and on shutdown.
-  absl::Mutex wake_mu_;
-  uint64_t wake_generation_ ABSL_GUARDED_BY(wake_mu_) = 0;
-  bool shutdown_ ABSL_GUARDED_BY(wake_mu_) = false;
+  // Woken whenever a job may have become available; stopped on shutdown.
+  // Its sleeps run on CLOCK_MONOTONIC (base/monotonic_sleep.h: Abseil's
+  // timed waits follow the wall clock, and a clock stepped back would stall
+  // the sweeper and every long poll).
+  MonotonicSleep wake_;
 
   absl::Mutex deadlines_mu_;
   absl::flat_hash_map<std::string, absl::Duration> deadlines_

@@ -26,6 +26,7 @@
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "base/status.h"
+#include "base/monotonic_sleep.h"
 #include "base/open_beneath.h"
 #include "base/sha256.h"
 #include "core/json.h"
@@ -369,10 +370,7 @@ class CoordinatorService::FetchStreams {
     }
   }
   ~FetchStreams() {
-    {
-      absl::MutexLock lock(&mu_);
-      stop_ = true;
-    }
+    stop_.Stop();
     if (reaper_.joinable()) reaper_.join();
   }
 
@@ -438,18 +436,13 @@ class CoordinatorService::FetchStreams {
   absl::Duration idle_timeout() const { return limits_.idle_timeout; }
 
  private:
-  static absl::Time MonotonicNow() {
-    return absl::UnixEpoch() +
-           absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
-  }
-
   void Reap() {
     const absl::Duration period = std::clamp(limits_.idle_timeout / 4,
                                              absl::Milliseconds(10), absl::Seconds(1));
-    absl::MutexLock lock(&mu_);
-    while (!stop_) {
-      mu_.AwaitWithTimeout(absl::Condition(&stop_), period);
-      if (stop_) break;
+    // Monotonic sleeps (base/monotonic_sleep.h): a wall-clock step must not
+    // hold the reaper back.
+    while (!stop_.SleepUnlessStopped(period)) {
+      absl::MutexLock lock(&mu_);
       const absl::Time now = MonotonicNow();
       for (auto& [raw, stream] : streams_) {
         if (!stream->cut_off && now - stream->write_began >= limits_.idle_timeout) {
@@ -464,7 +457,7 @@ class CoordinatorService::FetchStreams {
 
   const FetchLimits limits_;
   mutable absl::Mutex mu_;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  MonotonicSleep stop_;
   std::map<Stream*, std::unique_ptr<Stream>> streams_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int> per_tenant_ ABSL_GUARDED_BY(mu_);
   std::thread reaper_;

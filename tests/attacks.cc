@@ -567,7 +567,7 @@ void AttackClock() {
   }
   // Prove the coordinator's clock moved: a job submitted now is stamped
   // ~60 s ahead of this process's clock.
-  auto probe = c.Submit(SmallJob("corpus", 1), "clock-probe");
+  auto probe = c.Submit(SmallJob("corpus", 2), "clock-probe");
   int64_t skew_s = 0;
   if (probe.ok()) {
     auto pj = c.Get(*probe);
@@ -683,7 +683,7 @@ void AttackFetch() {
   if (!cluster.ok()) return Report("6", "fetch", cluster.status().ToString(), false);
   E2eCluster& c = **cluster;
   if (!c.StartCoordinator("10s").ok()) return Report("6", "fetch", "no coordinator", false);
-  auto world = c.StartWorld(2, /*once=*/true, {"--idle-exit-s", "3"});
+  auto world = c.StartWorld(2, /*once=*/false);
   auto a = c.Submit(SmallJob("corpus", 6, 1), "a");
   auto b = c.Submit(SmallJob("corpus", 6, 2), "b");
   if (!a.ok() || !b.ok()) return Report("6", "fetch", "submit failed", false);

@@ -29,7 +29,10 @@ LeaseKeeper::LeaseKeeper(CoordinatorClient* client, std::string lease_id,
       interval_(options_.heartbeat_interval > absl::ZeroDuration()
                     ? options_.heartbeat_interval
                     : options_.ttl / 3) {
-  expiry_ = granted + options_.ttl;
+  // Kept on the monotonic clock: a step of the host's wall clock must not
+  // move the heartbeat schedule (a step back of an hour would mean no
+  // heartbeat for an hour).
+  expiry_ = MonotonicNow() + (granted + options_.ttl - absl::Now());
 }
 
 std::unique_ptr<LeaseKeeper> LeaseKeeper::Start(CoordinatorClient* client,
@@ -48,6 +51,7 @@ void LeaseKeeper::Stop() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
+  stop_.Stop();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -75,12 +79,12 @@ LeaseVerdict LeaseKeeper::verdict() const {
 
 absl::Time LeaseKeeper::expiry() const {
   absl::MutexLock lock(&mu_);
-  return expiry_;
+  return absl::Now() + (expiry_ - MonotonicNow());
 }
 
 absl::Time LeaseKeeper::report_deadline() const {
   absl::MutexLock lock(&mu_);
-  return expiry_ + options_.outage_grace;
+  return absl::Now() + (expiry_ - MonotonicNow()) + options_.outage_grace;
 }
 
 int64_t LeaseKeeper::heartbeats_sent() const {
@@ -107,23 +111,21 @@ void LeaseKeeper::SetVerdict(LeaseVerdict verdict) {
 
 void LeaseKeeper::Loop() {
   absl::Duration backoff = options_.min_backoff;
-  absl::Time next = absl::Now();
+  // Every time here is MonotonicNow() (base/monotonic_sleep.h).
+  absl::Time next = MonotonicNow();
   while (true) {
     proto::HeartbeatRequest request;
     absl::Time expiry;
+    if (stop_.SleepUnlessStopped(next - MonotonicNow())) return;
     {
       absl::MutexLock lock(&mu_);
-      auto stop_or_due = [this, next]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || absl::Now() >= next;
-      };
-      mu_.AwaitWithDeadline(absl::Condition(&stop_or_due), next);
       if (stopping_) return;
       request.set_lease_id(lease_id_);
       *request.mutable_progress() = progress_;
       for (const auto& [name, value] : metrics_) (*request.mutable_metrics())[name] = value;
       expiry = expiry_;
     }
-    const absl::Time sent = absl::Now();
+    const absl::Time sent = MonotonicNow();
     // A heartbeat may take as long as the lease has left, but no longer
     // than an interval (then it is sent again with fresher progress).
     const absl::Duration timeout =
@@ -133,7 +135,7 @@ void LeaseKeeper::Loop() {
                    std::max(interval_, absl::Seconds(1)));
     absl::StatusOr<proto::HeartbeatResponse> response =
         client_->Heartbeat(request, timeout);
-    const absl::Time now = absl::Now();
+    const absl::Time now = MonotonicNow();
     if (response.ok()) {
       {
         absl::MutexLock lock(&mu_);

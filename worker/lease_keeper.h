@@ -41,6 +41,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/monotonic_sleep.h"
 #include "proto/coordinator.pb.h"
 #include "worker/client.h"
 
@@ -104,12 +105,13 @@ class LeaseKeeper {
   mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   LeaseVerdict verdict_ ABSL_GUARDED_BY(mu_) = LeaseVerdict::kKeepGoing;
-  absl::Time expiry_ ABSL_GUARDED_BY(mu_);
+  absl::Time expiry_ ABSL_GUARDED_BY(mu_);  // MonotonicNow() time
+  MonotonicSleep stop_;  // stopped with stopping_; the loop sleeps on it
   proto::Progress progress_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, double> metrics_ ABSL_GUARDED_BY(mu_);
   int64_t sent_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t failed_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Time next_outage_log_ = absl::InfinitePast();  // keeper thread only
+  absl::Time next_outage_log_ = absl::InfinitePast();  // keeper thread only; monotonic
   std::thread thread_;
 };
 

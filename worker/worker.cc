@@ -227,6 +227,7 @@ void Worker::RequestStop() {
     stop_requested_ = true;
     if (recipe_ != nullptr) recipe_->RequestStop();
   }
+  stop_sleep_.Stop();
   if (client_) client_->CancelAcquire();
 }
 
@@ -242,8 +243,10 @@ bool Worker::stop_requested() const {
 }
 
 void Worker::SleepUnlessStopped(absl::Duration d) {
-  absl::MutexLock lock(&mu_);
-  mu_.AwaitWithTimeout(absl::Condition(&stop_requested_), d);
+  // On CLOCK_MONOTONIC (base/monotonic_sleep.h): Abseil's timed waits
+  // follow the wall clock, and a host clock stepped back would stretch the
+  // backoff by the step.
+  stop_sleep_.SleepUnlessStopped(d);
 }
 
 WorkerStats Worker::stats() const {
@@ -702,6 +705,7 @@ absl::Status Worker::RunJob(const proto::Lease& lease, absl::Time received) {
     // without leasing another first.
     absl::MutexLock lock(&mu_);
     stop_requested_ = true;
+    stop_sleep_.Stop();
   }
   if (!is_root()) return absl::OkStatus();
 

@@ -78,6 +78,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/monotonic_sleep.h"
 #include "base/path_policy.h"
 #include "dist/communicator.h"
 #include "jobs/recipe.h"
@@ -199,6 +200,8 @@ class Worker {
 
   mutable absl::Mutex mu_;
   bool stop_requested_ ABSL_GUARDED_BY(mu_) = false;
+  // Stopped together with stop_requested_; what SleepUnlessStopped waits on.
+  MonotonicSleep stop_sleep_;
   bool job_stop_ ABSL_GUARDED_BY(mu_) = false;  // stop the current job
   jobs::Recipe* recipe_ ABSL_GUARDED_BY(mu_) = nullptr;
   WorkerStats stats_ ABSL_GUARDED_BY(mu_);
