@@ -606,6 +606,36 @@ void AttackClock() {
                        : released.status().ToString(),
          running.ok() && released.ok() && after < 30);
   c.Cancel(*id2).IgnoreError();
+
+  // (c) A +1 h step, then the world is killed. Under libfaketime a clock
+  // ahead of the kernel's is what a real step back is to a timed wait that
+  // began before it (Abseil sleeps to an absolute CLOCK_REALTIME deadline):
+  // before base/monotonic_sleep the sweeper would have slept for the hour.
+  set_offset("+0");
+  auto world2 = c.StartWorld(2, /*once=*/false, {"--outage-grace-s", "120"});
+  auto id3 = c.Submit(LoraJobYaml(o2), "clock-forward");
+  if (!world2.ok() || !id3.ok()) return Report("4", "clock forward", "setup failed", false);
+  auto running3 = c.WaitFor(*id3, [](const proto::Job& x) { return x.progress().step() >= 20; },
+                            absl::Seconds(120));
+  set_offset("+3600");
+  absl::SleepFor(absl::Seconds(5));
+  auto healthy = c.Get(*id3);
+  (*world2)->KillTree();
+  const absl::Time killed3 = absl::Now();
+  auto released3 = c.WaitFor(
+      *id3, [](const proto::Job& x) { return x.state() != proto::JOB_STATE_RUNNING; },
+      absl::Seconds(200));
+  const double after3 = absl::ToDoubleSeconds(absl::Now() - killed3);
+  Report("4", "a +1 h wall-clock step (5 s of training), then the world is killed (TTL 10 s)",
+         released3.ok() && healthy.ok()
+             ? absl::StrCat("5 s after the step ", StateName(*healthy), " on attempt ",
+                            healthy->attempts(), "; lease released ",
+                            absl::StrFormat("%.1f", after3), " s after the kill (",
+                            StateName(*released3), ")")
+             : released3.status().ToString(),
+         running3.ok() && healthy.ok() && healthy->state() == proto::JOB_STATE_RUNNING &&
+             released3.ok() && after3 < 30);
+  c.Cancel(*id3).IgnoreError();
 }
 
 // ------------------------------------------------------------------ item 5
