@@ -958,26 +958,11 @@ std::string LastLine(std::string text) {
   return at == std::string::npos ? text : text.substr(at + 1);
 }
 
-int FreeLoopbackPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
 void AttackSmallItems() {
   auto cluster = E2eCluster::Create("attack_small");
   if (!cluster.ok()) return Report("10", "small", cluster.status().ToString(), false);
   E2eCluster& c = **cluster;
-  const int metrics_port = FreeLoopbackPort();
+  const int metrics_port = FreePort();
   if (!c.StartCoordinator("10s", {"--metrics-port", absl::StrCat(metrics_port)}).ok()) {
     return Report("10", "small", "no coordinator", false);
   }

@@ -32,6 +32,9 @@ namespace sheaf::e2e {
 const char* AliceToken();
 const char* WorkerToken();
 
+// A loopback TCP port that was free a moment ago (0 when none was found).
+int FreePort();
+
 // $TEST_SRCDIR/sheaf/<rel> (or next to the binary when run by hand).
 std::string Runfile(const std::string& rel);
 
