@@ -10,16 +10,16 @@
 #ifndef SHEAF_COORDINATOR_EVENTS_H_
 #define SHEAF_COORDINATOR_EVENTS_H_
 
+#include <condition_variable>
 #include <deque>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "proto/coordinator.pb.h"
 
@@ -50,10 +50,14 @@ class JobEventHub {
   void Unsubscribe(const std::string& job_id, Queue* queue);
 
   const size_t max_queued_;
-  mutable absl::Mutex mu_;
-  std::map<std::string, std::vector<Queue*>, std::less<>> watchers_
-      ABSL_GUARDED_BY(mu_);
-  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  // A std::mutex and condition variable rather than absl::Mutex: Next's
+  // timed wait must run on CLOCK_MONOTONIC (Abseil 20220623 sleeps to an
+  // absolute CLOCK_REALTIME deadline, which a wall-clock step moves;
+  // base/monotonic_sleep.h).
+  mutable std::mutex mu_;
+  std::condition_variable cv_;                                           // on mu_
+  std::map<std::string, std::vector<Queue*>, std::less<>> watchers_;    // guarded by mu_
+  bool shutdown_ = false;                                                // guarded by mu_
 
  public:
   class Subscription {
