@@ -7,7 +7,7 @@
 //
 //   tools/attacks.sh [ATTACK...]        (builds this; all attacks by default)
 //
-// Not a test in tools/test.sh: the whole run takes about half an hour on 2
+// Not a test in tools/test.sh: the whole run takes about 10 minutes on 2
 // cores. Every item also has a test of its own that does (docs/hardening.md).
 #include <fcntl.h>
 #include <netinet/in.h>

@@ -2,7 +2,7 @@
 # Re-runs issue 9's attacks on real processes (tests/attacks.cc): a
 # coordinator, MPI worker worlds and the CLI on loopback, attacked at the
 # issue's scale; prints each attack's counts and a Markdown table, exits 1
-# when a promise did not hold. About half an hour on 2 cores; not part of
+# when a promise did not hold. About 10 minutes on 2 cores; not part of
 # tools/test.sh (each item has its own test there).
 #
 #   tools/attacks.sh                 every attack
