@@ -20,6 +20,7 @@
 //     (Options::init_timeout) and logs each second what it waits for.
 //
 //   mpi_collectives_check --mode=dead_rank --dead_rank=R --timeout_ms=T
+//   mpi_collectives_check --mode=idle --timeout_ms=IDLE --peer_timeout_ms=P
 //                         [--watchdog_ms=W] [--peer_timeout_ms=P]
 //                         [--dead_how=exit|stop] [--status_dir=DIR]
 //     Rank R calls _exit(1) (or, with --dead_how=stop, writes its pid to
@@ -432,6 +433,49 @@ int RunDeadRank(int dead_rank, std::chrono::milliseconds timeout,
 // set-up once it arrives (late < timeout) or fail with DeadlineExceeded
 // naming what it waited for; each prints its outcome and writes 0 (set up)
 // or 43 (timed out) to DIR/rank<r>.
+// --mode=idle: the world stays idle for `idle` after a warm-up (no
+// collectives; only the progress threads' liveness pings), then runs one
+// more all-reduce. Healthy ranks must not break each other by the peer
+// timeout. Run under libfaketime with the wall clock ahead of the kernel's
+// (dist/mpi_clock_test.sh), where a progress thread sleeping on Abseil's
+// CLOCK_REALTIME deadline overslept its ping interval by the offset.
+// Exit 0 when the world is healthy and the sum right, 1 otherwise.
+int RunIdle(std::chrono::milliseconds idle, std::chrono::milliseconds peer_timeout) {
+  MpiCommunicator::Options options;
+  options.peer_timeout = peer_timeout;
+  absl::StatusOr<std::unique_ptr<MpiCommunicator>> created = MpiCommunicator::Create(options);
+  if (!created.ok()) {
+    std::fprintf(stderr, "MpiCommunicator::Create: %s\n", created.status().ToString().c_str());
+    return 1;
+  }
+  std::unique_ptr<MpiCommunicator> comm = std::move(*created);
+  const int me = comm->world_rank();
+  const int64_t n = comm->world_size();
+  std::vector<float> data(1024, 1.0f);
+  absl::Status status =
+      comm->AllReduce(data.data(), 1024, ReduceOp::kReduceSum, Purpose::kPurposeAdapterGrad)
+          ->Wait(kWait);
+  if (status.ok()) status = comm->Barrier()->Wait(kWait);
+  if (!status.ok()) {
+    std::fprintf(stderr, "rank %d: warm-up failed: %s\n", me, status.ToString().c_str());
+    return 1;
+  }
+  std::this_thread::sleep_for(idle);
+  const absl::Status health = comm->health();
+  std::fill(data.begin(), data.end(), 1.0f);
+  if (health.ok()) {
+    status = comm->AllReduce(data.data(), 1024, ReduceOp::kReduceSum, Purpose::kPurposeAdapterGrad)
+                 ->Wait(kWait);
+  }
+  const bool sum_ok = status.ok() && data[0] == static_cast<float>(n) && data[1023] == static_cast<float>(n);
+  std::printf("rank %d: after %.1fs idle (peer timeout %.1fs): health %s; all-reduce %s\n", me,
+              std::chrono::duration<double>(idle).count(),
+              std::chrono::duration<double>(peer_timeout).count(), health.ToString().c_str(),
+              sum_ok ? "right" : status.ToString().c_str());
+  std::fflush(stdout);
+  return health.ok() && sum_ok ? 0 : 1;
+}
+
 int RunLateRank(int late_rank, std::chrono::milliseconds late, std::chrono::milliseconds timeout,
                 const std::string& status_dir) {
   const char* env_rank = std::getenv("OMPI_COMM_WORLD_RANK");
@@ -539,6 +583,10 @@ int main(int argc, char** argv) {
                                     std::chrono::milliseconds(watchdog_ms),
                                     std::chrono::milliseconds(peer_timeout_ms),
                                     dead_how == "stop", status_dir);
+  }
+  if (mode == "idle") {
+    return sheaf::dist::RunIdle(std::chrono::milliseconds(timeout_ms),
+                                std::chrono::milliseconds(peer_timeout_ms));
   }
   std::fprintf(stderr, "unknown --mode=%s\n", mode.c_str());
   return 2;

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/monotonic_sleep.h"
 #include "core/safetensors.h"
 
 namespace sheaf::dist {
@@ -214,6 +215,12 @@ struct MpiCommunicator::Shared {
   absl::Status init_status ABSL_GUARDED_BY(mu);
   // What set-up is doing now, for Create's progress lines.
   std::string init_stage ABSL_GUARDED_BY(mu) = "MPI_Init_thread";
+  // Woken when an op is queued, stopped with `stop`: the idle progress
+  // thread sleeps on it between pings. Abseil's timed waits sleep to an
+  // absolute CLOCK_REALTIME deadline (base/monotonic_sleep.h), so a host
+  // clock stepped back by more than the peer timeout would have silenced
+  // this rank's pings and made its peers break a healthy world.
+  MonotonicSleep idle;
 
   // Held by the progress thread across every MPI call that may touch user
   // buffers. A Wait that gives up takes it once after breaking the
@@ -248,9 +255,16 @@ class MpiCommunicator::MpiWork final : public Work {
     {
       absl::MutexLock lock(&shared_->mu);
       Op* op = op_.get();
-      const bool done = shared_->mu.AwaitWithTimeout(
-          absl::Condition(+[](Op* o) { return o->done; }, op),
-          absl::FromChrono(std::max(timeout, std::chrono::milliseconds(0))));
+      // The timeout is measured on the steady clock: Abseil's wait ends at a
+      // CLOCK_REALTIME deadline, so a wall-clock step forward would end it
+      // early (and break a healthy world); wait again for what is left.
+      const absl::Condition op_done(+[](Op* o) { return o->done; }, op);
+      const Clock::time_point until = start + std::max(timeout, std::chrono::milliseconds(0));
+      bool done = shared_->mu.AwaitWithTimeout(
+          op_done, absl::FromChrono(std::max(timeout, std::chrono::milliseconds(0))));
+      while (!done && Clock::now() < until) {
+        done = shared_->mu.AwaitWithTimeout(op_done, absl::FromChrono(until - Clock::now()));
+      }
       if (done) {
         status = op->status;
       } else {
@@ -370,6 +384,7 @@ MpiCommunicator::~MpiCommunicator() {
     absl::MutexLock lock(&shared_->mu);
     shared_->stop = true;
   }
+  shared_->idle.Stop();
   if (progress_.joinable()) progress_.join();
   absl::MutexLock lock(&shared_->mu);
   shared_->stats = nullptr;
@@ -614,10 +629,16 @@ void MpiCommunicator::ProgressLoop() {
             +[](Shared* sh) { return !sh->queue.empty() || sh->stop; }, shared_.get());
         if (peers_.empty() || !shared_->broken.ok()) {
           shared_->mu.Await(work);
-        } else {
-          // Idle, but pings go on.
-          shared_->mu.AwaitWithTimeout(work, absl::FromChrono(std::max(
-                                                 ping_interval_ / 4, std::chrono::milliseconds(5))));
+        } else if (shared_->queue.empty() && !shared_->stop) {
+          // Idle, but pings go on: a monotonic sleep (see Shared::idle),
+          // cut short by Issue or stop. The generation is read under the
+          // lock, so an op queued after this check wakes the sleep at once.
+          const uint64_t generation = shared_->idle.generation();
+          shared_->mu.Unlock();
+          shared_->idle.SleepUntilWoken(
+              absl::FromChrono(std::max(ping_interval_ / 4, std::chrono::milliseconds(5))),
+              generation);
+          shared_->mu.Lock();
         }
       }
       unstarted.insert(unstarted.end(), shared_->queue.begin(), shared_->queue.end());
@@ -822,6 +843,7 @@ std::unique_ptr<Work> MpiCommunicator::Issue(std::shared_ptr<Op> op, int64_t byt
   if (op->count == 0 && op->kind != Kind::kBarrier) return CompletedWork();
   op->issued = Clock::now();
   shared_->queue.push_back(op);
+  shared_->idle.Wake();
   return std::make_unique<MpiWork>(std::move(op), shared_);
 }
 
