@@ -34,8 +34,9 @@ absl::Time MonotonicNow();
 
 class MonotonicSleep {
  public:
-  // Sleeps for up to `d` of monotonic time; returns early, true, once Stop()
-  // has been called (before or during the sleep). False after the full `d`.
+  // Sleeps for up to `d` of monotonic time (at most a year: an infinite `d`
+  // waits for Stop); returns early, true, once Stop() has been called
+  // (before or during the sleep). False after the full `d`.
   bool SleepUnlessStopped(absl::Duration d);
 
   // As SleepUnlessStopped, and also returns (true) when Wake() was called

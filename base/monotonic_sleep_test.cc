@@ -1,5 +1,6 @@
 #include "base/monotonic_sleep.h"
 
+#include <atomic>
 #include <chrono>
 #include <thread>
 
@@ -33,6 +34,22 @@ TEST(MonotonicSleepTest, StopCutsEverySleepShortAndSticks) {
   EXPECT_TRUE(s.SleepUnlessStopped(absl::Seconds(30)));  // at once
   EXPECT_TRUE(s.SleepUntilWoken(absl::Seconds(30), s.generation()));
   EXPECT_LT(Clock::now() - start, std::chrono::seconds(10));
+}
+
+// An infinite duration must not overflow steady_clock::now() + d (which
+// would make the wait return at once): it waits until Stop.
+TEST(MonotonicSleepTest, AnInfiniteSleepWaitsForStop) {
+  MonotonicSleep s;
+  std::atomic<bool> returned{false};
+  std::thread sleeper([&] {
+    EXPECT_TRUE(s.SleepUnlessStopped(absl::InfiniteDuration()));
+    returned = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_FALSE(returned.load()) << "returned without a Stop";
+  s.Stop();
+  sleeper.join();
+  EXPECT_TRUE(returned.load());
 }
 
 TEST(MonotonicSleepTest, WakeEndsOnlySleepsThatBeganBeforeIt) {

@@ -56,7 +56,9 @@ std::optional<proto::JobEvent> JobEventHub::Subscription::Next(
   std::unique_lock<std::mutex> lock(hub->mu_);
   auto ready = [this, hub] { return hub->shutdown_ || !queue_.events.empty(); };
   // steady_clock: pthread_cond_clockwait(CLOCK_MONOTONIC).
-  hub->cv_.wait_for(lock, absl::ToChronoNanoseconds(std::max(timeout, absl::ZeroDuration())),
+  hub->cv_.wait_for(lock,
+                    absl::ToChronoNanoseconds(
+                        std::clamp(timeout, absl::ZeroDuration(), absl::Hours(24 * 365))),
                     ready);
   if (hub->shutdown_ || queue_.events.empty()) return std::nullopt;
   proto::JobEvent event = std::move(queue_.events.front());
