@@ -372,7 +372,8 @@ TEST(LyingConfigTest, AConfigThatDisagreesWithItsWeightsIsRefusedAtSubmit) {
 
   auto half = submit("half");
   ASSERT_FALSE(half.ok());
-  EXPECT_TRUE(absl::StrContains(half.status().message(), "model.safetensors: shorter than"))
+  EXPECT_TRUE(absl::StrContains(half.status().message(),
+                                "half/model.safetensors: file is truncated: 6 bytes, shorter than"))
       << half.status();
 
   // No config.json the coordinator can see: accepted, no estimate.

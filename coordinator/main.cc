@@ -21,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "base/flags.h"
+#include "base/open_beneath.h"
 #include "coordinator/auth.h"
 #include "coordinator/clock.h"
 #include "coordinator/http_server.h"
@@ -194,6 +195,15 @@ int Main(int argc, char** argv) {
       CoordinatorService::Create(std::move(options), *std::move(store),
                                  Clock::Real());
   if (!service.ok()) return Fail(service.status());
+  // The files the coordinator opens inside its roots (the weights' headers it
+  // checks at submit, artifacts it streams) resolve beneath them, as the
+  // worker's do (base/open_beneath.h): a symlink leading out is refused.
+  if (absl::Status roots = SetOpenRoots({{"model root", flags["model-root"]},
+                                          {"data root", flags["data-root"]},
+                                          {"output root", flags["output-root"]}});
+      !roots.ok()) {
+    return Fail(roots);
+  }
 
   ServerOptions server_options;
   server_options.listen = flags["listen"];

@@ -100,6 +100,11 @@ absl::StatusOr<int64_t> PageTokenCodec::Decode(absl::string_view tenant,
       raw.size() != kNonceBytes + kSeqBytes + kTagBytes) {
     return Refused();
   }
+  // Only the canonical spelling: the last character of unpadded base64 has
+  // spare bits, so several tokens would otherwise decode to the same bytes.
+  std::string canonical;
+  absl::WebSafeBase64Escape(raw, &canonical);
+  if (canonical != token) return Refused();
   const absl::string_view view(raw);
   const absl::string_view nonce = view.substr(0, kNonceBytes);
   const absl::string_view ciphertext = view.substr(kNonceBytes, kSeqBytes);

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
-#include <set>
 #include <thread>
 #include <cmath>
 #include <optional>
@@ -23,14 +22,15 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "base/status.h"
 #include "base/monotonic_sleep.h"
 #include "base/open_beneath.h"
 #include "base/sha256.h"
-#include "core/json.h"
 #include "core/model_config.h"
+#include "core/weights_check.h"
 #include "core/spec/memory_estimate.h"
 #include "core/spec/validate.h"
 #include "google/protobuf/descriptor.h"
@@ -52,147 +52,17 @@ constexpr int32_t kDefaultChunkBytes = 64 << 10;
 constexpr int32_t kMaxChunkBytes = 1 << 20;
 constexpr size_t kMaxErrorBytes = 4096;
 
-// Up to `cap` bytes of `rel` (relative to the model root), opened beneath
-// the root (base/open_beneath.h: no symlink out, no FIFO or device); more
-// than `cap` is kInvalidArgument naming the file.
-absl::StatusOr<std::string> ReadBeneath(int root_fd, const fs::path& model_root,
-                                        const fs::path& rel, size_t cap) {
-  absl::StatusOr<int> fd = OpenBeneath(root_fd, model_root.string(), "model root",
-                                       rel.lexically_normal().string(), O_RDONLY);
-  if (!fd.ok()) return fd.status();
-  std::string text;
-  char buffer[1 << 14];
-  while (text.size() <= cap) {
-    const ssize_t n = ::read(*fd, buffer, std::min(sizeof(buffer), cap + 1 - text.size()));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    text.append(buffer, static_cast<size_t>(n));
-  }
-  ::close(*fd);
-  if (text.size() > cap) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(rel.string(), ": larger than ", FormatBytes(static_cast<int64_t>(cap))));
-  }
-  return text;
-}
-
-// Tensor name -> shape from the header of the safetensors file `rel`
-// (only its 8-byte length and its JSON header are read).
-absl::Status ReadHeaderShapes(int root_fd, const fs::path& model_root, const fs::path& rel,
-                              std::map<std::string, std::vector<int64_t>>* shapes) {
-  constexpr size_t kMaxHeaderBytes = 100 << 20;  // as core/safetensors
-  absl::StatusOr<int> fd = OpenBeneath(root_fd, model_root.string(), "model root",
-                                       rel.lexically_normal().string(), O_RDONLY);
-  if (!fd.ok()) return fd.status();
-  std::string header;
-  uint64_t length = 0;
-  unsigned char prefix[8];
-  const ssize_t got = ::pread(*fd, prefix, sizeof(prefix), 0);
-  if (got == static_cast<ssize_t>(sizeof(prefix))) {
-    for (int i = 7; i >= 0; --i) length = (length << 8) | prefix[i];
-    if (length <= kMaxHeaderBytes) {
-      header.resize(static_cast<size_t>(length));
-      size_t done = 0;
-      while (done < header.size()) {
-        const ssize_t n = ::pread(*fd, header.data() + done, header.size() - done,
-                                  static_cast<off_t>(8 + done));
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        done += static_cast<size_t>(n);
-      }
-      header.resize(done);
-    }
-  }
-  ::close(*fd);
-  if (got != static_cast<ssize_t>(sizeof(prefix))) {
-    return absl::DataLossError(absl::StrCat(rel.string(), ": shorter than the 8-byte header length"));
-  }
-  if (length > kMaxHeaderBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(rel.string(), ": header of ", length,
-                                                   " bytes (more than 100 MB)"));
-  }
-  if (header.size() != length) {
-    return absl::DataLossError(absl::StrCat(rel.string(), ": the header runs past the end of the file"));
-  }
-  absl::StatusOr<Json> json = Json::Parse(header);
-  if (!json.ok() || !json->is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(rel.string(), ": the header is not a JSON object"));
-  }
-  for (const auto& [name, info] : json->items()) {
-    if (name == "__metadata__") continue;
-    const Json* shape = info.is_object() ? info.Find("shape") : nullptr;
-    if (shape == nullptr || !shape->is_array()) {
-      return absl::InvalidArgumentError(absl::StrCat(rel.string(), ": tensor ", name, " has no shape"));
-    }
-    std::vector<int64_t>& dims = (*shapes)[name];
-    for (const Json& d : shape->elements()) {
-      if (!d.is_int64() || d.as_int64() < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(rel.string(), ": tensor ", name, ": shape is not non-negative integers"));
-      }
-      dims.push_back(d.as_int64());
-    }
-  }
-  return absl::OkStatus();
-}
-
-// The weights' headers against what `config` implies (core/model.h's
-// CheckWeightsMatchConfig, which the worker runs again before allocating):
-// every expected tensor present with its shape. A config that lies about
-// the model's size is refused at submit instead of waiting for a world large
-// enough for what it claims (issue 9, item 8). kNotFound when the directory
-// has no weights the coordinator can see.
-absl::Status CheckWeightsBeneath(int root_fd, const fs::path& model_root, const fs::path& rel,
-                                 const ModelConfig& config) {
-  constexpr size_t kMaxIndexBytes = 16 << 20;
-  std::map<std::string, std::vector<int64_t>> shapes;
-  const fs::path index = rel / "model.safetensors.index.json";
-  absl::StatusOr<std::string> index_text = ReadBeneath(root_fd, model_root, index, kMaxIndexBytes);
-  if (index_text.ok()) {
-    absl::StatusOr<Json> json = Json::Parse(*index_text);
-    const Json* map = json.ok() && json->is_object() ? json->Find("weight_map") : nullptr;
-    if (map == nullptr || !map->is_object()) {
-      return absl::InvalidArgumentError(absl::StrCat(index.string(), ": no weight_map object"));
-    }
-    std::set<std::string> shards;
-    for (const auto& [tensor, shard] : map->items()) {
-      if (!shard.is_string() || shard.as_string().empty() ||
-          fs::path(shard.as_string()).is_absolute() ||
-          absl::StrContains(shard.as_string(), "..")) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(index.string(), ": weight_map[", tensor, "]: not a shard file name"));
-      }
-      shards.insert(shard.as_string());
-    }
-    for (const std::string& shard : shards) {
-      RETURN_IF_ERROR(ReadHeaderShapes(root_fd, model_root, rel / shard, &shapes));
-    }
-  } else if (absl::IsNotFound(index_text.status())) {
-    RETURN_IF_ERROR(ReadHeaderShapes(root_fd, model_root, rel / "model.safetensors", &shapes));
-  } else {
-    return index_text.status();
-  }
-  auto dims = [](const std::vector<int64_t>& v) { return absl::StrCat("[", absl::StrJoin(v, ", "), "]"); };
-  for (const ExpectedTensor& e : ExpectedTensors(config)) {
-    auto it = shapes.find(e.name);
-    if (it == shapes.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          rel.string(), ": tensor ", e.name, " is missing (config.json says it exists)"));
-    }
-    if (it->second != e.shape) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          rel.string(), ": tensor ", e.name, " has shape ", dims(it->second),
-          " but config.json implies ", dims(e.shape)));
-    }
-  }
-  return absl::OkStatus();
-}
-
 // config.json of the model at `model_dir` (absolute, inside `model_root`),
 // read beneath the root (base/open_beneath.h) with a size cap, and checked
-// against the weights' headers when the coordinator can see them.
-// kNotFound when there is no config.json to read (the coordinator may not
-// see the model; workers check again).
+// against the weights' headers when the coordinator can see them
+// (CheckWeightsMatchConfig, as the worker does before allocating): a config
+// that lies about the model's size is refused at submit instead of waiting
+// for a world large enough for the lie (issue 9, item 8). The weights open
+// beneath the model root where the process registered its roots
+// (SetOpenRoots: sheaf-coordinator's main). Errors name paths relative to
+// the root. kNotFound when there is no config.json (the coordinator may not
+// see the model; workers check again); without weights files the config
+// alone is returned.
 absl::StatusOr<ModelConfig> ReadModelShape(const fs::path& model_root,
                                            const std::string& model_dir) {
   constexpr size_t kMaxConfigBytes = 1 << 20;
@@ -202,15 +72,37 @@ absl::StatusOr<ModelConfig> ReadModelShape(const fs::path& model_root,
   }
   const int root_fd = ::open(model_root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (root_fd < 0) return absl::UnavailableError("cannot open the model root");
-  struct CloseRoot {
-    int fd;
-    ~CloseRoot() { ::close(fd); }
-  } close_root{root_fd};
-  ASSIGN_OR_RETURN(std::string text,
-                   ReadBeneath(root_fd, model_root, rel / "config.json", kMaxConfigBytes));
+  absl::StatusOr<int> fd = OpenBeneath(root_fd, model_root.string(), "model root",
+                                       (rel / "config.json").lexically_normal().string(), O_RDONLY);
+  ::close(root_fd);
+  if (!fd.ok()) return fd.status();
+  std::string text;
+  char buffer[1 << 14];
+  while (text.size() <= kMaxConfigBytes) {
+    const ssize_t n = ::read(*fd, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(*fd);
+  if (text.size() > kMaxConfigBytes) {
+    return absl::InvalidArgumentError("config.json: larger than 1 MiB");
+  }
   ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(text, (rel / "config.json").string()));
-  absl::Status weights = CheckWeightsBeneath(root_fd, model_root, rel, config);
-  if (!weights.ok() && !absl::IsNotFound(weights)) return weights;
+  const fs::path dir = model_root / rel;
+  std::error_code error;
+  if (!fs::exists(dir / "model.safetensors", error) &&
+      !fs::exists(dir / "model.safetensors.index.json", error)) {
+    return config;  // no weights to compare with here
+  }
+  absl::Status weights = CheckWeightsMatchConfig(config, dir.string());
+  if (!weights.ok()) {
+    // The weights are there: a tensor or shard they lack (kNotFound from the
+    // check) is a broken model, not one the coordinator cannot see.
+    return absl::Status(
+        absl::IsNotFound(weights) ? absl::StatusCode::kInvalidArgument : weights.code(),
+        absl::StrReplaceAll(weights.message(), {{model_root.string() + "/", ""}}));
+  }
   return config;
 }
 

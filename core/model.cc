@@ -58,41 +58,6 @@ std::vector<Param*> ModelWeights::all() {
   return out;
 }
 
-absl::Status CheckWeightsMatchConfig(const ModelConfig& config, const std::string& dir) {
-  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsModel> st, SafetensorsModel::Open(dir));
-  std::set<std::string> expected;
-  for (const ExpectedTensor& e : ExpectedTensors(config)) {
-    const TensorInfo* info = st->Find(e.name);
-    if (info == nullptr) {
-      return absl::NotFoundError(absl::StrCat(
-          dir, ": tensor ", e.name, " is missing (config.json says it exists",
-          e.name.ends_with(".bias") ? ": attention_bias / mlp_bias" : "", ")"));
-    }
-    if (info->shape != e.shape) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          dir, ": tensor ", e.name, " has shape ", ShapeToString(info->shape),
-          " but config.json implies ", ShapeToString(e.shape)));
-    }
-    expected.insert(e.name);
-  }
-  std::vector<std::string> unread;
-  for (const TensorInfo* t : st->tensors()) {
-    if (expected.contains(t->name)) continue;
-    if (t->name.ends_with(".rotary_emb.inv_freq")) continue;  // recomputed from the config
-    if (t->name == "lm_head.weight" && config.tie_word_embeddings) continue;  // HF ignores it too
-    unread.push_back(t->name);
-  }
-  if (!unread.empty()) {
-    const size_t shown = std::min<size_t>(unread.size(), 5);
-    return absl::InvalidArgumentError(absl::StrCat(
-        dir, ": ", unread.size(), " tensor(s) that config.json does not describe and nothing "
-        "would read: ", absl::StrJoin(unread.begin(), unread.begin() + static_cast<long>(shown), ", "),
-        unread.size() > shown ? ", ..." : "",
-        " (a bias or layer the config leaves out would be silently dropped)"));
-  }
-  return absl::OkStatus();
-}
-
 absl::Status CheckAdapterBaseCopies(const Model& model, const LoraAdapter& adapter) {
   for (const auto& [name, values] : adapter.base_copies()) {
     const ModelWeights& w = model.weights();
@@ -341,12 +306,8 @@ void Model::InitRandom(uint64_t seed, float std) {
 absl::Status Model::Save(const std::string& dir) const { return SaveImpl(dir, std::nullopt); }
 
 absl::Status Model::Save(const std::string& dir, SafetensorsDtype file_dtype) const {
-  if (file_dtype != SafetensorsDtype::kDtypeF32 && file_dtype != SafetensorsDtype::kDtypeBF16 &&
-      file_dtype != SafetensorsDtype::kDtypeF16) {
-    return absl::InvalidArgumentError(absl::StrCat("Save: dtype ", SafetensorsDtypeName(file_dtype),
-                                                   " (use F32, BF16 or F16)"));
-  }
-  return SaveImpl(dir, file_dtype);
+  // One file: no shard limit.
+  return Save(dir, file_dtype, std::numeric_limits<int64_t>::max());
 }
 
 absl::Status Model::Save(const std::string& dir, SafetensorsDtype file_dtype,

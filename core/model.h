@@ -43,6 +43,7 @@
 #include "core/dtype.h"
 #include "core/lora.h"
 #include "core/model_config.h"
+#include "core/weights_check.h"
 #include "core/safetensors.h"
 #include "core/tensor.h"
 
@@ -102,15 +103,7 @@ struct LossStats {
   double mean() const { return tokens ? loss_sum / static_cast<double>(tokens) : 0.0; }
 };
 
-// Checks a model directory's safetensors headers against `config` before
-// anything is allocated: every expected tensor present with its shape, and
-// no tensor that nothing would read (an error naming it: a bias or a layer
-// the config does not describe would be silently dropped otherwise). Named
-// allowances: `*.rotary_emb.inv_freq` (older checkpoints store the RoPE
-// table; sheaf computes it from the config, as transformers does), and
-// `lm_head.weight` beside tied embeddings (transformers ignores it too).
-// InvalidArgument / NotFound naming the file and the tensor.
-absl::Status CheckWeightsMatchConfig(const ModelConfig& config, const std::string& dir);
+// CheckWeightsMatchConfig: core/weights_check.h (included above).
 
 // PEFT adapters may carry copies of base weights (LoraAdapter::base_copies);
 // PEFT loads them over the base, so one that differs from `model`'s weight
